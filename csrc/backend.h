@@ -1,0 +1,139 @@
+// The kernel interface: what csrc/cpu/*.cpp and cuda/*.cu implement, on raw pointers.
+//
+// dispatch.cpp checks every argument (shapes, dtypes, devices) and then calls the cpu:: or cuda::
+// function of the same name, so kernels may assume valid, non-aliasing, contiguous arguments.
+// Both namespaces declare the same functions with the same meaning; tests/reference.py is the
+// executable spec of each. CUDA kernels run on the current device's stream (cuda/common.cuh) and
+// return without synchronising.
+//
+// Conventions
+//   * Row-major everywhere. Activations NHWC (N, H, W, C); conv filters KRSC (K, R, S, C/groups).
+//   * An output is written, never read, unless `accumulate` is true (then out += result). A kernel
+//     must therefore write every element of its output: tests poison outputs with NaN first.
+//   * Sizes are int64_t where a tensor can pass 2^31 elements, int where a dimension cannot.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace convnet {
+
+// Convolution geometry. C and K are totals over all groups; each group maps C/groups input channels
+// to K/groups output channels, and the filter tensor is (K, R, S, C/groups).
+// Output size: P = (H + 2*pad_h - R) / stride_h + 1, Q likewise (the floor rule).
+struct ConvShape {
+  int N, H, W, C;        // input (N, H, W, C)
+  int K, R, S;           // filters (K, R, S, C/groups)
+  int P, Q;              // output (N, P, Q, K)
+  int stride_h, stride_w;
+  int pad_h, pad_w;
+  int groups;
+};
+
+// Pooling geometry: window R x S, input (N, H, W, C), output (N, P, Q, C). Padding is never part of
+// a window's max or average: padded positions are skipped.
+struct PoolShape {
+  int N, H, W, C;
+  int R, S;
+  int P, Q;
+  int stride_h, stride_w;
+  int pad_h, pad_w;
+};
+
+// Cross-channel local response normalisation, the paper's formula:
+//   b[c] = a[c] / (k + alpha * sum_{c2 = c - size/2 .. c - size/2 + size - 1, 0 <= c2 < C} a[c2]^2)^beta
+// `alpha` is applied as given (the caller divides by `size` for the cuda-convnet/PyTorch variant).
+struct LrnParams {
+  int size;
+  float alpha, beta, k;
+};
+
+// One parameter tensor for sgd_update: v <- momentum*v - wd*lr*w - lr*g;  w <- w + v.
+struct SgdParam {
+  float* w;
+  const float* g;
+  float* v;
+  int64_t n;
+  float lr, wd;
+};
+
+#define CONVNET_KERNELS                                                                               \
+  /* C (M, N) = alpha * op(A) op(B) + beta * C, row-major; op(A) is (M, K), op(B) is (K, N).         \
+     lda/ldb/ldc are row strides of A, B, C as stored. beta == 0 never reads C. */                   \
+  void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,    \
+            const float* B, int ldb, float beta, float* C, int ldc);                                 \
+  void fill(float* x, int64_t n, float value);                                                       \
+  /* dst += alpha * src */                                                                           \
+  void add(float* dst, const float* src, int64_t n, float alpha);                                    \
+  /* y (rows, cols) += b (cols) broadcast over rows */                                               \
+  void add_bias(float* y, const float* b, int64_t rows, int cols);                                   \
+  /* db (cols) (=|+=) sum over rows of dy (rows, cols) */                                            \
+  void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate);               \
+  void relu_forward(const float* x, float* y, int64_t n);                                            \
+  /* dx = dy where y > 0, else 0 (y is the forward output) */                                       \
+  void relu_backward(const float* y, const float* dy, float* dx, int64_t n);                         \
+  /* Inverted dropout: y = x * keep / (1 - p), keep = philox_uniform(seed, counter, i) >= p */       \
+  void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter); \
+  void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed,               \
+                        uint64_t counter);                                                           \
+  /* logits (N, C), labels (N) in [0, C). stats[0] = mean cross-entropy, stats[1] = count of top-1  \
+     hits, stats[2] = count of top-5 hits (ties: a class counts as ranked above the label only if   \
+     its logit is strictly greater). dlogits (N, C) = (softmax - onehot) / N, skipped if null. */   \
+  void softmax_cross_entropy(const float* logits, const int32_t* labels, int N, int C,               \
+                             float* dlogits, float* stats);                                          \
+  void sgd_update(const SgdParam* params, int count, float momentum);                                \
+  void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,    \
+                    bool accumulate);                                                                \
+  void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx,            \
+                          bool accumulate);                                                          \
+  /* dw (K, R, S, C/groups) and db (K) (db may be null); accumulate adds into both */               \
+  void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw,          \
+                            float* db, bool accumulate);                                             \
+  /* rows = N*H*W pixels, C channels each */                                                         \
+  void lrn_forward(const float* x, float* y, int64_t rows, int C, const LrnParams& p);               \
+  void lrn_backward(const float* x, const float* y, const float* dy, float* dx, int64_t rows, int C, \
+                    const LrnParams& p);                                                             \
+  /* argmax (N, P, Q, C) int32: flat input index h*W + w of the window's maximum; ties go to the    \
+     first in row-major window order (r, then s). A window with no valid input writes 0 / -1. */    \
+  void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax);              \
+  /* dx = for each input element, sum over windows whose argmax it is, in window order */           \
+  void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx);     \
+  /* mean over the window's in-bounds inputs (padding not counted) */                                \
+  void avg_pool_forward(const PoolShape& s, const float* x, float* y);                               \
+  void avg_pool_backward(const PoolShape& s, const float* dy, float* dx);
+
+namespace cpu {
+CONVNET_KERNELS
+int num_threads();
+}  // namespace cpu
+
+namespace cuda {
+bool compiled();        // was the CUDA backend built in?
+int device_count();     // usable CUDA devices; 0 without a driver or GPU (never throws)
+#ifdef CONVNET_WITH_CUDA
+CONVNET_KERNELS
+// devices, memory, copies: cuda/device.cu
+void set_device(int device);           // makes `device` current for this thread (its stream too)
+std::string device_name(int device);
+std::string device_capability(int device);  // "9.0"
+void* device_alloc(int device, size_t bytes);  // caching allocator; OutOfMemoryError when full
+void device_free(int device, void* ptr, size_t bytes);
+size_t allocated_bytes(int device);  // in use by tensors
+size_t cached_bytes(int device);     // held by the cache, free for reuse
+void empty_cache(int device);
+void copy_host_to_device(int device, void* dst, const void* src, size_t bytes);
+void copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
+// Same device: cudaMemcpyAsync; two devices: peer copy (peer access enabled once) or staged
+// through pinned host memory when the devices cannot reach each other.
+void copy_device_to_device(int dst_device, void* dst, int src_device, const void* src, size_t bytes);
+bool can_access_peer(int device, int peer);
+void synchronize(int device);
+#else
+inline void* device_alloc(int, size_t) { throw std::runtime_error("convnet was built without CUDA"); }
+inline void device_free(int, void*, size_t) {}
+#endif
+}  // namespace cuda
+
+}  // namespace convnet

@@ -1,0 +1,177 @@
+// CPU kernels for the small ops: fill, add, bias, ReLU, dropout, softmax + cross-entropy, SGD.
+//
+// Each is one pass over memory, so each is written as a plain loop the compiler vectorises
+// (-O3 -march=native) with OpenMP across cores for the large ones. Layouts: see backend.h.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "backend.h"
+#include "philox.h"
+
+#ifdef CONVNET_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace convnet {
+namespace cpu {
+
+namespace {
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelGrain = 1 << 15;
+}  // namespace
+
+int num_threads() {
+#ifdef CONVNET_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// fill, add, bias
+
+void fill(float* x, int64_t n, float value) {
+#pragma omp parallel for simd if (n > kParallelGrain) schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] = value;
+}
+
+void add(float* dst, const float* src, int64_t n, float alpha) {
+#pragma omp parallel for simd if (n > kParallelGrain) schedule(static)
+  for (int64_t i = 0; i < n; ++i) dst[i] += alpha * src[i];
+}
+
+void add_bias(float* y, const float* b, int64_t rows, int cols) {
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * cols;
+#pragma omp simd
+    for (int c = 0; c < cols; ++c) row[c] += b[c];
+  }
+}
+
+void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate) {
+  // Column sums. Each thread sums a contiguous band of rows into its own partial (rows stay
+  // contiguous in memory), then the partials are added in thread order, so the result does not
+  // depend on scheduling.
+  const int threads = (rows * cols > kParallelGrain) ? num_threads() : 1;
+  std::vector<double> partial(static_cast<size_t>(threads) * cols, 0.0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#ifdef CONVNET_WITH_OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+    double* acc = partial.data() + static_cast<size_t>(t) * cols;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = dy + r * cols;
+      for (int c = 0; c < cols; ++c) acc[c] += row[c];
+    }
+  }
+  for (int c = 0; c < cols; ++c) {
+    double sum = 0.0;
+    for (int t = 0; t < threads; ++t) sum += partial[static_cast<size_t>(t) * cols + c];
+    db[c] = static_cast<float>(accumulate ? db[c] + sum : sum);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReLU, dropout
+
+void relu_forward(const float* x, float* y, int64_t n) {
+#pragma omp parallel for simd if (n > kParallelGrain) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
+#pragma omp parallel for simd if (n > kParallelGrain) schedule(static)
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+namespace {
+// out[i] = in[i] * mask(i): the mask of element i comes from Philox block i / 4, word i % 4.
+void apply_dropout_mask(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter) {
+  const float scale = 1.0f / (1.0f - p);
+  const int64_t blocks = (n + 3) / 4;
+#pragma omp parallel for if (n > kParallelGrain / 4) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float u[4];
+    philox_uniform4(seed, counter, static_cast<uint64_t>(blk), u);
+    const int64_t base = blk * 4;
+    const int count = static_cast<int>(std::min<int64_t>(4, n - base));
+    for (int j = 0; j < count; ++j) out[base + j] = u[j] >= p ? in[base + j] * scale : 0.0f;
+  }
+}
+}  // namespace
+
+void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter) {
+  apply_dropout_mask(x, y, n, p, seed, counter);
+}
+
+void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed, uint64_t counter) {
+  apply_dropout_mask(dy, dx, n, p, seed, counter);
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax + cross-entropy
+
+void softmax_cross_entropy(const float* logits, const int32_t* labels, int N, int C, float* dlogits,
+                           float* stats) {
+  double loss = 0.0;
+  int64_t top1 = 0, top5 = 0;
+#pragma omp parallel for reduction(+ : loss, top1, top5) if (static_cast<int64_t>(N) * C > kParallelGrain)
+  for (int i = 0; i < N; ++i) {
+    const float* z = logits + static_cast<int64_t>(i) * C;
+    const int label = labels[i];
+    const bool valid = label >= 0 && label < C;
+    // Subtract the row maximum: exp never overflows, however large the logits.
+    float zmax = z[0];
+    for (int c = 1; c < C; ++c) zmax = std::max(zmax, z[c]);
+    double sum = 0.0;
+    for (int c = 0; c < C; ++c) sum += std::exp(static_cast<double>(z[c] - zmax));
+    const double log_sum = std::log(sum);
+    if (valid) {
+      loss += log_sum - static_cast<double>(z[label] - zmax);
+      int rank = 0;  // classes with a strictly larger logit than the label's
+      for (int c = 0; c < C; ++c) rank += z[c] > z[label];
+      top1 += rank < 1;
+      top5 += rank < 5;
+    } else {
+      loss += -std::log(1e-30);  // an impossible label: the largest loss, never a read out of bounds
+    }
+    if (dlogits) {
+      float* d = dlogits + static_cast<int64_t>(i) * C;
+      const double inv_n = 1.0 / N;
+      for (int c = 0; c < C; ++c) {
+        const double prob = std::exp(static_cast<double>(z[c] - zmax) - log_sum);
+        d[c] = static_cast<float>((prob - (c == label ? 1.0 : 0.0)) * inv_n);
+      }
+    }
+  }
+  stats[0] = static_cast<float>(loss / N);
+  stats[1] = static_cast<float>(top1);
+  stats[2] = static_cast<float>(top5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SGD with momentum and weight decay, the paper's form
+
+void sgd_update(const SgdParam* params, int count, float momentum) {
+  for (int t = 0; t < count; ++t) {
+    const SgdParam& q = params[t];
+    const float lr = q.lr, decay = q.wd * q.lr;
+#pragma omp parallel for simd if (q.n > kParallelGrain) schedule(static)
+    for (int64_t i = 0; i < q.n; ++i) {
+      const float v = momentum * q.v[i] - decay * q.w[i] - lr * q.g[i];
+      q.v[i] = v;
+      q.w[i] += v;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace convnet

@@ -1,0 +1,551 @@
+// Argument checks and backend selection for every op of ops.h.
+//
+// Each op checks dtypes, ranks, shapes and devices first and raises std::invalid_argument (ValueError
+// in Python) with the op's name and the shapes involved, so a kernel never sees a bad argument. Then
+// it calls the cpu:: or cuda:: kernel of backend.h on the tensors' device.
+#include "ops.h"
+
+#include <cstring>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+
+namespace convnet {
+namespace ops {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// checks
+
+[[noreturn]] void fail(const char* op, const std::string& message) {
+  throw std::invalid_argument(std::string(op) + ": " + message);
+}
+
+struct Arg {
+  const char* name;
+  const Tensor* t;
+};
+
+void need_defined(const char* op, const char* name, const Tensor& t) {
+  if (!t.defined()) fail(op, std::string(name) + " is an undefined tensor");
+}
+
+void need_f32(const char* op, const char* name, const Tensor& t) {
+  need_defined(op, name, t);
+  if (t.dtype() != DType::Float32)
+    fail(op, std::string(name) + " must be float32, got " + t.describe());
+}
+
+void need_dim(const char* op, const char* name, const Tensor& t, int dim, const char* layout) {
+  if (t.dim() != dim)
+    fail(op, std::string(name) + " must be " + std::to_string(dim) + "-D " + layout + ", got shape " +
+                 t.shape_str());
+}
+
+void need_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& shape,
+                const std::string& why = "") {
+  if (t.shape() != shape)
+    fail(op, std::string(name) + " has shape " + t.shape_str() + " but " +
+                 (why.empty() ? std::string("expected ") : why + " needs ") + shape_str(shape));
+}
+
+// All tensors on one device; returns it.
+Device same_device(const char* op, std::initializer_list<Arg> args) {
+  const Arg* first = nullptr;
+  for (const Arg& a : args) {
+    if (!a.t || !a.t->defined()) continue;
+    if (!first) {
+      first = &a;
+    } else if (a.t->device() != first->t->device()) {
+      fail(op, "all tensors must be on one device, but " + std::string(first->name) + " is on " +
+                   first->t->device().str() + " and " + a.name + " is on " + a.t->device().str());
+    }
+  }
+  return first ? first->t->device() : Device::cpu();
+}
+
+void no_alias(const char* op, const char* out_name, const Tensor& out, const char* in_name,
+              const Tensor& in) {
+  if (in.defined() && out.same_storage(in))
+    fail(op, std::string(out_name) + " must not share memory with " + in_name);
+}
+
+const Tensor* ptr(const OptTensor& t) { return t ? &*t : nullptr; }
+float* data_or_null(const OptTensor& t) { return t ? t->f32() : nullptr; }
+
+int to_int(const char* op, const char* what, int64_t v) {
+  if (v > 0x7fffffff) fail(op, std::string(what) + " = " + std::to_string(v) + " is too large (over 2^31)");
+  return static_cast<int>(v);
+}
+
+std::string pair_str(Pair p) { return "(" + std::to_string(p.first) + ", " + std::to_string(p.second) + ")"; }
+
+}  // namespace
+
+// Run `call` (a backend.h function call without namespace) on device `dev`.
+#ifdef CONVNET_WITH_CUDA
+#define CONVNET_DISPATCH(dev, call) \
+  do {                              \
+    if ((dev).is_cuda()) {          \
+      cuda::set_device((dev).index);\
+      cuda::call;                   \
+    } else {                        \
+      cpu::call;                    \
+    }                               \
+  } while (0)
+#else
+#define CONVNET_DISPATCH(dev, call) \
+  do {                              \
+    (void)(dev);                    \
+    cpu::call;                      \
+  } while (0)
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// geometry
+
+ConvShape conv_shape(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, Pair stride,
+                     Pair pad, int groups, const char* op) {
+  const std::string geo = "x " + shape_str(xs) + ", w " + shape_str(ws) + ", stride " + pair_str(stride) +
+                          ", pad " + pair_str(pad) + ", groups " + std::to_string(groups);
+  if (xs.size() != 4) fail(op, "x must be 4-D (N, H, W, C), got shape " + shape_str(xs));
+  if (ws.size() != 4) fail(op, "w must be 4-D (K, R, S, C/groups), got shape " + shape_str(ws));
+  if (stride.first <= 0 || stride.second <= 0) fail(op, "stride must be positive (" + geo + ")");
+  if (pad.first < 0 || pad.second < 0) fail(op, "padding must be non-negative (" + geo + ")");
+  if (groups <= 0) fail(op, "groups must be positive (" + geo + ")");
+  ConvShape s{};
+  s.N = to_int(op, "N", xs[0]);
+  s.H = to_int(op, "H", xs[1]);
+  s.W = to_int(op, "W", xs[2]);
+  s.C = to_int(op, "C", xs[3]);
+  s.K = to_int(op, "K", ws[0]);
+  s.R = to_int(op, "R", ws[1]);
+  s.S = to_int(op, "S", ws[2]);
+  if (s.C % groups) fail(op, "groups must divide the input channels (" + geo + ")");
+  if (s.K % groups) fail(op, "groups must divide the output channels K (" + geo + ")");
+  if (ws[3] != s.C / groups)
+    fail(op, "w has " + std::to_string(ws[3]) + " input channels per filter but x has " +
+                 std::to_string(s.C) + " channels in " + std::to_string(groups) + " group(s), so w needs " +
+                 std::to_string(s.C / groups) + " (" + geo + ")");
+  if (s.R <= 0 || s.S <= 0 || s.K <= 0) fail(op, "filters must be non-empty (" + geo + ")");
+  if (s.R > s.H + 2 * pad.first || s.S > s.W + 2 * pad.second)
+    fail(op, "kernel larger than the padded input (" + geo + ")");
+  s.stride_h = stride.first;
+  s.stride_w = stride.second;
+  s.pad_h = pad.first;
+  s.pad_w = pad.second;
+  s.groups = groups;
+  s.P = (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1;
+  s.Q = (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1;
+  return s;
+}
+
+PoolShape pool_shape(const std::vector<int64_t>& xs, Pair window, Pair stride, Pair pad, const char* op) {
+  const std::string geo = "x " + shape_str(xs) + ", window " + pair_str(window) + ", stride " +
+                          pair_str(stride) + ", pad " + pair_str(pad);
+  if (xs.size() != 4) fail(op, "x must be 4-D (N, H, W, C), got shape " + shape_str(xs));
+  if (window.first <= 0 || window.second <= 0) fail(op, "window must be positive (" + geo + ")");
+  if (stride.first <= 0 || stride.second <= 0) fail(op, "stride must be positive (" + geo + ")");
+  if (pad.first < 0 || pad.second < 0) fail(op, "padding must be non-negative (" + geo + ")");
+  if (pad.first >= window.first || pad.second >= window.second)
+    fail(op, "padding must be smaller than the window, or a window could hold no input (" + geo + ")");
+  PoolShape s{};
+  s.N = to_int(op, "N", xs[0]);
+  s.H = to_int(op, "H", xs[1]);
+  s.W = to_int(op, "W", xs[2]);
+  s.C = to_int(op, "C", xs[3]);
+  s.R = window.first;
+  s.S = window.second;
+  if (s.R > s.H + 2 * pad.first || s.S > s.W + 2 * pad.second)
+    fail(op, "window larger than the padded input (" + geo + ")");
+  s.stride_h = stride.first;
+  s.stride_w = stride.second;
+  s.pad_h = pad.first;
+  s.pad_w = pad.second;
+  s.P = (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1;
+  s.Q = (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// memory
+
+void copy_(const Tensor& dst, const Tensor& src) {
+  const char* op = "copy_";
+  need_defined(op, "dst", dst);
+  need_defined(op, "src", src);
+  if (dst.dtype() != src.dtype())
+    fail(op, "dtypes differ: dst is " + dst.describe() + ", src is " + src.describe());
+  need_shape(op, "dst", dst, src.shape(), "src " + src.shape_str());
+  if (dst.same_storage(src) || dst.nbytes() == 0) return;
+  const Device d = dst.device(), s = src.device();
+#ifdef CONVNET_WITH_CUDA
+  if (d.is_cuda() && s.is_cuda()) return cuda::copy_device_to_device(d.index, dst.raw(), s.index, src.raw(), src.nbytes());
+  if (d.is_cuda()) return cuda::copy_host_to_device(d.index, dst.raw(), src.raw(), src.nbytes());
+  if (s.is_cuda()) return cuda::copy_device_to_host(s.index, dst.raw(), src.raw(), src.nbytes());
+#else
+  (void)d;
+  (void)s;
+#endif
+  std::memcpy(dst.raw(), src.raw(), src.nbytes());
+}
+
+void fill_(const Tensor& t, float value) {
+  need_f32("fill_", "t", t);
+  CONVNET_DISPATCH(t.device(), fill(t.f32(), t.numel(), value));
+}
+
+void add_(const Tensor& dst, const Tensor& src, float alpha) {
+  const char* op = "add_";
+  need_f32(op, "dst", dst);
+  need_f32(op, "src", src);
+  need_shape(op, "dst", dst, src.shape(), "src " + src.shape_str());
+  const Device dev = same_device(op, {{"dst", &dst}, {"src", &src}});
+  CONVNET_DISPATCH(dev, add(dst.f32(), src.f32(), dst.numel(), alpha));
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM and fully connected
+
+void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha,
+          float beta) {
+  const char* op = "gemm";
+  need_f32(op, "a", a);
+  need_f32(op, "b", b);
+  need_f32(op, "c", c);
+  need_dim(op, "a", a, 2, "(rows, cols)");
+  need_dim(op, "b", b, 2, "(rows, cols)");
+  need_dim(op, "c", c, 2, "(rows, cols)");
+  const Device dev = same_device(op, {{"a", &a}, {"b", &b}, {"c", &c}});
+  no_alias(op, "c", c, "a", a);
+  no_alias(op, "c", c, "b", b);
+  const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
+  const int64_t Kb = trans_b ? b.size(1) : b.size(0), N = trans_b ? b.size(0) : b.size(1);
+  if (K != Kb)
+    fail(op, "inner dimensions differ: op(a) is (" + std::to_string(M) + ", " + std::to_string(K) +
+                 ") and op(b) is (" + std::to_string(Kb) + ", " + std::to_string(N) + ") (a " + a.shape_str() +
+                 ", b " + b.shape_str() + ")");
+  need_shape(op, "c", c, {M, N}, "op(a) op(b)");
+  CONVNET_DISPATCH(dev, gemm(trans_a, trans_b, to_int(op, "M", M), to_int(op, "N", N), to_int(op, "K", K),
+                             alpha, a.f32(), to_int(op, "lda", a.size(1)), b.f32(), to_int(op, "ldb", b.size(1)),
+                             beta, c.f32(), to_int(op, "ldc", N)));
+}
+
+namespace {
+// (N, in) view of an fc input: the batch dimension first, everything after it flattened.
+std::pair<int64_t, int64_t> fc_rows_cols(const char* op, const char* name, const Tensor& x) {
+  if (x.dim() < 2) fail(op, std::string(name) + " must be at least 2-D (N, features...), got shape " + x.shape_str());
+  return {x.size(0), x.size(0) ? x.numel() / x.size(0) : 0};
+}
+}  // namespace
+
+void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate) {
+  const char* op = "fc_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "w", w);
+  need_f32(op, "y", y);
+  if (b) need_f32(op, "b", *b);
+  need_dim(op, "w", w, 2, "(out, in)");
+  const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
+  const auto [N, in] = fc_rows_cols(op, "x", x);
+  if (w.size(1) != in)
+    fail(op, "w " + w.shape_str() + " expects " + std::to_string(w.size(1)) + " input features but x " +
+                 x.shape_str() + " has " + std::to_string(in));
+  const int64_t out = w.size(0);
+  need_shape(op, "y", y, {N, out}, "x " + x.shape_str() + " and w " + w.shape_str());
+  if (b) need_shape(op, "b", *b, {out}, "w " + w.shape_str());
+  no_alias(op, "y", y, "x", x);
+  const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
+  CONVNET_DISPATCH(dev, gemm(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f, y.f32(), o));
+  if (b) CONVNET_DISPATCH(dev, add_bias(y.f32(), b->f32(), N, o));
+}
+
+void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) {
+  const char* op = "fc_backward_data";
+  need_f32(op, "dy", dy);
+  need_f32(op, "w", w);
+  need_f32(op, "dx", dx);
+  need_dim(op, "w", w, 2, "(out, in)");
+  need_dim(op, "dy", dy, 2, "(N, out)");
+  const Device dev = same_device(op, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
+  const auto [N, in] = fc_rows_cols(op, "dx", dx);
+  need_shape(op, "dy", dy, {N, w.size(0)}, "dx " + dx.shape_str() + " and w " + w.shape_str());
+  if (in != w.size(1))
+    fail(op, "dx " + dx.shape_str() + " has " + std::to_string(in) + " features but w " + w.shape_str() +
+                 " expects " + std::to_string(w.size(1)));
+  no_alias(op, "dx", dx, "dy", dy);
+  const int n = to_int(op, "N", N), o = to_int(op, "out", w.size(0)), k = to_int(op, "in", in);
+  CONVNET_DISPATCH(dev, gemm(false, false, n, k, o, 1.0f, dy.f32(), o, w.f32(), k, accumulate ? 1.0f : 0.0f, dx.f32(), k));
+}
+
+void fc_backward_weights(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db) {
+  const char* op = "fc_backward_weights";
+  need_f32(op, "dy", dy);
+  need_f32(op, "x", x);
+  need_f32(op, "dw", dw);
+  if (db) need_f32(op, "db", *db);
+  need_dim(op, "dy", dy, 2, "(N, out)");
+  const Device dev = same_device(op, {{"dy", &dy}, {"x", &x}, {"dw", &dw}, {"db", ptr(db)}});
+  const auto [N, in] = fc_rows_cols(op, "x", x);
+  if (dy.size(0) != N) fail(op, "dy " + dy.shape_str() + " and x " + x.shape_str() + " have different batch sizes");
+  const int64_t out = dy.size(1);
+  need_shape(op, "dw", dw, {out, in}, "dy " + dy.shape_str() + " and x " + x.shape_str());
+  if (db) need_shape(op, "db", *db, {out}, "dy " + dy.shape_str());
+  const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
+  CONVNET_DISPATCH(dev, gemm(true, false, o, k, n, 1.0f, dy.f32(), o, x.f32(), k, 0.0f, dw.f32(), k));
+  if (db) CONVNET_DISPATCH(dev, bias_grad(dy.f32(), N, o, db->f32(), false));
+}
+
+// ---------------------------------------------------------------------------------------------
+// elementwise, dropout, loss, SGD
+
+void relu_forward(const Tensor& x, const Tensor& y) {
+  const char* op = "relu_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
+  CONVNET_DISPATCH(dev, relu_forward(x.f32(), y.f32(), x.numel()));
+}
+
+void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  const char* op = "relu_backward";
+  need_f32(op, "y", y);
+  need_f32(op, "dy", dy);
+  need_f32(op, "dx", dx);
+  need_shape(op, "dy", dy, y.shape(), "y " + y.shape_str());
+  need_shape(op, "dx", dx, y.shape(), "y " + y.shape_str());
+  const Device dev = same_device(op, {{"y", &y}, {"dy", &dy}, {"dx", &dx}});
+  CONVNET_DISPATCH(dev, relu_backward(y.f32(), dy.f32(), dx.f32(), y.numel()));
+}
+
+namespace {
+void need_probability(const char* op, float p) {
+  if (!(p >= 0.0f && p < 1.0f)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
+}
+}  // namespace
+
+void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter) {
+  const char* op = "dropout_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  need_probability(op, p);
+  need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
+  CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter));
+}
+
+void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter) {
+  const char* op = "dropout_backward";
+  need_f32(op, "dy", dy);
+  need_f32(op, "dx", dx);
+  need_probability(op, p);
+  need_shape(op, "dx", dx, dy.shape(), "dy " + dy.shape_str());
+  const Device dev = same_device(op, {{"dy", &dy}, {"dx", &dx}});
+  CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter));
+}
+
+void softmax_cross_entropy(const Tensor& logits, const Tensor& labels, const OptTensor& dlogits,
+                           const Tensor& stats) {
+  const char* op = "softmax_cross_entropy";
+  need_f32(op, "logits", logits);
+  need_dim(op, "logits", logits, 2, "(N, classes)");
+  need_defined(op, "labels", labels);
+  if (labels.dtype() != DType::Int32) fail(op, "labels must be int32, got " + labels.describe());
+  need_shape(op, "labels", labels, {logits.size(0)}, "logits " + logits.shape_str());
+  need_f32(op, "stats", stats);
+  need_shape(op, "stats", stats, {3}, "[loss, top-1 hits, top-5 hits]");
+  if (dlogits) {
+    need_f32(op, "dlogits", *dlogits);
+    need_shape(op, "dlogits", *dlogits, logits.shape(), "logits " + logits.shape_str());
+    no_alias(op, "dlogits", *dlogits, "logits", logits);
+  }
+  if (logits.size(0) == 0 || logits.size(1) == 0) fail(op, "logits " + logits.shape_str() + " is empty");
+  const Device dev = same_device(op, {{"logits", &logits}, {"labels", &labels}, {"dlogits", ptr(dlogits)}, {"stats", &stats}});
+  // Labels are checked on the host only when they live there; the kernels treat an out-of-range
+  // label as a hit of nothing with loss -log(eps) rather than reading out of bounds.
+  if (!dev.is_cuda()) {
+    const int32_t* l = labels.i32();
+    for (int64_t i = 0; i < labels.numel(); ++i)
+      if (l[i] < 0 || l[i] >= logits.size(1))
+        fail(op, "label " + std::to_string(l[i]) + " at row " + std::to_string(i) + " is outside [0, " +
+                     std::to_string(logits.size(1)) + ") for logits " + logits.shape_str());
+  }
+  CONVNET_DISPATCH(dev, softmax_cross_entropy(logits.f32(), labels.i32(), to_int(op, "N", logits.size(0)),
+                                              to_int(op, "C", logits.size(1)), data_or_null(dlogits), stats.f32()));
+}
+
+void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                const std::vector<Tensor>& velocities, const std::vector<float>& lrs,
+                const std::vector<float>& weight_decays, float momentum) {
+  const char* op = "sgd_update";
+  const size_t n = params.size();
+  if (grads.size() != n || velocities.size() != n || lrs.size() != n || weight_decays.size() != n)
+    fail(op, "params, grads, velocities, lrs and weight_decays must have one entry per parameter (got " +
+                 std::to_string(n) + ", " + std::to_string(grads.size()) + ", " + std::to_string(velocities.size()) +
+                 ", " + std::to_string(lrs.size()) + ", " + std::to_string(weight_decays.size()) + ")");
+  if (n == 0) return;
+  std::vector<SgdParam> list(n);
+  const Device dev = params[0].defined() ? params[0].device() : Device::cpu();
+  for (size_t i = 0; i < n; ++i) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    need_f32(op, ("params" + idx).c_str(), params[i]);
+    need_f32(op, ("grads" + idx).c_str(), grads[i]);
+    need_f32(op, ("velocities" + idx).c_str(), velocities[i]);
+    need_shape(op, ("grads" + idx).c_str(), grads[i], params[i].shape(), "params" + idx + " " + params[i].shape_str());
+    need_shape(op, ("velocities" + idx).c_str(), velocities[i], params[i].shape(), "params" + idx + " " + params[i].shape_str());
+    for (const Tensor* t : {&params[i], &grads[i], &velocities[i]})
+      if (t->device() != dev)
+        fail(op, "all tensors must be on one device: params[0] is on " + dev.str() + " but entry " +
+                     std::to_string(i) + " has a tensor on " + t->device().str());
+    list[i] = SgdParam{params[i].f32(), grads[i].f32(), velocities[i].f32(), params[i].numel(), lrs[i], weight_decays[i]};
+  }
+  CONVNET_DISPATCH(dev, sgd_update(list.data(), static_cast<int>(n), momentum));
+}
+
+// ---------------------------------------------------------------------------------------------
+// convolution
+
+void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
+                  Pair pad, int groups, bool accumulate) {
+  const char* op = "conv_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "w", w);
+  need_f32(op, "y", y);
+  if (b) need_f32(op, "b", *b);
+  const ConvShape s = conv_shape(x.shape(), w.shape(), stride, pad, groups, op);
+  need_shape(op, "y", y, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with w " + w.shape_str());
+  if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
+  const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
+  no_alias(op, "y", y, "x", x);
+  CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate));
+}
+
+void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,
+                        int groups, bool accumulate) {
+  const char* op = "conv_backward_data";
+  need_f32(op, "dy", dy);
+  need_f32(op, "w", w);
+  need_f32(op, "dx", dx);
+  const ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
+  need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "dx " + dx.shape_str() + " with w " + w.shape_str());
+  const Device dev = same_device(op, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
+  no_alias(op, "dx", dx, "dy", dy);
+  CONVNET_DISPATCH(dev, conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate));
+}
+
+void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,
+                          Pair stride, Pair pad, int groups, bool accumulate) {
+  const char* op = "conv_backward_filter";
+  need_f32(op, "dy", dy);
+  need_f32(op, "x", x);
+  need_f32(op, "dw", dw);
+  if (db) need_f32(op, "db", *db);
+  const ConvShape s = conv_shape(x.shape(), dw.shape(), stride, pad, groups, op);
+  need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with dw " + dw.shape_str());
+  if (db) need_shape(op, "db", *db, {s.K}, "dw " + dw.shape_str());
+  const Device dev = same_device(op, {{"dy", &dy}, {"x", &x}, {"dw", &dw}, {"db", ptr(db)}});
+  CONVNET_DISPATCH(dev, conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate));
+}
+
+// ---------------------------------------------------------------------------------------------
+// LRN and pooling
+
+namespace {
+LrnParams lrn_params(const char* op, int size, float alpha, float beta, float k, bool alpha_over_size) {
+  if (size <= 0) fail(op, "size must be positive, got " + std::to_string(size));
+  if (!(k > 0.0f) || alpha < 0.0f || beta < 0.0f)
+    fail(op, "need k > 0, alpha >= 0 and beta >= 0 (got k=" + std::to_string(k) + ", alpha=" +
+                 std::to_string(alpha) + ", beta=" + std::to_string(beta) + ")");
+  return LrnParams{size, alpha_over_size ? alpha / size : alpha, beta, k};
+}
+int64_t pixel_rows(const Tensor& x) { return x.dim() ? x.numel() / x.size(-1) : 0; }
+}  // namespace
+
+void lrn_forward(const Tensor& x, const Tensor& y, int size, float alpha, float beta, float k,
+                 bool alpha_over_size) {
+  const char* op = "lrn_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  need_dim(op, "x", x, 4, "(N, H, W, C)");
+  need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  const LrnParams p = lrn_params(op, size, alpha, beta, k, alpha_over_size);
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
+  no_alias(op, "y", y, "x", x);
+  CONVNET_DISPATCH(dev, lrn_forward(x.f32(), y.f32(), pixel_rows(x), to_int(op, "C", x.size(-1)), p));
+}
+
+void lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx, int size,
+                  float alpha, float beta, float k, bool alpha_over_size) {
+  const char* op = "lrn_backward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  need_f32(op, "dy", dy);
+  need_f32(op, "dx", dx);
+  need_dim(op, "x", x, 4, "(N, H, W, C)");
+  need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  need_shape(op, "dy", dy, x.shape(), "x " + x.shape_str());
+  need_shape(op, "dx", dx, x.shape(), "x " + x.shape_str());
+  const LrnParams p = lrn_params(op, size, alpha, beta, k, alpha_over_size);
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"dy", &dy}, {"dx", &dx}});
+  no_alias(op, "dx", dx, "dy", dy);
+  no_alias(op, "dx", dx, "x", x);
+  CONVNET_DISPATCH(dev, lrn_backward(x.f32(), y.f32(), dy.f32(), dx.f32(), pixel_rows(x), to_int(op, "C", x.size(-1)), p));
+}
+
+void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax, Pair window, Pair stride,
+                      Pair pad) {
+  const char* op = "max_pool_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  need_defined(op, "argmax", argmax);
+  if (argmax.dtype() != DType::Int32) fail(op, "argmax must be int32, got " + argmax.describe());
+  const PoolShape s = pool_shape(x.shape(), window, stride, pad, op);
+  if (static_cast<int64_t>(s.H) * s.W > 0x7fffffff) fail(op, "H*W of x " + x.shape_str() + " is over 2^31");
+  need_shape(op, "y", y, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
+  need_shape(op, "argmax", argmax, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"argmax", &argmax}});
+  no_alias(op, "y", y, "x", x);
+  CONVNET_DISPATCH(dev, max_pool_forward(s, x.f32(), y.f32(), argmax.i32()));
+}
+
+void max_pool_backward(const Tensor& dy, const Tensor& argmax, const Tensor& dx, Pair window,
+                       Pair stride, Pair pad) {
+  const char* op = "max_pool_backward";
+  need_f32(op, "dy", dy);
+  need_f32(op, "dx", dx);
+  need_defined(op, "argmax", argmax);
+  if (argmax.dtype() != DType::Int32) fail(op, "argmax must be int32, got " + argmax.describe());
+  const PoolShape s = pool_shape(dx.shape(), window, stride, pad, op);
+  need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
+  need_shape(op, "argmax", argmax, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
+  const Device dev = same_device(op, {{"dy", &dy}, {"argmax", &argmax}, {"dx", &dx}});
+  no_alias(op, "dx", dx, "dy", dy);
+  CONVNET_DISPATCH(dev, max_pool_backward(s, dy.f32(), argmax.i32(), dx.f32()));
+}
+
+void avg_pool_forward(const Tensor& x, const Tensor& y, Pair window, Pair stride, Pair pad) {
+  const char* op = "avg_pool_forward";
+  need_f32(op, "x", x);
+  need_f32(op, "y", y);
+  const PoolShape s = pool_shape(x.shape(), window, stride, pad, op);
+  need_shape(op, "y", y, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
+  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
+  no_alias(op, "y", y, "x", x);
+  CONVNET_DISPATCH(dev, avg_pool_forward(s, x.f32(), y.f32()));
+}
+
+void avg_pool_backward(const Tensor& dy, const Tensor& dx, Pair window, Pair stride, Pair pad) {
+  const char* op = "avg_pool_backward";
+  need_f32(op, "dy", dy);
+  need_f32(op, "dx", dx);
+  const PoolShape s = pool_shape(dx.shape(), window, stride, pad, op);
+  need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
+  const Device dev = same_device(op, {{"dy", &dy}, {"dx", &dx}});
+  no_alias(op, "dx", dx, "dy", dy);
+  CONVNET_DISPATCH(dev, avg_pool_backward(s, dy.f32(), dx.f32()));
+}
+
+}  // namespace ops
+}  // namespace convnet

@@ -1,0 +1,49 @@
+// Shared by every .cu file: error checks that become Python exceptions, the per-device stream that
+// all kernels run on, and launch-size helpers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "backend.h"
+
+namespace convnet {
+namespace cuda {
+
+// A failing CUDA call becomes std::runtime_error (RuntimeError in Python) naming the call.
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line);
+
+#define CONVNET_CUDA_CHECK(expr)                                                   \
+  do {                                                                             \
+    cudaError_t convnet_err_ = (expr);                                             \
+    if (convnet_err_ != cudaSuccess)                                               \
+      ::convnet::cuda::throw_cuda_error(convnet_err_, #expr, __FILE__, __LINE__);  \
+  } while (0)
+
+// After every launch: a bad configuration shows up here, naming the kernel.
+#define CONVNET_LAUNCH_CHECK(kernel_name)                                                 \
+  do {                                                                                    \
+    cudaError_t convnet_err_ = cudaGetLastError();                                        \
+    if (convnet_err_ != cudaSuccess)                                                      \
+      ::convnet::cuda::throw_cuda_error(convnet_err_, "launch of " kernel_name, __FILE__, \
+                                        __LINE__);                                        \
+  } while (0)
+
+// The stream every kernel of the current device is launched on (one per device, created on first
+// use, non-blocking with respect to the legacy default stream).
+cudaStream_t current_stream();
+
+// Blocks for a grid-stride loop over n elements: enough to fill the machine, never more than needed.
+inline unsigned grid_for(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks > 65535LL * 16) blocks = 65535LL * 16;  // grid-stride loops cover the rest
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace cuda
+}  // namespace convnet

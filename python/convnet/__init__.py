@@ -1,0 +1,17 @@
+"""convnet: AlexNet from scratch, with hand-written CUDA and C++ kernels under a thin Python layer.
+
+Layouts: activations (N, H, W, C); conv filters (K, R, S, C/groups); fully-connected weights (out, in).
+
+    >>> import convnet
+    >>> convnet.devices()          # ['cpu'] plus 'cuda:0', ... where a GPU is present
+    >>> convnet.build_info()       # CUDA compiled in?, architectures, CPU threads
+"""
+from . import _C
+from ._C import build_info, can_access_peer, devices, empty_cache, memory_stats, synchronize
+from ._C import ops
+from .tensor import Tensor, empty, from_numpy, full, zeros
+
+__version__ = build_info()["version"]
+
+__all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
+           "full", "memory_stats", "ops", "synchronize", "zeros"]

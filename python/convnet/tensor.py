@@ -1,0 +1,52 @@
+"""The Python face of the C++ Tensor: make tensors from NumPy, read them back, move them, and convert
+layouts for people coming from PyTorch.
+
+convnet's layouts are fixed: activations (N, H, W, C) "NHWC", conv filters (K, R, S, C/groups) "KRSC",
+fully-connected weights (out, in). PyTorch uses NCHW activations and (K, C, R, S) filters.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._C import Tensor
+
+__all__ = ["Tensor", "from_numpy", "empty", "zeros", "full",
+           "nchw_to_nhwc", "nhwc_to_nchw", "kcrs_to_krsc", "krsc_to_kcrs"]
+
+
+def from_numpy(array, device: str = "cpu") -> Tensor:
+    """Copy a float32 or int32 NumPy array onto `device` ("cpu", "cuda:0", ...)."""
+    return Tensor.from_numpy(np.asarray(array), device)
+
+
+def empty(shape, device: str = "cpu", dtype: str = "float32") -> Tensor:
+    """Uninitialised tensor (its contents are whatever the memory held)."""
+    return Tensor.empty(tuple(shape), device, dtype)
+
+
+def zeros(shape, device: str = "cpu", dtype: str = "float32") -> Tensor:
+    return Tensor.zeros(tuple(shape), device, dtype)
+
+
+def full(shape, value: float, device: str = "cpu") -> Tensor:
+    return Tensor.empty(tuple(shape), device, "float32").fill_(value)
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, H, W, C), C-contiguous."""
+    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, C, H, W), C-contiguous."""
+    return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+
+
+def kcrs_to_krsc(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv weights (K, C, R, S) -> convnet's (K, R, S, C)."""
+    return np.ascontiguousarray(np.transpose(w, (0, 2, 3, 1)))
+
+
+def krsc_to_kcrs(w: np.ndarray) -> np.ndarray:
+    """convnet conv weights (K, R, S, C) -> PyTorch's (K, C, R, S)."""
+    return np.ascontiguousarray(np.transpose(w, (0, 3, 1, 2)))
