@@ -1,0 +1,495 @@
+"""One class per layer type. Each layer holds its parameters (device Tensors, with their gradients and
+momentum buffers) and runs its forward and backward passes with convnet.ops only: no per-element
+Python work and no host round-trip.
+
+Shapes: a layer's output is (N, H, W, C) for image layers, (N, features) for fully-connected ones and
+(3,) for the cost (the [mean loss, top-1 hits, top-5 hits] statistics, kept on the device). Shapes
+below are per-sample (without N) unless said otherwise. Conv filters are (K, R, S, C/groups),
+fully-connected weights (out, in) where `in` flattens the input's (H, W, C) in that order.
+
+A layer with several inputs SUMS their contributions (cuda-convnet's way of joining two towers; there
+is no concat): conv and fc keep one weight tensor per input and add the second and later products with
+accumulate=True. The Net (net.py) decides the order, allocates every activation and gradient, and
+sums the gradients of a tensor read by several layers.
+
+A layer is described by a dict, e.g.::
+
+    {"name": "conv1", "type": "conv", "inputs": ["data"], "filters": 96, "size": 11, "stride": 4,
+     "relu": True, "init_std": 0.01, "bias_init": 0.0}
+
+`layer_from_config(d)` builds it and `layer.config()` gives the dict back (what checkpoints store).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _C
+from ._C import ops
+
+__all__ = ["Param", "Layer", "Data", "Conv", "FC", "ReLU", "Dropout", "LRN", "MaxPool", "AvgPool",
+           "SoftmaxCrossEntropy", "Copy", "LAYER_TYPES", "layer_from_config"]
+
+
+def _pair(v) -> tuple:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+class Param:
+    """A learned tensor with its gradient and momentum buffer, all on the layer's device.
+
+    init: Gaussian N(0, init_std^2) when init_std > 0, else the constant `init_const`.
+    lr_mult / wd_mult scale the run's learning rate and weight decay for this tensor.
+    """
+
+    def __init__(self, name: str, shape, init_std: float = 0.0, init_const: float = 0.0,
+                 lr_mult: float = 1.0, wd_mult: float = 1.0):
+        self.name = name
+        self.shape = tuple(int(s) for s in shape)
+        self.init_std = float(init_std)
+        self.init_const = float(init_const)
+        self.lr_mult = float(lr_mult)
+        self.wd_mult = float(wd_mult)
+        self.value = self.grad = self.velocity = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def initial_value(self, rng: np.random.Generator) -> np.ndarray:
+        if self.init_std > 0:
+            return rng.normal(0.0, self.init_std, self.shape).astype(np.float32)
+        return np.full(self.shape, self.init_const, dtype=np.float32)
+
+    def allocate(self, device: str, value: np.ndarray):
+        self.value = _C.Tensor.from_numpy(np.ascontiguousarray(value, dtype=np.float32), device)
+        self.grad = _C.Tensor.zeros(self.shape, device, "float32")
+        self.velocity = _C.Tensor.zeros(self.shape, device, "float32")
+
+    def __repr__(self):
+        return f"Param({self.name}, {self.shape}, lr_mult={self.lr_mult}, wd_mult={self.wd_mult})"
+
+
+class Context:
+    """What a pass needs besides tensors: train or test, the step (for dropout counters), the run's
+    dropout seed, the labels (int32 (N,) on the cost's device) and whether a backward pass follows."""
+
+    def __init__(self, train: bool, step: int = 0, seed: int = 0, labels=None, backward: bool = False):
+        self.train = train
+        self.step = int(step)
+        self.seed = int(seed)
+        self.labels = labels
+        self.backward = backward
+
+
+class Layer:
+    """Base class. Subclasses define `type`, `_options` (config keys and defaults), `setup`,
+    `forward` and `backward`.
+
+    accumulates: the backward pass can ADD into an input gradient (accumulate=True); otherwise the Net
+    gives it a scratch tensor and adds that (a tensor read by several layers).
+    max_inputs: how many inputs it takes (None: any number >= 1).
+    """
+    type = "layer"
+    accumulates = False
+    max_inputs = 1
+    _options: dict = {}
+
+    def __init__(self, name: str, inputs=(), device: str = "cpu", **options):
+        self.name = str(name)
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        self.inputs = [str(i) for i in inputs]
+        self.device = str(device)
+        unknown = set(options) - set(self._options)
+        if unknown:
+            raise ValueError(f"layer '{name}' ({self.type}): unknown option(s) {sorted(unknown)}; "
+                             f"known: {sorted(self._options)}")
+        for key, default in self._options.items():
+            setattr(self, key, options.get(key, default))
+        if self.max_inputs is not None and len(self.inputs) > self.max_inputs:
+            raise ValueError(f"layer '{name}' ({self.type}) takes at most {self.max_inputs} input(s), "
+                             f"got {self.inputs}")
+        if self.type not in ("data",) and not self.inputs:
+            raise ValueError(f"layer '{name}' ({self.type}) needs inputs=[...]")
+        self.params: list[Param] = []
+        self.in_shapes: list[tuple] = []
+        self.out_shape: tuple = ()
+        self.index = 0  # position in the Net (dropout counters use it)
+
+    def config(self) -> dict:
+        d = {"name": self.name, "type": self.type}
+        if self.inputs:
+            d["inputs"] = list(self.inputs)
+        if self.device != "cpu":
+            d["device"] = self.device
+        for key, default in self._options.items():
+            v = getattr(self, key)
+            if isinstance(v, tuple):
+                v = list(v)
+            if v != default:
+                d[key] = v
+        return d
+
+    # -- to override ---------------------------------------------------------------------------
+    def setup(self, in_shapes: list) -> tuple:
+        """Check the per-sample input shapes, create the Params' specs, return the output shape."""
+        raise NotImplementedError
+
+    def forward(self, xs, y, ctx: Context):
+        raise NotImplementedError
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx: Context):
+        """Write each dxs[i] (None: not needed) with accumulate[i] (=/+=), and every param grad."""
+        raise NotImplementedError
+
+    def flops(self) -> int:
+        """Forward floating-point operations per sample (2 x multiply-adds of conv and fc)."""
+        return 0
+
+    def buffers(self, n: int):
+        """Allocate any per-batch buffers (e.g. max-pool argmax) for batch size n."""
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, inputs={self.inputs}, device={self.device!r})"
+
+    def _fail(self, msg):
+        raise ValueError(f"layer '{self.name}' ({self.type}): {msg}")
+
+
+# --------------------------------------------------------------------------------------------------
+
+class Data(Layer):
+    """The input: images (N, H, W, C) float32, preprocessed like the loader (see Net.predict)."""
+    type = "data"
+    max_inputs = 0
+    _options = {"shape": None}
+
+    def setup(self, in_shapes):
+        if self.shape is None or len(self.shape) != 3:
+            self._fail(f"needs shape=[H, W, C], got {self.shape!r}")
+        self.shape = tuple(int(s) for s in self.shape)
+        return self.shape
+
+    def forward(self, xs, y, ctx):
+        pass  # the Net puts the batch in place of the output
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        pass
+
+
+_LEARNED = {"init_std": None, "bias_init": 0.0, "lr_mult": 1.0, "bias_lr_mult": 2.0, "wd_mult": 1.0,
+            "bias_wd_mult": 0.0, "bias": True, "relu": False}
+
+
+def _weight_names(n):
+    return ["weight"] if n == 1 else [f"weight{i}" for i in range(n)]
+
+
+class Conv(Layer):
+    """Convolution: y (N, P, Q, K) = sum over inputs of conv(x_i, w_i) + b, optional fused ReLU.
+
+    filters K, size R or (R, S), stride, pad, groups (each of `groups` channel groups of the input
+    feeds K/groups filters); init_std None means He's sqrt(2 / fan_in). Biases train at
+    bias_lr_mult x the rate with bias_wd_mult x the decay (cuda-convnet: 2x, no decay).
+    """
+    type = "conv"
+    accumulates = True
+    max_inputs = None
+    _options = {"filters": None, "size": None, "stride": 1, "pad": 0, "groups": 1, **_LEARNED}
+
+    def setup(self, in_shapes):
+        if not self.filters or not self.size:
+            self._fail("needs filters= and size=")
+        self.size, self.stride, self.pad = _pair(self.size), _pair(self.stride), _pair(self.pad)
+        K, (R, S), g = int(self.filters), self.size, int(self.groups)
+        out = None
+        self.params = []
+        for i, shp in enumerate(in_shapes):
+            if len(shp) != 3:
+                self._fail(f"input {self.inputs[i]!r} has shape {shp}, want (H, W, C)")
+            H, W, C = shp
+            if C % g or K % g:
+                self._fail(f"groups={g} must divide input channels {C} and filters {K}")
+            w_shape = (K, R, S, C // g)
+            try:
+                o = _C.conv_output_shape((1, H, W, C), w_shape, self.stride, self.pad, g)[1:]
+            except ValueError as e:
+                self._fail(f"input {self.inputs[i]!r} {shp}: {e}")
+            if out is not None and tuple(o) != out:
+                self._fail(f"inputs give different output shapes {out} and {tuple(o)}; they must agree to be summed")
+            out = tuple(o)
+            fan_in = R * S * (C // g) * len(in_shapes)
+            std = self.init_std if self.init_std is not None else math.sqrt(2.0 / fan_in)
+            self.params.append(Param(_weight_names(len(in_shapes))[i], w_shape, std, 0.0,
+                                     self.lr_mult, self.wd_mult))
+        self.bias_param = None
+        if self.bias:
+            self.bias_param = Param("bias", (K,), 0.0, self.bias_init, self.bias_lr_mult, self.bias_wd_mult)
+            self.params.append(self.bias_param)
+        self.weights = self.params[:len(in_shapes)]
+        return out
+
+    def forward(self, xs, y, ctx):
+        b = self.bias_param.value if self.bias_param else None
+        for i, (x, w) in enumerate(zip(xs, self.weights)):
+            ops.conv_forward(x, w.value, b if i == 0 else None, y, self.stride, self.pad, self.groups, i > 0)
+        if self.relu:
+            ops.relu_forward(y, y)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if self.relu:
+            ops.relu_backward(y, dy, dy)  # dy is this layer's own gradient buffer: safe in place
+        db = self.bias_param.grad if self.bias_param else None
+        for i, (x, w) in enumerate(zip(xs, self.weights)):
+            ops.conv_backward_filter(dy, x, w.grad, db if i == 0 else None, self.stride, self.pad,
+                                     self.groups, False)
+            if dxs[i] is not None:
+                ops.conv_backward_data(dy, w.value, dxs[i], self.stride, self.pad, self.groups, accumulate[i])
+
+    def flops(self):
+        P, Q, K = self.out_shape
+        return sum(2 * P * Q * K * w.shape[1] * w.shape[2] * w.shape[3] for w in self.weights)
+
+
+class FC(Layer):
+    """Fully connected: y (N, out) = sum over inputs of x_i (N, in_i) w_i^T + b, optional fused ReLU.
+    An image input (N, H, W, C) is flattened in (H, W, C) order."""
+    type = "fc"
+    accumulates = True
+    max_inputs = None
+    _options = {"outputs": None, **_LEARNED}
+
+    def setup(self, in_shapes):
+        if not self.outputs:
+            self._fail("needs outputs=")
+        out = int(self.outputs)
+        fan_in = sum(int(np.prod(s)) for s in in_shapes)
+        std = self.init_std if self.init_std is not None else math.sqrt(2.0 / fan_in)
+        names = _weight_names(len(in_shapes))
+        self.params = [Param(names[i], (out, int(np.prod(s))), std, 0.0, self.lr_mult, self.wd_mult)
+                       for i, s in enumerate(in_shapes)]
+        self.weights = list(self.params)
+        self.bias_param = None
+        if self.bias:
+            self.bias_param = Param("bias", (out,), 0.0, self.bias_init, self.bias_lr_mult, self.bias_wd_mult)
+            self.params.append(self.bias_param)
+        return (out,)
+
+    @staticmethod
+    def _flat(t):
+        shape = t.shape
+        return t if len(shape) == 2 else t.reshape((shape[0], int(np.prod(shape[1:]))))
+
+    def forward(self, xs, y, ctx):
+        b = self.bias_param.value if self.bias_param else None
+        for i, (x, w) in enumerate(zip(xs, self.weights)):
+            ops.fc_forward(self._flat(x), w.value, b if i == 0 else None, y, i > 0)
+        if self.relu:
+            ops.relu_forward(y, y)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if self.relu:
+            ops.relu_backward(y, dy, dy)
+        for i, (x, w) in enumerate(zip(xs, self.weights)):
+            db = self.bias_param.grad if (self.bias_param and i == 0) else None
+            ops.fc_backward_weights(dy, self._flat(x), w.grad, db)
+            if dxs[i] is not None:
+                ops.fc_backward_data(dy, w.value, self._flat(dxs[i]), accumulate[i])
+
+    def flops(self):
+        return sum(2 * w.shape[0] * w.shape[1] for w in self.weights)
+
+
+class ReLU(Layer):
+    type = "relu"
+
+    def setup(self, in_shapes):
+        return tuple(in_shapes[0])
+
+    def forward(self, xs, y, ctx):
+        ops.relu_forward(xs[0], y)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is not None:
+            ops.relu_backward(y, dy, dxs[0])
+
+
+class Dropout(Layer):
+    """Inverted dropout (drop with probability p, scale the kept by 1/(1-p)) while training; the
+    identity at test time. The mask is Philox4x32-10 keyed by (run seed, counter) with counter =
+    step * 1024 + layer index, regenerated in the backward pass: CPU and CUDA draw the same mask and a
+    resumed run draws the masks the uninterrupted run would have."""
+    type = "dropout"
+    _options = {"p": 0.5}
+
+    def setup(self, in_shapes):
+        if not 0.0 <= float(self.p) < 1.0:
+            self._fail(f"p must be in [0, 1), got {self.p}")
+        return tuple(in_shapes[0])
+
+    def counter(self, step: int) -> int:
+        return dropout_counter(step, self.index)
+
+    def forward(self, xs, y, ctx):
+        if ctx.train and self.p > 0:
+            ops.dropout_forward(xs[0], y, float(self.p), ctx.seed, self.counter(ctx.step))
+        else:
+            ops.copy_(y, xs[0])
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is None:
+            return
+        if ctx.train and self.p > 0:
+            ops.dropout_backward(dy, dxs[0], float(self.p), ctx.seed, self.counter(ctx.step))
+        else:
+            ops.copy_(dxs[0], dy)
+
+
+def dropout_counter(step: int, layer_index: int) -> int:
+    """The Philox counter of dropout layer `layer_index` at training step `step`."""
+    if not 0 <= layer_index < 1024:
+        raise ValueError(f"dropout counter: layer index {layer_index} out of [0, 1024)")
+    return int(step) * 1024 + int(layer_index)
+
+
+class LRN(Layer):
+    """Local response normalisation across channels, the paper's b = a / (k + alpha sum a^2)^beta
+    over `size` neighbouring channels (k=2, n=5, alpha=1e-4, beta=0.75). cuda-convnet and PyTorch
+    divide alpha by size: set alpha_over_size=True for theirs."""
+    type = "lrn"
+    _options = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False}
+
+    def setup(self, in_shapes):
+        if len(in_shapes[0]) != 3:
+            self._fail(f"input shape {in_shapes[0]} is not (H, W, C)")
+        return tuple(in_shapes[0])
+
+    def _args(self):
+        return int(self.size), float(self.alpha), float(self.beta), float(self.k), bool(self.alpha_over_size)
+
+    def forward(self, xs, y, ctx):
+        ops.lrn_forward(xs[0], y, *self._args())
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is not None:
+            ops.lrn_backward(xs[0], y, dy, dxs[0], *self._args())
+
+
+class _Pool(Layer):
+    _options = {"size": 3, "stride": 2, "pad": 0}
+
+    def setup(self, in_shapes):
+        self.size, self.stride, self.pad = _pair(self.size), _pair(self.stride), _pair(self.pad)
+        shp = in_shapes[0]
+        if len(shp) != 3:
+            self._fail(f"input shape {shp} is not (H, W, C)")
+        try:
+            return tuple(_C.pool_output_shape((1,) + tuple(shp), self.size, self.stride, self.pad)[1:])
+        except ValueError as e:
+            self._fail(f"input {shp}: {e}")
+
+
+class MaxPool(_Pool):
+    """Max-pooling; size 3 stride 2 is the paper's overlapping pooling. Keeps the argmax (int32) of
+    the last forward pass for the backward pass."""
+    type = "maxpool"
+
+    def buffers(self, n):
+        shape = (n,) + tuple(self.out_shape)
+        if getattr(self, "_argmax", None) is None or self._argmax.shape != shape \
+                or self._argmax.device != self.device:
+            self._argmax = _C.Tensor.empty(shape, self.device, "int32")
+
+    def forward(self, xs, y, ctx):
+        self.buffers(xs[0].shape[0])
+        ops.max_pool_forward(xs[0], y, self._argmax, self.size, self.stride, self.pad)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is not None:
+            ops.max_pool_backward(dy, self._argmax, dxs[0], self.size, self.stride, self.pad)
+
+
+class AvgPool(_Pool):
+    type = "avgpool"
+
+    def forward(self, xs, y, ctx):
+        ops.avg_pool_forward(xs[0], y, self.size, self.stride, self.pad)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is not None:
+            ops.avg_pool_backward(dy, dxs[0], self.size, self.stride, self.pad)
+
+
+class SoftmaxCrossEntropy(Layer):
+    """The cost: softmax of the logits (N, classes) and cross-entropy with the labels. Its output is
+    the (3,) statistics [mean loss, top-1 hits, top-5 hits], on the device. The gradient of the mean
+    loss is computed in the same call when a backward pass follows."""
+    type = "softmax"
+
+    def setup(self, in_shapes):
+        if len(in_shapes[0]) != 1:
+            self._fail(f"input shape {in_shapes[0]} is not (classes,): feed it an fc layer")
+        self.num_classes = int(in_shapes[0][0])
+        return (3,)
+
+    def forward(self, xs, y, ctx):
+        if ctx.labels is None:
+            self._fail("forward needs labels")
+        self._dlogits = None
+        if ctx.backward:
+            self._dlogits = _C.Tensor.empty(xs[0].shape, self.device, "float32")
+        ops.softmax_cross_entropy(xs[0], ctx.labels, self._dlogits, y)
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is None:
+            return
+        if self._dlogits is None:
+            self._fail("backward without a forward pass that asked for it")
+        ops.copy_(dxs[0], self._dlogits)
+
+
+class Copy(Layer):
+    """y <- x across devices (the Net inserts one where an edge crosses devices: model parallelism).
+    The gradient is copied back to the input's device."""
+    type = "copy"
+
+    def setup(self, in_shapes):
+        return tuple(in_shapes[0])
+
+    def forward(self, xs, y, ctx):
+        ops.copy_(y, xs[0])
+
+    def backward(self, xs, y, dy, dxs, accumulate, ctx):
+        if dxs[0] is not None:
+            ops.copy_(dxs[0], dy)
+
+
+LAYER_TYPES = {cls.type: cls for cls in (Data, Conv, FC, ReLU, Dropout, LRN, MaxPool, AvgPool,
+                                         SoftmaxCrossEntropy, Copy)}
+_ALIASES = {"input": "data", "pool": "maxpool", "max_pool": "maxpool", "avg_pool": "avgpool",
+            "cost": "softmax", "softmax_cross_entropy": "softmax", "fullyconnected": "fc", "fc_layer": "fc"}
+
+
+def layer_from_config(d: dict, device: str | None = None) -> Layer:
+    """A layer from its dict {"name", "type", "inputs", options...}; `device` overrides d["device"]."""
+    d = dict(d)
+    try:
+        name, kind = d.pop("name"), str(d.pop("type")).lower()
+    except KeyError as e:
+        raise ValueError(f"layer config {d!r} needs 'name' and 'type'") from e
+    kind = _ALIASES.get(kind, kind)
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"layer '{name}': unknown type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    inputs = d.pop("inputs", [])
+    dev = d.pop("device", "cpu")
+    return LAYER_TYPES[kind](name, inputs, device or dev, **d)

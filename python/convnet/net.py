@@ -1,0 +1,459 @@
+"""Net: named layers in a DAG, each pinned to a device, run forward and backward in topological order.
+
+The net is described as data, separately from the learning hyper-parameters (as cuda-convnet did):
+a list of layer dicts (see layers.py), a JSON file holding that list (or {"layers": [...]}), or a
+cuda-convnet-like INI file with one section per layer::
+
+    [conv1]
+    type = conv
+    inputs = data
+    filters = 32
+    size = 5
+    pad = 2
+    relu = true
+
+Rules of the graph:
+  * exactly one `data` layer (the input, shape [H, W, C]) and at most one `softmax` cost;
+  * a layer with several inputs sums them (conv and fc keep a weight per input);
+  * a tensor read by several layers gets the SUM of their gradients (the first writer overwrites, the
+    others accumulate: accumulate=True in conv/fc, a scratch tensor and add_ for the rest);
+  * where an input lives on another device than the layer reading it, the Net inserts a `Copy` layer
+    (named "<input>@<device>") that moves the activation forward and its gradient back: the hook for
+    model parallelism (tower a on cuda:0, tower b on cuda:1).
+
+Activations are (N, H, W, C); fully-connected outputs (N, features).
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import os
+
+import numpy as np
+
+from . import _C
+from ._C import ops
+from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_config
+
+__all__ = ["Net", "load_config"]
+
+DEFAULT_INPUT_SCALE = 1.0 / 64.0  # matches convnet.data.PIXEL_SCALE: inputs (pixel - mean) / 64
+
+
+def _parse_ini_value(text: str):
+    text = text.strip()
+    for conv in (json.loads,):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if "," in text:
+        return [_parse_ini_value(p) for p in text.split(",") if p.strip()]
+    return text
+
+
+def load_config(source):
+    """A net description -> (list of layer dicts, meta dict). `source`: a list of dicts, a dict with
+    "layers" (and optional "meta"), or a path to a .json or .ini/.cfg file."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"net config not found: {path}")
+        with open(path) as f:
+            text = f.read()
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            if path.endswith(".json"):
+                raise ValueError(f"net config {path}: invalid JSON: {e}") from e
+            parsed = None
+        if parsed is not None:
+            source = parsed
+        else:
+            cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+            cp.optionxform = str
+            try:
+                cp.read_string(text, source=path)
+            except configparser.Error as e:
+                raise ValueError(f"net config {path}: {e}") from e
+            layers = []
+            for section in cp.sections():
+                d = {"name": section}
+                for key, value in cp.items(section):
+                    v = _parse_ini_value(value)
+                    if key == "inputs" and not isinstance(v, list):
+                        v = [v]
+                    d[key] = v
+                layers.append(d)
+            return layers, {}
+    if isinstance(source, dict):
+        return [dict(d) for d in source["layers"]], dict(source.get("meta", {}))
+    return [dict(d) if isinstance(d, dict) else d for d in source], {}
+
+
+class Net:
+    """A network: `Net(layers, device=None, seed=0, meta=None)`.
+
+    layers  list of layer dicts or Layer objects, a {"layers": [...], "meta": {...}} dict, or a path
+    device  put every layer on this device (None keeps each layer's "device", default "cpu")
+    seed    seed of the parameter initialisation (numpy Generator, in topological order)
+    meta    free-form information kept with the net (e.g. "input_scale", "name")
+
+    forward(x, labels, train, step) runs the layers; backward() the gradients; update(lr, ...) one
+    SGD step with momentum over all parameters. predict(images) returns class probabilities.
+    """
+
+    def __init__(self, layers, device: str | None = None, seed: int = 0, meta: dict | None = None):
+        configs, file_meta = load_config(layers)
+        self.meta = {**file_meta, **(meta or {})}
+        user = [c if isinstance(c, Layer) else layer_from_config(c, device) for c in configs]
+        if device is not None:
+            for layer in user:
+                layer.device = device
+        names = [l.name for l in user]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"Net: duplicate layer name(s) {sorted(dup)}")
+        for i, layer in enumerate(user):
+            layer.index = i
+        self._user_layers = user
+        self.layers = self._sort(user)
+        self._insert_copies()
+        self._setup_shapes()
+        self.mean = None          # preprocessing: the training split's mean (image (H, W, 3) or (3,))
+        self._n = None            # batch size the buffers are allocated for
+        self._ctx = None
+        self.init_params(seed)
+
+    # -- graph -------------------------------------------------------------------------------------
+    @staticmethod
+    def _sort(layers):
+        by_name = {l.name: l for l in layers}
+        for l in layers:
+            for i in l.inputs:
+                if i not in by_name:
+                    raise ValueError(f"Net: layer '{l.name}' reads unknown input {i!r}; layers: {list(by_name)}")
+        order, done = [], set()
+        pending = list(layers)
+        while pending:  # Kahn's algorithm, stable in the config's order
+            progressed = False
+            for l in list(pending):
+                if all(i in done for i in l.inputs):
+                    order.append(l)
+                    done.add(l.name)
+                    pending.remove(l)
+                    progressed = True
+            if not progressed:
+                raise ValueError(f"Net: the graph has a cycle among {[l.name for l in pending]}")
+        return order
+
+    def _insert_copies(self):
+        by_name = {l.name: l for l in self.layers}
+        out, made = [], {}
+        for layer in self.layers:
+            new_inputs = []
+            for i in layer.inputs:
+                src = by_name[i]
+                if src.device != layer.device and not isinstance(layer, Copy):
+                    key = (i, layer.device)
+                    if key not in made:
+                        copy = Copy(f"{i}@{layer.device}", [i], layer.device)
+                        copy.index = 1023
+                        made[key] = copy
+                        out.append(copy)  # after its source (already in `out`), before its reader
+                    new_inputs.append(made[key].name)
+                else:
+                    new_inputs.append(i)
+            layer.inputs = new_inputs
+            out.append(layer)
+        self.layers = out
+        self.copies = list(made.values())
+        self._by_name = {l.name: l for l in self.layers}
+
+    def _setup_shapes(self):
+        datas = [l for l in self.layers if isinstance(l, Data)]
+        if len(datas) != 1:
+            raise ValueError(f"Net: need exactly one 'data' layer, got {[l.name for l in datas]}")
+        self.data_layer = datas[0]
+        costs = [l for l in self.layers if isinstance(l, SoftmaxCrossEntropy)]
+        if len(costs) > 1:
+            raise ValueError(f"Net: at most one 'softmax' cost layer, got {[l.name for l in costs]}")
+        self.cost_layer = costs[0] if costs else None
+        for layer in self.layers:
+            layer.in_shapes = [self._by_name[i].out_shape for i in layer.inputs]
+            layer.out_shape = tuple(layer.setup(layer.in_shapes))
+        self.output_name = self.cost_layer.inputs[0] if self.cost_layer else self.layers[-1].name
+        consumers = {l.name: [] for l in self.layers}
+        for l in self.layers:
+            for i in l.inputs:
+                consumers[i].append(l.name)
+        self.consumers = consumers
+        needs = {}
+        for l in self.layers:
+            needs[l.name] = not isinstance(l, Data) and (bool(l.params) or any(needs[i] for i in l.inputs))
+        self.needs_grad = needs
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple:
+        """(H, W, C) of the images the net takes."""
+        return tuple(self.data_layer.out_shape)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._by_name[self.output_name].out_shape[-1])
+
+    @property
+    def input_scale(self) -> float:
+        return float(self.meta.get("input_scale", DEFAULT_INPUT_SCALE))
+
+    @property
+    def devices(self) -> list:
+        return sorted({l.device for l in self.layers})
+
+    def layer(self, name: str) -> Layer:
+        return self._by_name[name]
+
+    def config(self) -> dict:
+        """The net as data: {"layers": [layer dicts in the original order], "meta": {...}}."""
+        return {"layers": [l.config() for l in self._user_layers], "meta": dict(self.meta)}
+
+    def named_params(self):
+        """[(f"{layer}.{param}", Param)] in topological order."""
+        return [(f"{l.name}.{p.name}", p) for l in self.layers for p in l.params]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.size for _, p in self.named_params())
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def init_params(self, seed: int = 0):
+        """(Re)initialise every parameter from `seed` and zero the momentum buffers."""
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            for p in layer.params:
+                p.allocate(layer.device, p.initial_value(rng))
+
+    def state(self) -> dict:
+        """{f"{layer}.{param}": float32 array} of the values and {...+".velocity"}: of the momentum."""
+        out = {}
+        for name, p in self.named_params():
+            out[name] = p.value.numpy()
+            out[name + ".velocity"] = p.velocity.numpy()
+        return out
+
+    def load_state(self, state: dict, velocities: bool = True, source: str = "state"):
+        """Set the parameters (and momentum buffers) from a dict like `state()` gives."""
+        for name, p in self.named_params():
+            keys = [name] + ([name + ".velocity"] if velocities else [])
+            for key in keys:
+                if key not in state:
+                    raise ValueError(f"{source}: no entry for parameter {key!r}")
+                arr = np.asarray(state[key])
+                if arr.shape != p.shape:
+                    raise ValueError(f"{source}: parameter {key!r} has shape {arr.shape}, the net wants {p.shape}")
+            p.value = _C.Tensor.from_numpy(np.ascontiguousarray(state[name], dtype=np.float32), p.value.device)
+            if velocities:
+                p.velocity = _C.Tensor.from_numpy(np.ascontiguousarray(state[name + ".velocity"], dtype=np.float32),
+                                                  p.value.device)
+
+    # -- passes -------------------------------------------------------------------------------------
+    def _allocate(self, n: int):
+        if self._n == n:
+            return
+        self._out, self._grad = {}, {}
+        for l in self.layers:
+            if isinstance(l, Data):
+                continue
+            self._out[l.name] = _C.Tensor.empty((n,) + l.out_shape if not isinstance(l, SoftmaxCrossEntropy)
+                                                else l.out_shape, l.device, "float32")
+            if self.needs_grad[l.name] and self.consumers[l.name]:
+                self._grad[l.name] = _C.Tensor.empty((n,) + l.out_shape, l.device, "float32")
+            l.buffers(n)
+        self._n = n
+
+    def forward(self, x, labels=None, train: bool = False, step: int = 0, seed: int = 0,
+                backward: bool | None = None):
+        """Run the net on x (N, H, W, C) float32 (numpy or Tensor) -> the cost's statistics (3,)
+        [mean loss, top-1 hits, top-5 hits] as a device Tensor when labels are given (int32 (N,)),
+        else the logits (N, classes) Tensor. `train` turns dropout on (masks keyed by (seed, step));
+        `backward` (default: train) keeps what backward() needs."""
+        data = self.data_layer
+        if isinstance(x, np.ndarray):
+            if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+                raise ValueError(f"Net.forward: input shape {x.shape}, the net takes (N,) + {self.input_shape}")
+            x = _C.Tensor.from_numpy(np.ascontiguousarray(x, dtype=np.float32), data.device)
+        elif x.device != data.device:
+            x = x.to(data.device)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"Net.forward: input shape {tuple(x.shape)}, the net takes (N,) + {self.input_shape}")
+        n = int(x.shape[0])
+        self._allocate(n)
+        self._out[data.name] = x
+        if labels is not None and self.cost_layer is not None:
+            if isinstance(labels, np.ndarray) or isinstance(labels, (list, tuple)):
+                labels = _C.Tensor.from_numpy(np.ascontiguousarray(labels, dtype=np.int32), self.cost_layer.device)
+            elif labels.device != self.cost_layer.device:
+                labels = labels.to(self.cost_layer.device)
+        backward = train if backward is None else backward
+        if backward and (labels is None or self.cost_layer is None):
+            raise ValueError("Net.forward: a training pass needs labels and a softmax cost layer")
+        ctx = Context(train, step, seed, labels, backward)
+        self._ctx = ctx
+        for l in self.layers:
+            if isinstance(l, Data) or (isinstance(l, SoftmaxCrossEntropy) and labels is None):
+                continue
+            l.forward([self._out[i] for i in l.inputs], self._out[l.name], ctx)
+        if labels is not None and self.cost_layer is not None:
+            return self._out[self.cost_layer.name]
+        return self._out[self.output_name]
+
+    def backward(self):
+        """Gradients of the mean loss of the last forward(..., backward=True) pass: every Param.grad."""
+        ctx = self._ctx
+        if ctx is None or not ctx.backward:
+            raise RuntimeError("Net.backward: call forward(x, labels, train=True) first")
+        written = set()
+        for l in reversed(self.layers):
+            if isinstance(l, Data) or not self.needs_grad[l.name]:
+                continue
+            dy = None
+            if l is not self.cost_layer:
+                if l.name not in self._grad:
+                    continue  # a dead end: nothing reads it
+                dy = self._grad[l.name]
+                if l.name not in written:
+                    ops.fill_(dy, 0.0)  # no consumer sent a gradient (a branch not reaching the cost)
+            dxs, acc, pending = [], [], []
+            for i in l.inputs:
+                if not self.needs_grad[i]:
+                    dxs.append(None)
+                    acc.append(False)
+                    continue
+                target = self._grad[i]
+                accumulate = i in written
+                if accumulate and not l.accumulates:
+                    scratch = _C.Tensor.empty(target.shape, target.device, "float32")
+                    pending.append((target, scratch))
+                    dxs.append(scratch)
+                    acc.append(False)
+                else:
+                    dxs.append(target)
+                    acc.append(accumulate)
+                written.add(i)
+            l.backward([self._out[i] for i in l.inputs], self._out[l.name], dy, dxs, acc, ctx)
+            for target, scratch in pending:
+                ops.add_(target, scratch, 1.0)
+
+    def update(self, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
+        """One SGD step, the paper's rule v <- m v - wd lr w - lr g; w <- w + v, with each Param's
+        lr_mult and wd_mult; one sgd_update call per device."""
+        groups = {}
+        for l in self.layers:
+            for p in l.params:
+                g = groups.setdefault(l.device, ([], [], [], [], []))
+                g[0].append(p.value)
+                g[1].append(p.grad)
+                g[2].append(p.velocity)
+                g[3].append(float(lr) * p.lr_mult)
+                g[4].append(float(weight_decay) * p.wd_mult)
+        for params, grads, vels, lrs, wds in groups.values():
+            ops.sgd_update(params, grads, vels, lrs, wds, float(momentum))
+
+    def train_step(self, x, labels, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+                   step: int = 0, seed: int = 0):
+        """forward + backward + update; returns the (3,) statistics Tensor (still on the device)."""
+        stats = self.forward(x, labels, train=True, step=step, seed=seed)
+        self.backward()
+        self.update(lr, momentum, weight_decay)
+        return stats
+
+    # -- inference ----------------------------------------------------------------------------------
+    def preprocess(self, images) -> np.ndarray:
+        """Images (N, H, W, C) uint8 (pixels 0..255) or float in pixel units -> the net's input: the
+        centre crop of the net's size, minus the training mean (`net.mean`, cropped the same way),
+        times `net.input_scale` (1/64 by default), exactly as the test-time loader does."""
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        H, W, C = self.input_shape
+        if x.ndim != 4 or x.shape[3] != C or x.shape[1] < H or x.shape[2] < W:
+            raise ValueError(f"predict: images of shape {x.shape} do not fit the net's input (N, {H}, {W}, {C}): "
+                             f"need (N, >={H}, >={W}, {C})")
+        y0, x0 = (x.shape[1] - H) // 2, (x.shape[2] - W) // 2
+        x = x[:, y0:y0 + H, x0:x0 + W, :].astype(np.float32)
+        if self.mean is not None:
+            m = np.asarray(self.mean, dtype=np.float32)
+            if m.ndim == 3:
+                my, mx = (m.shape[0] - H) // 2, (m.shape[1] - W) // 2
+                m = m[my:my + H, mx:mx + W, :]
+            x -= m
+        x *= np.float32(self.input_scale)
+        return np.ascontiguousarray(x)
+
+    def logits(self, x, batch_size: int = 256) -> np.ndarray:
+        """Logits (N, classes) of already preprocessed inputs x (N, H, W, C) float32."""
+        out = []
+        for k in range(0, len(x), batch_size):
+            out.append(self.forward(np.ascontiguousarray(x[k:k + batch_size], dtype=np.float32)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def predict(self, images, batch_size: int = 256, preprocess: bool = True) -> np.ndarray:
+        """Class probabilities (N, classes) float32 for images (N, H, W, C) NHWC.
+
+        preprocess=True (default): uint8 or float images in pixel units [0, 255], at least the net's
+        input size; see `preprocess` (centre crop, mean subtraction, scale). preprocess=False: x is
+        already the net's input (float32, exactly (N,) + input_shape)."""
+        x = self.preprocess(images) if preprocess else np.asarray(images, dtype=np.float32)
+        return softmax(self.logits(x, batch_size)).astype(np.float32)
+
+    # -- summary ------------------------------------------------------------------------------------
+    def summary(self, print_it: bool = True) -> str:
+        """A table: layer, type, output shape (N, H, W, C), parameters, forward FLOPs per image
+        (2 x multiply-adds of conv and fc; ReLU/LRN/pool are comparatively free and count 0), totals."""
+        multi = len(self.devices) > 1
+        rows = []
+        for l in self.layers:
+            shape = "(N, " + ", ".join(str(s) for s in l.out_shape) + ")" if not isinstance(l, SoftmaxCrossEntropy) \
+                else "(3,) stats"
+            kind = l.type + ("+relu" if getattr(l, "relu", False) else "")
+            if getattr(l, "groups", 1) != 1:
+                kind += f" g={l.groups}"
+            row = [l.name, kind, ",".join(l.inputs), shape, f"{l.num_params:,}", f"{l.flops():,}"]
+            if multi:
+                row.append(l.device)
+            rows.append(row)
+        head = ["layer", "type", "inputs", "output", "params", "FLOPs"] + (["device"] if multi else [])
+        total = ["total", "", "", "", f"{self.num_params:,}", f"{sum(l.flops() for l in self.layers):,}"] + \
+            ([""] if multi else [])
+        widths = [max(len(r[c]) for r in rows + [head, total]) for c in range(len(head))]
+        right = {4, 5}
+
+        def fmt(r):
+            return "  ".join(v.rjust(w) if c in right else v.ljust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip()
+        sep = "-" * len(fmt(head))
+        name = self.meta.get("name", "net")
+        lines = [f"{name}: input (N, {', '.join(map(str, self.input_shape))}), {self.num_classes} classes",
+                 fmt(head), sep] + [fmt(r) for r in rows] + [sep, fmt(total),
+                 f"{self.num_params / 1e6:.2f} M parameters, {sum(l.flops() for l in self.layers) / 1e9:.3f} GFLOPs "
+                 f"forward per image"]
+        text = "\n".join(lines)
+        if print_it:
+            print(text)
+        return text
+
+    def __repr__(self):
+        return f"Net({self.meta.get('name', '')!r}, {len(self._user_layers)} layers, {self.num_params:,} params, " \
+               f"devices={self.devices})"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
