@@ -5,13 +5,23 @@ Layouts: activations (N, H, W, C); conv filters (K, R, S, C/groups); fully-conne
     >>> import convnet
     >>> convnet.devices()          # ['cpu'] plus 'cuda:0', ... where a GPU is present
     >>> convnet.build_info()       # CUDA compiled in?, architectures, CPU threads
+    >>> result = convnet.train()   # the small default net on the built-in data set
+    >>> convnet.evaluate(result.net, "builtin", views=10)
+    >>> convnet.alexnet("2012").summary()
 """
 from . import _C
 from ._C import build_info, can_access_peer, devices, empty_cache, memory_stats, synchronize
 from ._C import ops
 from .tensor import Tensor, empty, from_numpy, full, zeros
+from . import layers
+from .net import Net
+from . import models
+from .models import alexnet, get_model
+from .train import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
 
 __version__ = build_info()["version"]
 
 __all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
-           "full", "memory_stats", "ops", "synchronize", "zeros"]
+           "full", "memory_stats", "ops", "synchronize", "zeros",
+           "Net", "layers", "models", "alexnet", "get_model",
+           "train", "evaluate", "TrainResult", "load_checkpoint", "save_checkpoint"]

@@ -124,8 +124,9 @@ class Layer:
 
     def config(self) -> dict:
         d = {"name": self.name, "type": self.type}
-        if self.inputs:
-            d["inputs"] = list(self.inputs)
+        inputs = getattr(self, "source_inputs", self.inputs)
+        if inputs:
+            d["inputs"] = list(inputs)
         if self.device != "cpu":
             d["device"] = self.device
         for key, default in self._options.items():

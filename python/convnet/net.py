@@ -152,6 +152,11 @@ class Net:
                 raise ValueError(f"Net: the graph has a cycle among {[l.name for l in pending]}")
         return order
 
+    @staticmethod
+    def needs_copy(src: Layer, dst: Layer) -> bool:
+        """Whether the edge src -> dst gets a Copy layer: when they live on different devices."""
+        return src.device != dst.device
+
     def _insert_copies(self):
         by_name = {l.name: l for l in self.layers}
         out, made = [], {}
@@ -159,7 +164,7 @@ class Net:
             new_inputs = []
             for i in layer.inputs:
                 src = by_name[i]
-                if src.device != layer.device and not isinstance(layer, Copy):
+                if not isinstance(layer, Copy) and not isinstance(src, Copy) and self.needs_copy(src, layer):
                     key = (i, layer.device)
                     if key not in made:
                         copy = Copy(f"{i}@{layer.device}", [i], layer.device)
@@ -169,6 +174,7 @@ class Net:
                     new_inputs.append(made[key].name)
                 else:
                     new_inputs.append(i)
+            layer.source_inputs = list(layer.inputs)  # as described (config() gives these back)
             layer.inputs = new_inputs
             out.append(layer)
         self.layers = out
