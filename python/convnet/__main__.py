@@ -63,11 +63,11 @@ def main(argv=None) -> int:
         elif args.command == "summary":
             import os
             if os.path.exists(args.model):
-                net = convnet.Net(args.model)
+                net = convnet.Net(args.model, allocate=False)
             else:
                 default_classes = 10 if args.model.lower() in ("default", "small") else 1000
                 net = convnet.get_model(args.model, num_classes=args.num_classes or default_classes,
-                                        input_size=args.input_size)
+                                        input_size=args.input_size, allocate=False)
             net.summary()
         elif args.command == "train":
             steps = [int(s) for s in args.lr_steps.split(",") if s.strip()] if args.lr_steps else None

@@ -63,7 +63,9 @@ class Param:
 
     def initial_value(self, rng: np.random.Generator) -> np.ndarray:
         if self.init_std > 0:
-            return rng.normal(0.0, self.init_std, self.shape).astype(np.float32)
+            w = rng.standard_normal(self.shape, dtype=np.float32)
+            w *= np.float32(self.init_std)
+            return w
         return np.full(self.shape, self.init_const, dtype=np.float32)
 
     def allocate(self, device: str, value: np.ndarray):

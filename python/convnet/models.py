@@ -133,7 +133,8 @@ def small_config(num_classes: int = 10, input_size: int = 28, width: int = 32) -
 # --------------------------------------------------------------------------------------------------
 
 def alexnet(version: str = "2012", num_classes: int = 1000, input_size: int | None = None,
-            device: str | None = None, devices=None, seed: int = 0, init: str = "paper") -> Net:
+            device: str | None = None, devices=None, seed: int = 0, init: str = "paper",
+            allocate: bool = True) -> Net:
     """AlexNet: version "2012" (the paper, two towers, 227x227 input, 60,965,224 parameters with 1000
     classes) or "owt" (single tower, 224x224, torchvision's layout). `devices=(a, b)` puts the 2012
     net's towers on two devices (model parallelism); `device` puts everything on one."""
@@ -146,12 +147,13 @@ def alexnet(version: str = "2012", num_classes: int = 1000, input_size: int | No
         meta = {"name": "alexnet-owt", "input_scale": DEFAULT_INPUT_SCALE}
     else:
         raise ValueError(f"alexnet: unknown version {version!r}; known: '2012', 'owt'")
-    return Net(cfg, device=device, seed=seed, meta=meta)
+    return Net(cfg, device=device, seed=seed, meta=meta, allocate=allocate)
 
 
-def small(num_classes: int = 10, input_size: int = 28, device: str | None = None, seed: int = 0) -> Net:
+def small(num_classes: int = 10, input_size: int = 28, device: str | None = None, seed: int = 0,
+          allocate: bool = True) -> Net:
     return Net(small_config(num_classes, input_size), device=device, seed=seed,
-               meta={"name": "small", "input_scale": DEFAULT_INPUT_SCALE})
+               meta={"name": "small", "input_scale": DEFAULT_INPUT_SCALE}, allocate=allocate)
 
 
 MODELS = {
@@ -164,12 +166,12 @@ _ALIASES = {"small": "default", "alexnet": "2012", "alexnet-2012": "2012", "alex
 
 
 def get_model(name: str, num_classes: int = 10, input_size: int | None = None, device: str | None = None,
-              seed: int = 0) -> Net:
+              seed: int = 0, allocate: bool = True) -> Net:
     """A model by name: "default" (alias "small"), "2012" ("alexnet"), "owt"."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key == "default":
-        return small(num_classes, input_size or 28, device, seed)
+        return small(num_classes, input_size or 28, device, seed, allocate)
     if key in ("2012", "owt"):
-        return alexnet(key, num_classes, input_size, device=device, seed=seed)
+        return alexnet(key, num_classes, input_size, device=device, seed=seed, allocate=allocate)
     raise ValueError(f"unknown model {name!r}; known models: " +
                      ", ".join(f"{k!r} ({v})" for k, v in MODELS.items()))

@@ -103,12 +103,14 @@ class Net:
     device  put every layer on this device (None keeps each layer's "device", default "cpu")
     seed    seed of the parameter initialisation (numpy Generator, in topological order)
     meta    free-form information kept with the net (e.g. "input_scale", "name")
+    allocate  False builds the graph and shapes only (for summary()): no parameter tensors
 
     forward(x, labels, train, step) runs the layers; backward() the gradients; update(lr, ...) one
     SGD step with momentum over all parameters. predict(images) returns class probabilities.
     """
 
-    def __init__(self, layers, device: str | None = None, seed: int = 0, meta: dict | None = None):
+    def __init__(self, layers, device: str | None = None, seed: int = 0, meta: dict | None = None,
+                 allocate: bool = True):
         configs, file_meta = load_config(layers)
         self.meta = {**file_meta, **(meta or {})}
         user = [c if isinstance(c, Layer) else layer_from_config(c, device) for c in configs]
@@ -128,7 +130,8 @@ class Net:
         self.mean = None          # preprocessing: the training split's mean (image (H, W, 3) or (3,))
         self._n = None            # batch size the buffers are allocated for
         self._ctx = None
-        self.init_params(seed)
+        if allocate:  # allocate=False: shapes only (summary, inspection), no parameter tensors
+            self.init_params(seed)
 
     # -- graph -------------------------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,93 @@
+"""Models: AlexNet 2012 (two towers), OWT, the small default net: shapes, parameter counts, errors."""
+import numpy as np
+import pytest
+
+import convnet
+from convnet import models
+from convnet.net import Net
+
+
+@pytest.fixture(scope="module")
+def alexnet2012():
+    return convnet.alexnet("2012")
+
+
+def test_alexnet_2012_parameters_and_shapes(alexnet2012):
+    net = alexnet2012
+    # conv1 2x17,472 + conv2 2x153,728 + conv3 2x442,560 + conv4 2x331,968 + conv5 2x221,312
+    # + fc6 37,752,832 + fc7 16,781,312 + fc8 4,097,000: the paper's "60 million".
+    assert net.num_params == 60_965_224
+    shapes = {l.name: l.out_shape for l in net.layers}
+    assert shapes["conv1a"] == (55, 55, 48) and shapes["conv1b"] == (55, 55, 48)
+    assert shapes["pool1a"] == (27, 27, 48) and shapes["conv2a"] == (27, 27, 128)
+    assert shapes["pool2b"] == (13, 13, 128) and shapes["conv3a"] == (13, 13, 192)
+    assert shapes["conv5b"] == (13, 13, 128) and shapes["pool5a"] == (6, 6, 128)
+    assert shapes["fc6"] == (4096,) and shapes["fc8"] == (1000,)
+    assert net.layer("conv3a").inputs == ["pool2a", "pool2b"]       # conv3 reads both towers
+    assert net.layer("conv4a").inputs == ["conv3a"]                  # conv4/5 their own
+    assert net.layer("fc6").inputs == ["pool5a", "pool5b"]
+    assert net.layer("fc6").weights[0].shape == (4096, 6 * 6 * 128)
+    # the paper's initialisation: biases 1 in conv2, conv4, conv5, fc6, fc7
+    ones = {l.name for l in net.layers if getattr(l, "bias_param", None) is not None
+            and l.bias_param.value.numpy()[0] == 1.0}
+    assert ones == {"conv2a", "conv2b", "conv4a", "conv4b", "conv5a", "conv5b", "fc6", "fc7"}
+    text = net.summary(print_it=False)
+    assert "60,965,224" in text and "60.97 M parameters" in text
+    for s in ("(N, 55, 55, 48)", "(N, 27, 27, 128)", "(N, 13, 13, 192)", "(N, 6, 6, 128)"):
+        assert s in text
+
+
+def test_alexnet_owt():
+    net = convnet.alexnet("owt", allocate=False)
+    assert net.num_params == 61_100_840  # torchvision's alexnet
+    assert net.input_shape == (224, 224, 3)
+    shapes = {l.name: l.out_shape for l in net.layers}
+    assert shapes["conv1"] == (55, 55, 64) and shapes["pool5"] == (6, 6, 256)
+    assert not any(l.type == "lrn" for l in net.layers)
+
+
+def test_num_classes_and_input_size():
+    net = Net(models.alexnet_2012_config(num_classes=10, input_size=227), allocate=False)
+    assert net.num_classes == 10 and net.layer("fc8").weights[0].shape == (10, 4096)
+    small = models.small(num_classes=7, input_size=32)
+    assert small.num_classes == 7 and small.input_shape == (32, 32, 3)
+    assert small.layer("pool2").out_shape == (7, 7, 64)
+    with pytest.raises(ValueError, match="pool"):
+        Net(models.alexnet_2012_config(input_size=64), allocate=False)  # too small for the 2012 stack
+
+
+def test_small_default_net_family():
+    net = models.get_model("default", num_classes=10)
+    kinds = [l.type for l in net.layers]
+    for k in ("conv", "lrn", "maxpool", "dropout", "fc", "softmax"):
+        assert k in kinds
+    assert net.input_shape == (28, 28, 3)
+    assert net.layer("pool1").size == (3, 3) and net.layer("pool1").stride == (2, 2)  # overlapping
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'.*'default'.*'2012'.*'owt'"):
+        models.get_model("resnet")
+    with pytest.raises(ValueError, match="known: '2012', 'owt'"):
+        convnet.alexnet("2015")
+
+
+def test_two_tower_placement_inserts_copies(monkeypatch):
+    """Tower b on a second device: copies appear exactly where a layer reads the other tower."""
+    cfg = models.alexnet_2012_config(num_classes=10, input_size=227)
+    tower_b = {d["name"] for d in cfg if d["name"].endswith("b")}
+    monkeypatch.setattr(Net, "needs_copy",
+                        staticmethod(lambda s, d: (s.name in tower_b) != (d.name in tower_b)))
+    net = Net(cfg, allocate=False)
+    assert sorted(c.name for c in net.copies) == ["data@cpu", "pool2a@cpu", "pool2b@cpu", "pool5b@cpu"]
+    assert net.num_params == Net(cfg, allocate=False).num_params
+
+
+def test_summary_cli(capsys):
+    from convnet.__main__ import main
+    assert main(["summary", "--model", "2012"]) == 0
+    out = capsys.readouterr().out
+    assert "60,965,224" in out and "conv3a" in out
+    assert main(["summary", "--model", "nope"]) == 2
+    assert main(["info"]) == 0
+    assert "devices: cpu" in capsys.readouterr().out
