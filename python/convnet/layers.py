@@ -448,10 +448,14 @@ class SoftmaxCrossEntropy(Layer):
     def forward(self, xs, y, ctx):
         if ctx.labels is None:
             self._fail("forward needs labels")
-        self._dlogits = None
+        dlogits = None
         if ctx.backward:
-            self._dlogits = _C.Tensor.empty(xs[0].shape, self.device, "float32")
-        ops.softmax_cross_entropy(xs[0], ctx.labels, self._dlogits, y)
+            buf = getattr(self, "_buf", None)
+            if buf is None or buf.shape != xs[0].shape:
+                self._buf = buf = _C.Tensor.empty(xs[0].shape, self.device, "float32")
+            dlogits = buf
+        self._dlogits = dlogits
+        ops.softmax_cross_entropy(xs[0], ctx.labels, dlogits, y)
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
         if dxs[0] is None:

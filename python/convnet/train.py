@@ -39,7 +39,7 @@ __all__ = ["train", "evaluate", "TrainResult", "save_checkpoint", "load_checkpoi
 CHECKPOINT_NAME = "checkpoint.npz"
 LOG_NAME = "log.jsonl"
 FORMAT = "convnet-checkpoint-v1"
-DEFAULT_EPOCHS = 12             # the small default net on the built-in data (measured: see docs)
+DEFAULT_EPOCHS = 10             # the small default net on the built-in data (measured: see docs)
 DEFAULT_EPOCHS_ALEXNET = 90     # the paper: ~90 epochs of ImageNet
 PAPER = {"batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -457,7 +457,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     model         None (the small default net for <= 64 px images, else AlexNet 2012), a name
                   ("default", "2012", "owt"), a Net, a layer-config list or a config file path
     data          None/"builtin", "cifar10:<path>", "cifar100:<path>", "imagenet:<path>" or (train, test)
-    epochs        default: 12 for the default net, 90 for AlexNet
+    epochs        default: 10 for the default net, 90 for AlexNet
     batch_size, lr, momentum, weight_decay   the paper's 128, 0.01, 0.9, 5e-4
     device        "auto" (cuda:0 if present, else cpu), "cpu", "cuda:1", ...
     seed          initialisation, data order/augmentation and dropout masks (default 0)
@@ -532,7 +532,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         lr_steps = hp_in.get("lr_steps") if (meta_in and lr_steps is None and "lr_steps" in hp_in
                                              and hp_in.get("epochs") == epochs) else None
     if lr_steps is None:
-        lr_steps = [int(round(epochs * 0.5)), int(round(epochs * 0.75))]
+        lr_steps = [math.ceil(epochs * 0.5), math.ceil(epochs * 0.75)]
     sched_state = (meta_in or {}).get("schedule") if (meta_in and lr == hp_in.get("lr")) else None
     sched = Schedule(schedule, lr, lr_steps, patience, state=sched_state)
     hparams = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
