@@ -313,6 +313,7 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   p.alpha = 1.0f;
   p.beta = 0.0f;
   p.split_stride = mn;
+  // N % 4 == 0 makes every slice's offset z * M * N a multiple of 4 floats too.
   p.vec_c = aligned16(partial.ptr) && N % 4 == 0;
   launch(trans_a, trans_b, grid, p);
   splitk_reduce_kernel<<<grid_for(mn, kThreads), kThreads, 0, stream>>>(partial.ptr, splits, M, N, C, ldc, alpha,

@@ -71,7 +71,9 @@ def test_gemm_larger_than_one_block(device, rng, trans_a, trans_b):
 @pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -1.5), (-2.0, 0.25), (1.0, 0.0), (0.0, 2.0)])
 def test_gemm_alpha_beta(device, rng, trans_a, trans_b, alpha, beta):
-    M, N, K = 37, 70, 300  # K > KC: beta applied once, on the first K block only
+    # K > KC = 256 (CPU: beta applied on the first K block only) and K >= 512 (CUDA: this small
+    # grid splits K, and the split-K reduction applies alpha and beta).
+    M, N, K = 37, 70, 600
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     c = rand(rng, (M, N))
     out = run_gemm(device, a, b, trans_a, trans_b, alpha, beta, c)
