@@ -41,7 +41,8 @@
 //   (measured with a register-only FMA loop, 12 independent chains: 265 / 1 thread, 515 / 2).
 //   fc6 forward: 2 * 128 * 4096 * 9216 = 9.66 GFLOP -> 18 ms at peak; the weights (151 MB) are
 //   read once, 64 FLOP per byte, so it is compute-bound. Measured (benchmarks/bench_gemm.py, 2
-//   threads, best of 5, on a quiet machine): fc6 forward 278 GFLOP/s (34.8 ms; torch 189), fc6
+//   threads, best of 5, on a quiet machine): fc6 forward 278 GFLOP/s (34.8 ms, torch 189; before
+//   the 16 x 16 transposed packing, which took fc7 forward from 293 to 359), fc6
 //   backward data 337, backward weights 452, fc7 forward 359, fc8 forward 379: 55-90 % of peak.
 //   The M = 128 shapes lose most to packing the weights (each weight feeds only 2 * 128 FLOP);
 //   with the cores shared by other jobs the big shapes drop to ~170 (so does torch, to ~80).
