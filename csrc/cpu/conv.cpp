@@ -12,7 +12,7 @@
 //
 // Memory: the patch matrix is built for a chunk of whole images at a time, at most kChunkBytes
 // (AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB in one piece; a chunk is
-// ~32 MB and still gives GEMMs with thousands of rows). A 1x1, stride-1, unpadded conv needs no
+// <= 8 MB, at least one image: conv1 and conv2 one image (3025 and 729 GEMM rows), 13x13 layers ~5). A 1x1, stride-1, unpadded conv needs no
 // patch matrix at all: x itself is the (N*H*W, C) patch matrix.
 //
 // Threads: one level of OpenMP only. cpu::gemm is OpenMP-parallel inside, so it is called from a
@@ -42,8 +42,9 @@ namespace cpu {
 
 namespace {
 
-// Patch-matrix budget per chunk of images.
-constexpr int64_t kChunkBytes = int64_t(32) << 20;
+// Patch-matrix budget per chunk of images: small enough to stay in the last-level cache between
+// im2col and the GEMM that reads it, large enough for GEMMs of hundreds to thousands of rows.
+constexpr int64_t kChunkBytes = int64_t(8) << 20;
 
 struct Geo {
   int Cg, Kg, RSC, ldp;  // ldp = groups * RSC: the patch matrix's row stride
