@@ -12,8 +12,8 @@
 //
 // Memory: the patch matrix is built for a chunk of whole images at a time, at most kChunkBytes
 // (AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB in one piece; a chunk is
-// <= 8 MB, at least one image: conv1 and conv2 one image (3025 and 729 GEMM rows), 13x13 layers ~5). A 1x1, stride-1, unpadded conv needs no
-// patch matrix at all: x itself is the (N*H*W, C) patch matrix.
+// <= 8 MB, at least one image: conv1 and conv2 one image (3025 and 729 GEMM rows), 13x13 layers ~5).
+// A 1x1, stride-1, unpadded conv needs no patch matrix at all: x itself is the (N*H*W, C) patch matrix.
 //
 // Threads: one level of OpenMP only. cpu::gemm is OpenMP-parallel inside, so it is called from a
 // serial loop over chunks and groups; im2col and col2im are separate parallel loops over pixels run
