@@ -34,8 +34,7 @@
 //   Bytes (compulsory): x 128*27*27*96*4 = 35.8 MB, y 95.6 MB, w 1.2 MB: ~0.13 GB forward.
 //   Floor on an H100 (~51 TFLOP/s fp32 non-tensor, ~3 TB/s): 57.3 / 51e3 = 1.12 ms of math versus
 //   0.13 / 3e3 = 0.04 ms of memory -> compute-bound (arithmetic intensity ~430 FLOP/B), so the
-//   goal is FMA throughput: a 64x64x16 tile does 64*64*16 FMAs per 2*64*16 loads from shared
-//   memory per thread-tile... i.e. 4x4 outputs per thread = 16 FMAs per 8 shared loads (float4: 2).
+//   goal is FMA throughput: per BK step a thread does 4x4 = 16 FMAs per 2 float4 shared loads.
 //   Grid: forward 1458 x 2 x 2 = 5832 blocks (~44 per SM), backward data 1458 x 1 x 2 (Cg = 48 <
 //   64: a quarter of each tile is padding), backward filter 19 x 2 x 2 tiles x ~7 splits of ~13k
 //   pixels (532 blocks, 4 per SM), reduce over 7 x 614 k partial sums (17 MB, ~6 us).
