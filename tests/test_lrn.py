@@ -98,9 +98,10 @@ def test_lrn_exact_zeros(device, rng):
     assert_close(lrn_backward(x, dy, device, **kw), ref.lrn_backward(x.astype(np.float64), dy, **kw), what="dx")
 
 
-@pytest.mark.parametrize("C", [2100, 8300])
+@pytest.mark.parametrize("C", [1500, 2100, 8300])
 def test_lrn_many_channels(device, rng, C):
-    """Channel counts past the CUDA kernels' shared-memory staging take their fallback path."""
+    """Wide pixels: the CUDA kernels stage one pixel per block up to 2048 channels (1500), and past
+    that take their global-memory fallback (2100, 8300)."""
     x, dy = inputs(rng, (1, 1, 2, C))
     kw = dict(size=5, alpha=0.1, beta=0.75, k=2.0)
     assert_close(lrn_forward(x, device, **kw), ref.lrn_forward(x.astype(np.float64), **kw), what="y")
