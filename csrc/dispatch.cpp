@@ -256,6 +256,7 @@ void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tens
   need_shape(op, "y", y, {N, out}, "x " + x.shape_str() + " and w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {out}, "w " + w.shape_str());
   no_alias(op, "y", y, "x", x);
+  no_alias(op, "y", y, "w", w);
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f, y.f32(), o));
   if (b) CONVNET_DISPATCH(dev, add_bias(y.f32(), b->f32(), N, o));
@@ -292,6 +293,8 @@ void fc_backward_weights(const Tensor& dy, const Tensor& x, const Tensor& dw, co
   const int64_t out = dy.size(1);
   need_shape(op, "dw", dw, {out, in}, "dy " + dy.shape_str() + " and x " + x.shape_str());
   if (db) need_shape(op, "db", *db, {out}, "dy " + dy.shape_str());
+  no_alias(op, "dw", dw, "dy", dy);
+  no_alias(op, "dw", dw, "x", x);
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(true, false, o, k, n, 1.0f, dy.f32(), o, x.f32(), k, 0.0f, dw.f32(), k));
   if (db) CONVNET_DISPATCH(dev, bias_grad(dy.f32(), N, o, db->f32(), false));

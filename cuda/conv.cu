@@ -1,16 +1,481 @@
-// STUB: to be replaced by the real conv kernels (cuda backend).
-#include <stdexcept>
-#include <string>
+// CUDA convolution: forward (+ bias), backward to data, backward to filters (+ bias), as implicit
+// GEMMs -- the patch matrix is never stored; each block gathers its tile of it from NHWC memory.
+//
+// Layouts (backend.h): x (N, H, W, C), w (K, R, S, Cg), y (N, P, Q, K); g = groups, Cg = C/g,
+// Kg = K/g, RSC = R*S*Cg. One group per blockIdx.z (backward filter: z = split * groups + group).
+//
+// All three passes use the same block GEMM: 256 threads, block tile 64 x 64, BK = 16, each thread
+// a 4 x 4 register tile (rows ty*4.., cols tx*4.., read from shared memory as float4), operands
+// staged in shared memory as As[BK][64 + 4] and Bs[BK][64 + 4] (the +4 keeps float4 alignment and
+// makes the transposing stores at most 2-way bank-conflicted). Global loads for tile t+1 go into
+// registers while tile t is multiplied (register prefetch), so the latency of the gathers overlaps
+// the FMAs. Every gathered element is bounds-checked (zero padding, partial tiles); offsets into x,
+// y, dy, dx are int64.
+//
+//   forward          M = N*P*Q (output pixels), N = Kg, K = R*S*Cg (r, s, c; c fastest)
+//                    A (pixel, (r,s,c)) = x[n, p*sh-ph+r, q*sw-pw+s, g*Cg+c]: 16 threads take 16
+//                    consecutive k, i.e. consecutive channels: coalesced along C.
+//                    B ((r,s,c), k) = w[g*Kg+k, r, s, c]: a filter row, contiguous along k.
+//                    epilogue: y (=|+=) acc + b.
+//   backward data    M = N*H*W (input pixels), N = Cg, K = R*S*Kg (r, s, k; k fastest)
+//                    A (pixel, (r,s,k)) = dy[n, p, q, g*Kg+k] with p = (h+ph-r)/sh, q = (w+pw-s)/sw,
+//                    zero unless both divide exactly and land inside the output: the transposed-conv
+//                    gather, so stride > 1 is exact and every dx element is written once (no atomics).
+//                    B ((r,s,k), c) = w[g*Kg+k, r, s, c]: contiguous along c.
+//   backward filter  M = Kg, N = R*S*Cg, K = N*P*Q (output pixels), split across blocks (split-K):
+//                    A (k, pixel) = dy[pixel, g*Kg+k]: contiguous along k.
+//                    B (pixel, (r,s,c)) = the forward's patch entry: contiguous along c.
+//                    Each split writes its own partial dW into scratch; a second kernel sums the
+//                    splits in split order (deterministic, no atomics). One split writes dw directly.
+//                    db: cuda::bias_grad on dy viewed as (N*P*Q, K).
+//
+// Napkin math, AlexNet-2012 conv2 (N=128, 27x27x96 -> 27x27x256, 5x5, pad 2, stride 1, groups 2):
+//   FLOPs per pass: 2 * N*P*Q * K * R*S*Cg = 2 * 93312 * 256 * 1200 = 57.3 GFLOP.
+//   Bytes (compulsory): x 128*27*27*96*4 = 35.8 MB, y 95.6 MB, w 1.2 MB: ~0.13 GB forward.
+//   Floor on an H100 (~51 TFLOP/s fp32 non-tensor, ~3 TB/s): 57.3 / 51e3 = 1.12 ms of math versus
+//   0.13 / 3e3 = 0.04 ms of memory -> compute-bound (arithmetic intensity ~430 FLOP/B), so the
+//   goal is FMA throughput: per BK step a thread does 4x4 = 16 FMAs per 2 float4 shared loads.
+//   Grid: forward 1458 x 2 x 2 = 5832 blocks (~44 per SM), backward data 1458 x 1 x 2 (Cg = 48 <
+//   64: a quarter of each tile is padding), backward filter 19 x 2 x 2 tiles x ~7 splits of ~13k
+//   pixels (532 blocks, 4 per SM); the reduce sums 7 partials of 307 k floats (8.6 MB written,
+//   then read: ~6 us).
+//   Realistic target for this simple kernel: 40-60% of the fp32 peak, i.e. 2-3 ms per pass.
+#include <algorithm>
 
-#include "backend.h"
+#include "common.cuh"
 
 namespace convnet {
 namespace cuda {
+
 namespace {
-[[noreturn]] void not_yet(const char* op) { throw std::runtime_error(std::string(op) + ": not implemented yet on cuda"); }
+
+constexpr int kThreads = 256;
+constexpr int BM = 64, BN = 64, BK = 16;
+constexpr int kPad = 4;  // shared row padding (floats); keeps float4 alignment
+constexpr int kLd = BM + kPad;
+static_assert(BM == BN, "the loaders assume square block tiles");
+
+// Scratch memory from the caching allocator (the pattern of cuda/elementwise.cu).
+struct Scratch {
+  int device = 0;
+  size_t bytes;
+  float* ptr;
+  explicit Scratch(size_t n) : bytes(n * sizeof(float)) {
+    CONVNET_CUDA_CHECK(cudaGetDevice(&device));
+    ptr = static_cast<float*>(device_alloc(device, bytes));
+  }
+  ~Scratch() { device_free(device, ptr, bytes); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// ---------------------------------------------------------------------------------------------
+// the shared block GEMM step: acc (4 x 4) += As[:, ty*4..] x Bs[:, tx*4..] over one BK slice
+
+__device__ __forceinline__ void multiply_tile(const float (*As)[kLd], const float (*Bs)[kLd], float (&acc)[4][4],
+                                              int tx, int ty) {
+#pragma unroll
+  for (int k = 0; k < BK; ++k) {
+    const float4 a = *reinterpret_cast<const float4*>(&As[k][ty * 4]);
+    const float4 b = *reinterpret_cast<const float4*>(&Bs[k][tx * 4]);
+    const float av[4] = {a.x, a.y, a.z, a.w};
+    const float bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward: y (N*P*Q, K) block (m0.., g*Kg + n0..)
+
+__global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, const float* __restrict__ x,
+                                                                const float* __restrict__ w,
+                                                                const float* __restrict__ b, float* __restrict__ y,
+                                                                bool accumulate) {
+  __shared__ __align__(16) float As[BK][kLd];
+  __shared__ __align__(16) float Bs[BK][kLd];
+  const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSC = s.R * s.S * Cg;
+  const int64_t PQ = (int64_t)s.P * s.Q;
+  const int64_t M = (int64_t)s.N * PQ;
+  const int g = blockIdx.z;
+  const int64_t m0 = (int64_t)blockIdx.x * BM;
+  const int n0 = blockIdx.y * BN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  // Loader roles: this thread loads k = kt + lk of rows / filters lrow + 16*i, i < 4.
+  const int lk = tid % 16, lrow = tid / 16;
+  int h0[4], w0[4];
+  int64_t xbase[4];
+  const float* wrow[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + lrow + 16 * i;
+    if (m < M) {
+      const int64_t n = m / PQ;
+      const int pq = (int)(m - n * PQ);
+      const int p = pq / s.Q, q = pq - p * s.Q;
+      h0[i] = p * s.stride_h - s.pad_h;
+      w0[i] = q * s.stride_w - s.pad_w;
+      xbase[i] = n * s.H * s.W * s.C + (int64_t)g * Cg;
+    } else {
+      h0[i] = -0x40000000;  // never inside the image: the gather reads zero
+      w0[i] = 0;
+      xbase[i] = 0;
+    }
+    const int kout = n0 + lrow + 16 * i;
+    wrow[i] = kout < Kg ? w + ((int64_t)g * Kg + kout) * RSC : nullptr;
+  }
+
+  float a_reg[4], b_reg[4];
+  auto load = [&](int kt) {
+    const int k = kt + lk;
+    const bool kin = k < RSC;
+    int r = 0, t = 0, c = 0;
+    if (kin) {
+      c = k % Cg;
+      const int rs = k / Cg;
+      r = rs / s.S;
+      t = rs - r * s.S;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = h0[i] + r, wc = w0[i] + t;
+      a_reg[i] = (kin && h >= 0 && h < s.H && wc >= 0 && wc < s.W)
+                     ? __ldg(x + xbase[i] + ((int64_t)h * s.W + wc) * s.C + c)
+                     : 0.0f;
+      b_reg[i] = (kin && wrow[i]) ? __ldg(wrow[i] + k) : 0.0f;
+    }
+  };
+  auto store = [&]() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      As[lk][lrow + 16 * i] = a_reg[i];
+      Bs[lk][lrow + 16 * i] = b_reg[i];
+    }
+  };
+
+  float acc[4][4] = {};
+  load(0);
+  store();
+  __syncthreads();
+  for (int kt = 0; kt < RSC; kt += BK) {
+    const bool more = kt + BK < RSC;
+    if (more) load(kt + BK);
+    multiply_tile(As, Bs, acc, tx, ty);
+    __syncthreads();
+    if (more) {
+      store();
+      __syncthreads();
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty * 4 + i;
+    if (m >= M) continue;
+    float* yrow = y + m * s.K + (int64_t)g * Kg;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int k = n0 + tx * 4 + j;
+      if (k >= Kg) continue;
+      float v = acc[i][j];
+      if (b) v += b[g * Kg + k];
+      yrow[k] = accumulate ? yrow[k] + v : v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward data: dx (N*H*W, C) block (m0.., g*Cg + n0..)
+
+__global__ void __launch_bounds__(kThreads) conv_backward_data_kernel(ConvShape s, const float* __restrict__ dy,
+                                                                      const float* __restrict__ w,
+                                                                      float* __restrict__ dx, bool accumulate) {
+  __shared__ __align__(16) float As[BK][kLd];
+  __shared__ __align__(16) float Bs[BK][kLd];
+  const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSK = s.R * s.S * Kg;
+  const int64_t HW = (int64_t)s.H * s.W;
+  const int64_t M = (int64_t)s.N * HW;
+  const int g = blockIdx.z;
+  const int64_t m0 = (int64_t)blockIdx.x * BM;
+  const int n0 = blockIdx.y * BN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  // A loader: k = kt + (tid % 16) over rows (tid / 16) + 16*i. B loader: column c = n0 + tid % 64,
+  // k = kt + tid / 64 + 4*i.
+  const int lk = tid % 16, lrow = tid / 16;
+  int hp[4], wp[4];
+  int64_t dybase[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + lrow + 16 * i;
+    if (m < M) {
+      const int64_t n = m / HW;
+      const int hw = (int)(m - n * HW);
+      const int h = hw / s.W;
+      hp[i] = h + s.pad_h;
+      wp[i] = hw - h * s.W + s.pad_w;
+      dybase[i] = n * s.P * s.Q * s.K + (int64_t)g * Kg;
+    } else {
+      hp[i] = -0x40000000;  // every tap lands outside the output: reads zero
+      wp[i] = 0;
+      dybase[i] = 0;
+    }
+  }
+  const int bc = tid % 64, bk = tid / 64;
+  const int c_col = n0 + bc;
+  const bool c_in = c_col < Cg;
+
+  float a_reg[4], b_reg[4];
+  auto load = [&](int kt) {
+    {
+      const int k = kt + lk;
+      const bool kin = k < RSK;
+      int r = 0, t = 0, kk = 0;
+      if (kin) {
+        kk = k % Kg;
+        const int rs = k / Kg;
+        r = rs / s.S;
+        t = rs - r * s.S;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int ph = hp[i] - r, pw = wp[i] - t;
+        bool ok = kin && ph >= 0 && pw >= 0;
+        int p = 0, q = 0;
+        if (ok) {
+          p = ph / s.stride_h;
+          q = pw / s.stride_w;
+          ok = p * s.stride_h == ph && q * s.stride_w == pw && p < s.P && q < s.Q;
+        }
+        a_reg[i] = ok ? __ldg(dy + dybase[i] + ((int64_t)p * s.Q + q) * s.K + kk) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int k = kt + bk + 4 * i;
+      float v = 0.0f;
+      if (c_in && k < RSK) {
+        const int kk = k % Kg;
+        const int rs = k / Kg;  // = r * S + s
+        v = __ldg(w + (((int64_t)g * Kg + kk) * s.R * s.S + rs) * Cg + c_col);
+      }
+      b_reg[i] = v;
+    }
+  };
+  auto store = [&]() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      As[lk][lrow + 16 * i] = a_reg[i];
+      Bs[bk + 4 * i][bc] = b_reg[i];
+    }
+  };
+
+  float acc[4][4] = {};
+  load(0);
+  store();
+  __syncthreads();
+  for (int kt = 0; kt < RSK; kt += BK) {
+    const bool more = kt + BK < RSK;
+    if (more) load(kt + BK);
+    multiply_tile(As, Bs, acc, tx, ty);
+    __syncthreads();
+    if (more) {
+      store();
+      __syncthreads();
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty * 4 + i;
+    if (m >= M) continue;
+    float* row = dx + m * s.C + (int64_t)g * Cg;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = n0 + tx * 4 + j;
+      if (c >= Cg) continue;
+      row[c] = accumulate ? row[c] + acc[i][j] : acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward filter: dW_g (Kg, RSC) over output pixels [split * chunk, ...), into out (its own
+// (K, RSC) slab of scratch, or dw itself when there is one split)
+
+__global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy,
+                                                                        const float* __restrict__ x,
+                                                                        float* __restrict__ out, int64_t chunk,
+                                                                        bool accumulate) {
+  __shared__ __align__(16) float As[BK][kLd];
+  __shared__ __align__(16) float Bs[BK][kLd];
+  const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSC = s.R * s.S * Cg;
+  const int64_t PQ = (int64_t)s.P * s.Q;
+  const int64_t NPQ = (int64_t)s.N * PQ;
+  const int g = blockIdx.z % s.groups;
+  const int split = blockIdx.z / s.groups;
+  const int64_t k_begin = (int64_t)split * chunk;
+  const int64_t k_end = min(NPQ, k_begin + chunk);
+  const int m0 = blockIdx.y * BM;  // output channel within the group
+  const int n0 = blockIdx.x * BN;  // (r, s, c) column
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  // Both loaders: column tid % 64 (A: output channel, B: (r, s, c)), pixel k + tid / 64 + 4*i.
+  const int lc = tid % 64, lk = tid / 64;
+  const int kout = m0 + lc;
+  const bool kout_in = kout < Kg;
+  const int col = n0 + lc;
+  const bool col_in = col < RSC;
+  int r = 0, t = 0, c = 0;
+  if (col_in) {
+    c = col % Cg;
+    const int rs = col / Cg;
+    r = rs / s.S;
+    t = rs - r * s.S;
+  }
+  const float* dyk = dy + (int64_t)g * Kg + kout;
+  const float* xc = x + (int64_t)g * Cg + c;
+  out += (int64_t)split * s.K * RSC;
+
+  float a_reg[4], b_reg[4];
+  auto load = [&](int64_t kt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t pix = kt + lk + 4 * i;
+      const bool in = pix < k_end;
+      a_reg[i] = (in && kout_in) ? __ldg(dyk + pix * s.K) : 0.0f;
+      float v = 0.0f;
+      if (in && col_in) {
+        const int64_t n = pix / PQ;
+        const int pq = (int)(pix - n * PQ);
+        const int p = pq / s.Q, q = pq - p * s.Q;
+        const int h = p * s.stride_h - s.pad_h + r, wc = q * s.stride_w - s.pad_w + t;
+        if (h >= 0 && h < s.H && wc >= 0 && wc < s.W) v = __ldg(xc + ((n * s.H + h) * s.W + wc) * s.C);
+      }
+      b_reg[i] = v;
+    }
+  };
+  auto store = [&]() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      As[lk + 4 * i][lc] = a_reg[i];
+      Bs[lk + 4 * i][lc] = b_reg[i];
+    }
+  };
+
+  float acc[4][4] = {};
+  if (k_begin < k_end) {
+    load(k_begin);
+    store();
+    __syncthreads();
+    for (int64_t kt = k_begin; kt < k_end; kt += BK) {
+      const bool more = kt + BK < k_end;
+      if (more) load(kt + BK);
+      multiply_tile(As, Bs, acc, tx, ty);
+      __syncthreads();
+      if (more) {
+        store();
+        __syncthreads();
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + ty * 4 + i;
+    if (m >= Kg) continue;
+    float* row = out + ((int64_t)g * Kg + m) * RSC;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = n0 + tx * 4 + j;
+      if (n >= RSC) continue;
+      row[n] = accumulate ? row[n] + acc[i][j] : acc[i][j];
+    }
+  }
+}
+
+// dw[i] (=|+=) sum over splits of partial[split][i], in split order.
+__global__ void sum_splits_kernel(const float* __restrict__ partial, int splits, int64_t n, float* __restrict__ dw,
+                                  bool accumulate) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float total = 0.0f;
+    for (int j = 0; j < splits; ++j) total += partial[(int64_t)j * n + i];
+    dw[i] = accumulate ? dw[i] + total : total;
+  }
+}
+
+int sm_count() {
+  int device = 0, sms = 0;
+  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
+  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms > 0 ? sms : 1;
+}
+
+// Grids must fit: y and z are at most 65535.
+void check_grid(const dim3& grid, const char* kernel) {
+  if (grid.y > 65535u || grid.z > 65535u)
+    throw std::invalid_argument(std::string(kernel) + ": shape too large for the grid (" + std::to_string(grid.y) +
+                                " x " + std::to_string(grid.z) + " blocks in y x z)");
+}
+
 }  // namespace
-void conv_forward(const ConvShape&, const float*, const float*, const float*, float*, bool) { not_yet("conv_forward"); }
-void conv_backward_data(const ConvShape&, const float*, const float*, float*, bool) { not_yet("conv_backward_data"); }
-void conv_backward_filter(const ConvShape&, const float*, const float*, float*, float*, bool) { not_yet("conv_backward_filter"); }
+
+// ---------------------------------------------------------------------------------------------
+// launchers
+
+void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, bool accumulate) {
+  const int64_t M = (int64_t)s.N * s.P * s.Q;
+  if (M == 0) return;
+  const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.K / s.groups, BN), (unsigned)s.groups);
+  check_grid(grid, "conv_forward");
+  conv_forward_kernel<<<grid, kThreads, 0, current_stream()>>>(s, x, w, b, y, accumulate);
+  CONVNET_LAUNCH_CHECK("conv_forward_kernel");
+}
+
+void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
+  const int64_t M = (int64_t)s.N * s.H * s.W;
+  if (M == 0) return;
+  const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.C / s.groups, BN), (unsigned)s.groups);
+  check_grid(grid, "conv_backward_data");
+  conv_backward_data_kernel<<<grid, kThreads, 0, current_stream()>>>(s, dy, w, dx, accumulate);
+  CONVNET_LAUNCH_CHECK("conv_backward_data_kernel");
+}
+
+void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw, float* db, bool accumulate) {
+  const int Kg = s.K / s.groups, RSC = s.R * s.S * (s.C / s.groups);
+  const int64_t NPQ = (int64_t)s.N * s.P * s.Q;
+  const int64_t dw_size = (int64_t)s.K * RSC;
+  cudaStream_t stream = current_stream();
+  if (db) bias_grad(dy, NPQ, s.K, db, accumulate);
+  if (dw_size == 0) return;
+
+  // Split the N*P*Q reduction so that the grid covers the GPU about 4 times over, but keep at
+  // least 1024 pixels (64 BK steps) per split so each block amortises its epilogue.
+  const int64_t tiles = ceil_div(RSC, BN) * ceil_div(Kg, BM) * s.groups;
+  const int64_t want = ceil_div(4LL * sm_count(), tiles);
+  const int64_t max_splits = std::max<int64_t>(1, ceil_div(NPQ, 1024));
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, max_splits, 65535 / s.groups}));
+  const int64_t chunk = std::max<int64_t>(BK, ceil_div(ceil_div(NPQ, splits), BK) * BK);
+  splits = std::max<int64_t>(1, ceil_div(NPQ, chunk));
+
+  const dim3 grid((unsigned)ceil_div(RSC, BN), (unsigned)ceil_div(Kg, BM), (unsigned)(splits * s.groups));
+  check_grid(grid, "conv_backward_filter");
+  if (splits == 1) {
+    // One split (also NPQ == 0: the kernel writes zeros, or leaves dw + 0 when accumulating).
+    conv_backward_filter_kernel<<<grid, kThreads, 0, stream>>>(s, dy, x, dw, chunk, accumulate);
+    CONVNET_LAUNCH_CHECK("conv_backward_filter_kernel");
+    return;
+  }
+  Scratch partial(static_cast<size_t>(splits * dw_size));
+  conv_backward_filter_kernel<<<grid, kThreads, 0, stream>>>(s, dy, x, partial.ptr, chunk, false);
+  CONVNET_LAUNCH_CHECK("conv_backward_filter_kernel");
+  sum_splits_kernel<<<grid_for(dw_size, kThreads), kThreads, 0, stream>>>(partial.ptr, (int)splits, dw_size, dw,
+                                                                         accumulate);
+  CONVNET_LAUNCH_CHECK("sum_splits_kernel");
+}
+
 }  // namespace cuda
 }  // namespace convnet

@@ -166,6 +166,8 @@ def _lrn_window_sum(v, size):
     out = np.zeros_like(v)
     for o in range(size):
         shift = o - lo  # c2 = c + shift
+        if abs(shift) >= C:
+            continue  # the tap lies outside [0, C) for every channel
         if shift >= 0:
             out[..., :C - shift] += v[..., shift:]
         else:
@@ -187,6 +189,8 @@ def lrn_backward(x, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     back = np.zeros_like(x)
     for o in range(size):
         shift = o - lo
+        if abs(shift) >= C:
+            continue
         if shift >= 0:
             back[..., shift:] += t[..., :C - shift]
         else:
