@@ -91,3 +91,18 @@ def test_summary_cli(capsys):
     assert main(["summary", "--model", "nope"]) == 2
     assert main(["info"]) == 0
     assert "devices: cpu" in capsys.readouterr().out
+
+
+def test_alexnet_2012_trains_one_step(alexnet2012):
+    """A whole step of the paper's net at 227x227 (batch 2): finite loss near ln(1000), every
+    parameter gets a gradient, the update changes fc8."""
+    net = alexnet2012
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 227, 227, 3)) * 50).astype(np.float32)  # raw mean-subtracted pixels
+    y = np.array([3, 999], np.int32)
+    before = net.layer("fc8").weights[0].value.numpy()
+    stats = net.train_step(x, y, lr=0.01, step=0, seed=1).numpy()
+    assert np.isfinite(stats).all() and 5.0 < stats[0] < 9.0
+    for name, p in net.named_params():
+        assert np.isfinite(p.grad.numpy()).all(), name
+    assert not np.array_equal(before, net.layer("fc8").weights[0].value.numpy())

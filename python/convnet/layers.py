@@ -194,6 +194,18 @@ _LEARNED = {"init_std": None, "bias_init": 0.0, "lr_mult": 1.0, "bias_lr_mult": 
             "bias_wd_mult": 0.0, "bias": True, "relu": False}
 
 
+def _init_std(spec, fan_in: int) -> float:
+    """init_std of a conv/fc layer: a number, None or "he" (sqrt(2 / fan_in), for ReLU nets) or
+    "torch" (sqrt(1 / (3 fan_in)): the std of PyTorch's default kaiming_uniform(a=sqrt(5)))."""
+    if spec is None or spec == "he":
+        return math.sqrt(2.0 / fan_in)
+    if spec == "torch":
+        return math.sqrt(1.0 / (3.0 * fan_in))
+    if isinstance(spec, str):
+        raise ValueError(f"init_std must be a number, 'he' or 'torch', got {spec!r}")
+    return float(spec)
+
+
 def _weight_names(n):
     return ["weight"] if n == 1 else [f"weight{i}" for i in range(n)]
 
@@ -202,7 +214,7 @@ class Conv(Layer):
     """Convolution: y (N, P, Q, K) = sum over inputs of conv(x_i, w_i) + b, optional fused ReLU.
 
     filters K, size R or (R, S), stride, pad, groups (each of `groups` channel groups of the input
-    feeds K/groups filters); init_std None means He's sqrt(2 / fan_in). Biases train at
+    feeds K/groups filters); init_std: a number, None/"he" (sqrt(2 / fan_in)) or "torch". Biases train at
     bias_lr_mult x the rate with bias_wd_mult x the decay (cuda-convnet: 2x, no decay).
     """
     type = "conv"
@@ -232,7 +244,7 @@ class Conv(Layer):
                 self._fail(f"inputs give different output shapes {out} and {tuple(o)}; they must agree to be summed")
             out = tuple(o)
             fan_in = R * S * (C // g) * len(in_shapes)
-            std = self.init_std if self.init_std is not None else math.sqrt(2.0 / fan_in)
+            std = _init_std(self.init_std, fan_in)
             self.params.append(Param(_weight_names(len(in_shapes))[i], w_shape, std, 0.0,
                                      self.lr_mult, self.wd_mult))
         self.bias_param = None
@@ -277,7 +289,7 @@ class FC(Layer):
             self._fail("needs outputs=")
         out = int(self.outputs)
         fan_in = sum(int(np.prod(s)) for s in in_shapes)
-        std = self.init_std if self.init_std is not None else math.sqrt(2.0 / fan_in)
+        std = _init_std(self.init_std, fan_in)
         names = _weight_names(len(in_shapes))
         self.params = [Param(names[i], (out, int(np.prod(s))), std, 0.0, self.lr_mult, self.wd_mult)
                        for i, s in enumerate(in_shapes)]

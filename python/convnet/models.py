@@ -88,22 +88,23 @@ def alexnet_2012_config(num_classes: int = 1000, input_size: int = 227, devices=
 def alexnet_owt_config(num_classes: int = 1000, input_size: int = 224) -> list:
     """Single tower, "one weird trick" (Krizhevsky 2014) as torchvision has it: conv1 64 11x11/4 pad 2,
     pool 3/2, conv2 192 5x5 pad 2, pool, conv3 384, conv4 256, conv5 256 3x3 pad 1, pool,
-    dropout -> fc6 4096 -> dropout -> fc7 4096 -> fc8; no LRN. He initialisation, zero biases."""
+    dropout -> fc6 4096 -> dropout -> fc7 4096 -> fc8; no LRN. Weights N(0, 1/(3 fan_in)) (the std of
+    torchvision's default init; He's 2/fan_in blows the logits up through three max-pools), zero biases."""
     return [
         {"name": "data", "type": "data", "shape": [input_size, input_size, 3]},
-        _conv("conv1", ["data"], 64, 11, 4, 2),
+        _conv("conv1", ["data"], 64, 11, 4, 2, init_std="torch"),
         _layer("pool1", "maxpool", ["conv1"], size=3, stride=2),
-        _conv("conv2", ["pool1"], 192, 5, 1, 2),
+        _conv("conv2", ["pool1"], 192, 5, 1, 2, init_std="torch"),
         _layer("pool2", "maxpool", ["conv2"], size=3, stride=2),
-        _conv("conv3", ["pool2"], 384, 3, 1, 1),
-        _conv("conv4", ["conv3"], 256, 3, 1, 1),
-        _conv("conv5", ["conv4"], 256, 3, 1, 1),
+        _conv("conv3", ["pool2"], 384, 3, 1, 1, init_std="torch"),
+        _conv("conv4", ["conv3"], 256, 3, 1, 1, init_std="torch"),
+        _conv("conv5", ["conv4"], 256, 3, 1, 1, init_std="torch"),
         _layer("pool5", "maxpool", ["conv5"], size=3, stride=2),
         _layer("drop6", "dropout", ["pool5"], p=0.5),
-        _layer("fc6", "fc", ["drop6"], outputs=4096, relu=True),
+        _layer("fc6", "fc", ["drop6"], outputs=4096, relu=True, init_std="torch"),
         _layer("drop7", "dropout", ["fc6"], p=0.5),
-        _layer("fc7", "fc", ["drop7"], outputs=4096, relu=True),
-        _layer("fc8", "fc", ["fc7"], outputs=num_classes),
+        _layer("fc7", "fc", ["drop7"], outputs=4096, relu=True, init_std="torch"),
+        _layer("fc8", "fc", ["fc7"], outputs=num_classes, init_std="torch"),
         _layer("loss", "softmax", ["fc8"]),
     ]
 
