@@ -13,7 +13,7 @@ from . import _C
 from ._C import build_info, can_access_peer, devices, empty_cache, memory_stats, synchronize
 from ._C import ops
 from .tensor import Tensor, empty, from_numpy, full, zeros
-from . import layers
+from . import data, layers
 from .net import Net
 from . import models
 from .models import alexnet, get_model
@@ -23,5 +23,5 @@ __version__ = build_info()["version"]
 
 __all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
            "full", "memory_stats", "ops", "synchronize", "zeros",
-           "Net", "layers", "models", "alexnet", "get_model",
+           "Net", "data", "layers", "models", "alexnet", "get_model",
            "train", "evaluate", "TrainResult", "load_checkpoint", "save_checkpoint"]

@@ -451,7 +451,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           device: str = "auto", seed: int | None = None, schedule: str | None = None, lr_steps=None,
           patience: int = 3, out_dir=None, resume=None, workers: int = 2, progress: bool = True,
           plot: bool = False, lighting: float = 0.1, eval_views: int = 1, log_every: int = 10,
-          checkpoint_every: int = 1) -> TrainResult:
+          log_seconds: float = 60.0, checkpoint_every: int = 1) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model         None (the small default net for <= 64 px images, else AlexNet 2012), a name
@@ -470,7 +470,9 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                   with its net, parameters, momentum, schedule and RNG state (the hyper-parameters
                   not given here come from the checkpoint); bit-exact with an uninterrupted run on the
                   same device
-    workers       loader threads; progress: a tqdm bar per epoch (one line per epoch without a TTY)
+    workers       loader threads
+    progress      a tqdm bar per epoch on a terminal (stats read back every `log_every` batches);
+                  without a TTY, one line per epoch plus a line every `log_seconds` within an epoch
     plot          write curves.png and conv1_filters.png to out_dir (needs matplotlib)
     lighting      std of the PCA colour augmentation (paper 0.1); eval_views: 1 or 10 per epoch
     """
@@ -571,7 +573,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
             from tqdm import tqdm
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                        dynamic_ncols=True)
-        t0 = time.time()
+        t0 = last_line = time.time()
         nb = images = 0
         for x, y in loader:
             stats = net.train_step(x, y, cur_lr, momentum, weight_decay, step=step, seed=drop_seed)
@@ -579,6 +581,13 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
             step += 1
             nb += 1
             images += len(y)
+            if progress and bar is None and time.time() - last_line > log_seconds:
+                # No TTY (a log file): a plain line now and then instead of a bar.
+                last_line = time.time()
+                st = acc.numpy()
+                print(f"  epoch {epoch + 1}/{epochs}  batch {nb}/{len(loader)}  loss {st[0] / nb:.4f}  "
+                      f"acc {100 * st[1] / images:.1f}%  {images / max(last_line - t0, 1e-9):.0f} img/s",
+                      file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)
                 if nb % log_every == 0 or nb == len(loader):
