@@ -102,6 +102,15 @@ def _best_device(device):
     return device
 
 
+def _placement(config, device):
+    """The `device` argument for Net(config): None (keep the layers' own devices) when the config
+    pins layers to devices that all exist here (e.g. two towers on cuda:0 and cuda:1), else `device`."""
+    from .net import load_config
+    layers, _ = load_config(config)
+    pinned = {d.get("device") for d in layers if isinstance(d, dict) and d.get("device")}
+    return None if pinned and pinned <= set(_C.devices()) else device
+
+
 def _build_model(model, train_ds, device, seed):
     from .models import get_model
     if isinstance(model, Net):
@@ -113,7 +122,7 @@ def _build_model(model, train_ds, device, seed):
         if model.lower() in ("default", "small"):
             size = min(28, *train_ds.image_shape[:2])
         return get_model(model, num_classes=train_ds.num_classes, input_size=size, device=device, seed=seed)
-    return Net(model, device=device, seed=seed)  # a config (list of dicts) or a config file
+    return Net(model, device=_placement(model, device), seed=seed)  # a config (list of dicts) or a file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,9 +300,7 @@ def load_checkpoint(path, device: str | None = None) -> Net:
     attribute holds the meta (epoch, hyper-parameters, history)."""
     meta, arrays = read_checkpoint(path)
     if device is None:
-        devs = {l.get("device", "cpu") for l in meta["config"]["layers"]}
-        if not devs <= set(_C.devices()):
-            device = _best_device("auto")
+        device = _placement(meta["config"], _best_device("auto"))
     try:
         net = Net(meta["config"], device=device)
     except (ValueError, KeyError, TypeError) as e:
@@ -506,7 +513,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
 
     if meta_in is not None:
         try:
-            net = Net(meta_in["config"], device=device if not isinstance(model, Net) else None)
+            net = Net(meta_in["config"], device=_placement(meta_in["config"], device))
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path}: its net config does not build: {e}") from e
         if model is not None:
