@@ -194,7 +194,7 @@ def merge_towers(state: dict) -> dict:
             o, hw = w0.shape[0], w0.shape[1] // ca
             blocks.append(np.concatenate([w0.reshape(o, hw, ca), w1.reshape(o, hw, ca)], 2).reshape(o, hw * 2 * ca))
         put("fc6.weight", np.concatenate(blocks, 0))
-        for layer in ("fc6", "fc7"):
+        for layer in ("conv3", "fc6", "fc7"):
             put(f"{layer}.bias", np.concatenate([g(f"{layer}a.bias"), g(f"{layer}b.bias")], 0))
         put("fc7.weight", np.concatenate([np.concatenate([g(f"fc7{t}.weight0"), g(f"fc7{t}.weight1")], 1)
                                           for t in "ab"], 0))
@@ -217,7 +217,7 @@ def split_towers(state: dict) -> dict:
 
         def halves(a, axis):
             return np.split(a, 2, axis=axis)
-        for layer in ("conv1", "conv2", "conv4", "conv5", "fc6", "fc7"):
+        for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
             for t, b in zip("ab", halves(g(f"{layer}.bias"), 0)):
                 put(f"{layer}{t}.bias", b)
         for layer in ("conv1", "conv2", "conv4", "conv5"):
