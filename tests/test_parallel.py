@@ -243,3 +243,26 @@ def test_devices_argument_errors():
         models.two_tower_config(**SMALL, devices=["cpu"])
     with pytest.raises(ValueError, match="only the two-tower"):
         convnet.get_model("owt", devices=["cpu", "cpu"], allocate=False)
+
+
+def test_train_and_cli_with_devices(tmp_path):
+    """train(devices=[...]) and `--devices` split a two-tower config over the towers' devices; the run
+    checkpoints, resumes and evaluates like any other."""
+    from convnet.data import builtin
+    cfg = models.two_tower_config(widths=(8, 16, 16, 16, 8), hidden=(32, 32), num_classes=10, input_size=28,
+                                  conv1=(3, 1, 1), init_std="he")
+    data = builtin(0, n_train=256, n_test=64)
+    r = convnet.train(model=cfg, data=data, epochs=1, batch_size=64, lr_steps=[], out_dir=str(tmp_path / "run"),
+                      progress=False, workers=1, devices="cpu,cpu")
+    assert len(r.net.copies) == 8 and r.net.placements == [("cpu", 0), ("cpu", 1)]
+    assert np.isfinite(r.history[0]["train_loss"])
+    r2 = convnet.train(data=data, epochs=2, batch_size=64, lr_steps=[], resume=r.checkpoint, progress=False,
+                       workers=1, devices=["cpu", "cpu"])
+    assert len(r2.history) == 2 and len(r2.net.copies) == 8
+    assert convnet.evaluate(load_checkpoint(r2.checkpoint), data[1])["n"] == 64
+    import json
+    path = tmp_path / "tt.json"
+    path.write_text(json.dumps(cfg))
+    from convnet.__main__ import main
+    assert main(["train", "--model", str(path), "--data", "builtin", "--epochs", "0", "--devices", "cpu,cpu",
+                 "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
