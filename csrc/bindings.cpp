@@ -10,6 +10,7 @@
 
 #include "backend.h"
 #include "ops.h"
+#include "streams.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -227,6 +228,68 @@ with .numpy(); move it with .to(device).
     return ia == ib;
 #endif
   }, py::arg("device"), py::arg("peer"));
+  // ---- streams and copies for model parallelism (csrc/streams.h, cuda/device.cu) ----------------
+  m.def("set_stream", [](const std::string& device, int slot) {
+    const Device d = Device::parse(device);
+    if (slot < 0 || slot >= cuda::kStreamSlots)
+      throw std::invalid_argument("set_stream: slot " + std::to_string(slot) + " outside [0, " +
+                                  std::to_string(cuda::kStreamSlots) + ")");
+#ifdef CONVNET_WITH_CUDA
+    if (d.is_cuda()) cuda::set_stream_slot(d.index, slot);
+#else
+    (void)d;
+#endif
+  }, py::arg("device"), py::arg("slot"),
+     "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
+  m.def("stream_barrier", [](const std::vector<std::string>& devices) {
+#ifdef CONVNET_WITH_CUDA
+    std::vector<int> idx;
+    for (const auto& name : devices) {
+      const Device d = Device::parse(name);
+      if (d.is_cuda()) idx.push_back(d.index);
+    }
+    py::gil_scoped_release r;
+    cuda::stream_barrier(idx);
+#else
+    for (const auto& name : devices) Device::parse(name);
+#endif
+  }, py::arg("devices"), "Every stream of these devices waits for everything queued on all of them.");
+  m.def("copy_between", [](const Tensor& dst, int dst_slot, const Tensor& src, int src_slot) {
+    const char* op = "copy_between";
+    if (!dst.defined() || !src.defined()) throw std::invalid_argument(std::string(op) + ": undefined tensor");
+    if (dst.dtype() != src.dtype() || dst.shape() != src.shape())
+      throw std::invalid_argument(std::string(op) + ": dst is " + dst.describe() + ", src is " + src.describe());
+    if (dst_slot < 0 || dst_slot >= cuda::kStreamSlots || src_slot < 0 || src_slot >= cuda::kStreamSlots)
+      throw std::invalid_argument(std::string(op) + ": stream slot outside [0, " + std::to_string(cuda::kStreamSlots) + ")");
+    if (dst.same_storage(src))
+      throw std::invalid_argument(std::string(op) + ": dst and src share storage");
+    py::gil_scoped_release r;
+#ifdef CONVNET_WITH_CUDA
+    const Device dd = dst.device(), sd = src.device();
+    if (dd.is_cuda() && sd.is_cuda()) {
+      cuda::copy_between(dd.index, dst_slot, dst.raw(), sd.index, src_slot, src.raw(), src.nbytes(), false);
+      return;
+    }
+    // host <-> device: synchronous, on the CUDA side's slot
+    const int dev = dd.is_cuda() ? dd.index : (sd.is_cuda() ? sd.index : -1);
+    if (dev >= 0) {
+      const int previous = cuda::stream_slot(dev);
+      cuda::set_stream_slot(dev, dd.is_cuda() ? dst_slot : src_slot);
+      try {
+        ops::copy_(dst, src);
+      } catch (...) {
+        cuda::set_stream_slot(dev, previous);
+        throw;
+      }
+      cuda::set_stream_slot(dev, previous);
+      return;
+    }
+#endif
+    ops::copy_(dst, src);
+  }, py::arg("dst"), py::arg("dst_slot"), py::arg("src"), py::arg("src_slot"),
+     "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
+     "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
+     "the next stream_barrier. Any devices; a plain copy on the CPU.");
   m.def("conv_output_shape", [](py::iterable x_shape, py::iterable w_shape, Pair stride, Pair pad, int groups) {
     const ConvShape s = ops::conv_shape(to_shape(x_shape), to_shape(w_shape), stride, pad, groups, "conv_output_shape");
     return py::make_tuple(s.N, s.P, s.Q, s.K);

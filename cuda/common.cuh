@@ -1,5 +1,5 @@
-// Shared by every .cu file: error checks that become Python exceptions, the per-device stream that
-// all kernels run on, and launch-size helpers.
+// Shared by every .cu file: error checks that become Python exceptions, the current stream that
+// kernels run on, and launch-size helpers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,8 +32,9 @@ namespace cuda {
                                         __LINE__);                                        \
   } while (0)
 
-// The stream every kernel of the current device is launched on (one per device, created on first
-// use, non-blocking with respect to the legacy default stream).
+// The stream every kernel of the current device is launched on: this thread's compute stream of the
+// device (slot 0 unless a tower's was selected with set_stream_slot; see cuda/device.cu), created on
+// first use, non-blocking with respect to the legacy default stream.
 cudaStream_t current_stream();
 
 // Blocks for a grid-stride loop over n elements: enough to fill the machine, never more than needed.

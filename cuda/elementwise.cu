@@ -174,7 +174,8 @@ __global__ void sgd_kernel(SgdBatch batch, float momentum) {
 }
 
 // Scratch memory from the caching allocator, returned when the scope ends. Safe to reuse at once:
-// everything on a device runs on its one stream, so later users are ordered after our kernels.
+// a block goes back to the free list of the stream it was allocated on (the current one, which our
+// kernels use) and is reused only on that stream, after our kernels (cuda/device.cu).
 struct Scratch {
   int device = 0;
   size_t bytes;

@@ -125,27 +125,30 @@ def _grads(net, x, y):
     return stats, {n: p.grad.numpy() for n, p in net.named_params()}
 
 
-def test_cross_device_edges_become_copy_layers(monkeypatch, rng):
-    """Tower a on one device, tower b on another: the Net inserts Copy layers where an edge crosses,
-    and the result equals the single-device net. Here both devices are "cpu": we make the Net treat
-    the towers as distinct placements to exercise the copies."""
+def test_cross_device_edges_become_copy_layers(rng):
+    """Tower a on one placement, tower b ("fb", tower 1) on another: the Net inserts Copy layers where
+    an edge crosses, and the result equals the single-placement net. Both towers are on "cpu": the
+    placement is (device, tower), so the copies exist on one device too (tests/test_parallel.py has
+    the two-tower AlexNet family)."""
     cfg = fc_dag()
     for d in cfg:
         d["device"] = "cpu"
     x = rng.standard_normal((5, 2, 2, 3)).astype(np.float32)
     y = rng.integers(0, 3, 5).astype(np.int32)
     plain = Net(cfg, seed=1)
-    tower_b = {"fb"}
-    monkeypatch.setattr(Net, "needs_copy", staticmethod(lambda src, dst: (src.name in tower_b) != (dst.name in tower_b)))
-    split = Net(cfg, seed=1)
-    assert sorted(l.name for l in split.copies) == ["data@cpu", "fb@cpu"]
+    split_cfg = [dict(d, tower=1) if d["name"] == "fb" else d for d in cfg]
+    split = Net(split_cfg, seed=1)
+    assert sorted(l.name for l in split.copies) == ["data@cpu/1", "fb@cpu/0"]
     assert [l.type for l in split.layers].count("copy") == 2
     s1, g1 = _grads(plain, x, y)
     s2, g2 = _grads(split, x, y)
     np.testing.assert_array_equal(s1, s2)
     for n in g1:
         np.testing.assert_allclose(g2[n], g1[n], rtol=1e-6, atol=1e-7, err_msg=n)
-    assert split.config() == plain.config()  # copies are not part of the description
+    # copies are not part of the description; the tower is
+    assert [d for d in split.config()["layers"] if d.get("tower")] == [
+        {k: v for k, v in split_cfg[i].items() if k != "device"} for i, d in enumerate(split_cfg) if d.get("tower")]
+    assert len(split.config()["layers"]) == len(cfg)
 
 
 def test_explicit_copy_layer_and_devices(rng):

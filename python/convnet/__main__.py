@@ -3,6 +3,7 @@
     python -m convnet train                          # small default net, built-in data, ./runs/...
     python -m convnet train --data cifar10:~/data --epochs 30 --plot
     python -m convnet train --resume runs/small-20260101-120000
+    python -m convnet train --model 2012 --data imagenet:~/data --devices cuda:0,cuda:1
     python -m convnet eval --checkpoint runs/.../checkpoint.npz --views 10
     python -m convnet info
     python -m convnet summary --model 2012
@@ -29,6 +30,8 @@ def _parser():
     t.add_argument("--schedule", choices=["step", "plateau"], default=None)
     t.add_argument("--lr-steps", default=None, help="epochs at which lr /= 10, comma separated, e.g. 6,9")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda:0 ...")
+    t.add_argument("--devices", default=None,
+                   help="one device per tower, e.g. cuda:0,cuda:1 (model 2012: the paper's two-GPU split)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--resume", default=None, help="a checkpoint file or a run folder")
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
                               lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                               device=args.device, seed=args.seed, schedule=args.schedule, lr_steps=steps,
                               out_dir=args.out, resume=args.resume, workers=args.workers,
-                              progress=not args.no_progress, plot=args.plot, eval_views=args.eval_views)
+                              progress=not args.no_progress, plot=args.plot, eval_views=args.eval_views,
+                              devices=args.devices)
             if r.history:
                 h = r.history[-1]
                 print(f"final: test top-1 accuracy {100 * (1 - h['val_top1_err']):.2f}% "

@@ -102,12 +102,16 @@ class Layer:
     max_inputs = 1
     _options: dict = {}
 
-    def __init__(self, name: str, inputs=(), device: str = "cpu", **options):
+    def __init__(self, name: str, inputs=(), device: str = "cpu", tower: int = 0, **options):
         self.name = str(name)
         if isinstance(inputs, str):
             inputs = [inputs]
         self.inputs = [str(i) for i in inputs]
         self.device = str(device)
+        # The layer's placement is (device, tower): a tower is one of the model-parallel halves (the
+        # paper's two GPUs) and on CUDA runs on its own stream of the device (stream slot = tower).
+        # An edge between two placements gets a Copy layer, also when both name the same device.
+        self.tower = int(tower)
         unknown = set(options) - set(self._options)
         if unknown:
             raise ValueError(f"layer '{name}' ({self.type}): unknown option(s) {sorted(unknown)}; "
@@ -131,6 +135,8 @@ class Layer:
             d["inputs"] = list(inputs)
         if self.device != "cpu":
             d["device"] = self.device
+        if self.tower:
+            d["tower"] = self.tower
         for key, default in self._options.items():
             v = getattr(self, key)
             if isinstance(v, tuple):
@@ -163,7 +169,8 @@ class Layer:
         return sum(p.size for p in self.params)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.name!r}, inputs={self.inputs}, device={self.device!r})"
+        tower = f", tower={self.tower}" if self.tower else ""
+        return f"{type(self).__name__}({self.name!r}, inputs={self.inputs}, device={self.device!r}{tower})"
 
     def _fail(self, msg):
         raise ValueError(f"layer '{self.name}' ({self.type}): {msg}")
@@ -380,24 +387,38 @@ def dropout_counter(step: int, layer_index: int) -> int:
 class LRN(Layer):
     """Local response normalisation across channels, the paper's b = a / (k + alpha sum a^2)^beta
     over `size` neighbouring channels (k=2, n=5, alpha=1e-4, beta=0.75). cuda-convnet and PyTorch
-    divide alpha by size: set alpha_over_size=True for theirs."""
+    divide alpha by size: set alpha_over_size=True for theirs.
+
+    groups=g normalises each of g channel groups on its own (the single-device form of the two-tower
+    net, where each tower's LRN sees only its own channels): the (N, H, W, C) tensor is viewed as
+    (N, H, W * g, C / g), no copy."""
     type = "lrn"
-    _options = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False}
+    _options = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False, "groups": 1}
 
     def setup(self, in_shapes):
         if len(in_shapes[0]) != 3:
             self._fail(f"input shape {in_shapes[0]} is not (H, W, C)")
+        if int(self.groups) < 1 or in_shapes[0][2] % int(self.groups):
+            self._fail(f"groups={self.groups} must divide the {in_shapes[0][2]} channels")
         return tuple(in_shapes[0])
 
     def _args(self):
         return int(self.size), float(self.alpha), float(self.beta), float(self.k), bool(self.alpha_over_size)
 
+    def _view(self, t):
+        g = int(self.groups)
+        if g == 1:
+            return t
+        n, h, w, c = t.shape
+        return t.reshape((n, h, w * g, c // g))
+
     def forward(self, xs, y, ctx):
-        ops.lrn_forward(xs[0], y, *self._args())
+        ops.lrn_forward(self._view(xs[0]), self._view(y), *self._args())
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
         if dxs[0] is not None:
-            ops.lrn_backward(xs[0], y, dy, dxs[0], *self._args())
+            v = self._view
+            ops.lrn_backward(v(xs[0]), v(y), v(dy), v(dxs[0]), *self._args())
 
 
 class _Pool(Layer):
@@ -478,19 +499,56 @@ class SoftmaxCrossEntropy(Layer):
 
 
 class Copy(Layer):
-    """y <- x across devices (the Net inserts one where an edge crosses devices: model parallelism).
-    The gradient is copied back to the input's device."""
+    """y <- x between two placements (device, tower): the Net inserts one on every edge whose ends are
+    placed differently (model parallelism), also between two towers on the same device. Its own
+    placement is the reader's; `src_device` / `src_tower` are the input's (set by the Net).
+
+    Forward copies the activation to the reader's placement, backward copies the gradient back. On
+    CUDA both go through `_C.copy_between`: a dedicated copy stream per (source, destination) device
+    pair, ordered with events after the producer's stream and before the consumer's (cuda/device.cu).
+    When the input's gradient already holds another reader's contribution (accumulate), the gradient
+    lands in a receive buffer on the input's placement and is added there.
+
+    bytes_forward / bytes_backward count the bytes moved since the Net's reset_copy_stats()."""
     type = "copy"
+    accumulates = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.src_device, self.src_tower = self.device, self.tower
+        self.needs_recv = False  # set by the Net: the input has other readers (gradients accumulate)
+        self._recv = None
+        self.bytes_forward = self.bytes_backward = 0
 
     def setup(self, in_shapes):
         return tuple(in_shapes[0])
 
+    def buffers(self, n):
+        # Allocated with the other per-batch buffers, before a pass starts: a block reused here is
+        # then safe for the copy stream and the source tower's stream alike (see Net).
+        shape = (n,) + tuple(self.out_shape)
+        if self.needs_recv:
+            if self._recv is None or tuple(self._recv.shape) != shape or self._recv.device != self.src_device:
+                self._recv = _C.Tensor.empty(shape, self.src_device, "float32")
+        else:
+            self._recv = None
+
     def forward(self, xs, y, ctx):
-        ops.copy_(y, xs[0])
+        _C.copy_between(y, self.tower, xs[0], self.src_tower)
+        self.bytes_forward += y.nbytes
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
-        if dxs[0] is not None:
-            ops.copy_(dxs[0], dy)
+        if dxs[0] is None:
+            return
+        if accumulate[0]:
+            if self._recv is None or self._recv.shape != dy.shape:
+                self._fail("no receive buffer for an accumulated gradient (the Net allocates it)")
+            _C.copy_between(self._recv, self.src_tower, dy, self.tower)
+            _C.set_stream(self.src_device, self.src_tower)  # the add runs on the input's tower
+            ops.add_(dxs[0], self._recv, 1.0)
+        else:
+            _C.copy_between(dxs[0], self.src_tower, dy, self.tower)
+        self.bytes_backward += dy.nbytes
 
 
 LAYER_TYPES = {cls.type: cls for cls in (Data, Conv, FC, ReLU, Dropout, LRN, MaxPool, AvgPool,
@@ -511,4 +569,5 @@ def layer_from_config(d: dict, device: str | None = None) -> Layer:
         raise ValueError(f"layer '{name}': unknown type {kind!r}; known: {sorted(LAYER_TYPES)}")
     inputs = d.pop("inputs", [])
     dev = d.pop("device", "cpu")
-    return LAYER_TYPES[kind](name, inputs, device or dev, **d)
+    tower = d.pop("tower", 0)
+    return LAYER_TYPES[kind](name, inputs, device or dev, tower=tower, **d)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .net import DEFAULT_INPUT_SCALE, Net
 
-__all__ = ["alexnet", "alexnet_2012_config", "alexnet_owt_config", "small_config", "small",
+__all__ = ["alexnet", "alexnet_2012_config", "two_tower_config", "merge_towers", "split_towers", "alexnet_owt_config", "small_config", "small",
            "get_model", "MODELS"]
 
 
@@ -34,55 +34,214 @@ def _layer(name, kind, inputs, device="cpu", **kw):
 
 # --------------------------------------------------------------------------------------------------
 
+def _conv_paper_std(init):
+    if init not in ("paper", "he"):
+        raise ValueError(f"alexnet: init must be 'paper' or 'he', got {init!r}")
+    return 0.01 if init == "paper" else None
+
+
+def two_tower_config(widths=(96, 256, 384, 384, 256), hidden=(4096, 4096), num_classes: int = 1000,
+                     input_size: int = 227, conv1=(11, 4, 0), lrn: bool = True, dropout: float = 0.5,
+                     towers: int = 2, devices=None, init_std=0.01) -> list:
+    """The paper's architecture as data, for any widths: conv1 (size, stride, pad of `conv1`) ->
+    [LRN] -> max-pool 3/2 -> conv2 5x5 pad 2 -> [LRN] -> pool -> conv3, conv4, conv5 3x3 pad 1 -> pool
+    -> fc6 -> dropout -> fc7 -> dropout -> fc8 -> softmax; ReLU after every conv and hidden fc.
+    `widths` and `hidden` are the totals over both towers (AlexNet: 96, 256, 384, 384, 256; 4096, 4096).
+
+    towers=2: the paper's split (its figure 2; cuda-convnet's layers-145): every layer but fc8 is two
+    half-width layers "<name>a" and "<name>b" with "tower": 0 / 1. Tower b's layers read only tower
+    b, except where the GPUs communicate: conv3, fc6 and fc7 of each tower read BOTH towers (two
+    inputs, summed), and fc8 (tower a) reads fc7a and fc7b. Each tower's LRN normalises its own
+    channels. `devices=(d0, d1)` puts tower a on d0 and tower b on d1 (also the data and fc8 on d0).
+
+    towers=1: the same function as one single-device net: conv2, conv4, conv5 and both LRNs are
+    grouped (groups=2), conv1, conv3 and the fc layers are whole; `merge_towers` / `split_towers`
+    convert parameters between the two forms (the fc weights of the single form are the blocks of the
+    two towers' weights). Dropout masks differ between the forms (one 4096-wide layer vs two halves),
+    so the two agree exactly when dropout is off (test mode, or dropout=0).
+    """
+    c1, c2, c3, c4, c5 = widths
+    h6, h7 = hidden
+    k1, s1, p1 = conv1
+    std = init_std
+    if towers == 1:
+        dev = (devices or ["cpu"])[0]
+        x = []
+
+        def add(d):
+            if dev != "cpu":
+                d["device"] = dev
+            x.append(d)
+        add({"name": "data", "type": "data", "shape": [input_size, input_size, 3]})
+        add(_conv("conv1", ["data"], c1, k1, s1, p1, init_std=std, bias_init=0.0))
+        prev = "conv1"
+        if lrn:
+            add(_layer("rnorm1", "lrn", ["conv1"], groups=2))
+            prev = "rnorm1"
+        add(_layer("pool1", "maxpool", [prev], size=3, stride=2))
+        add(_conv("conv2", ["pool1"], c2, 5, 1, 2, groups=2, init_std=std, bias_init=1.0))
+        prev = "conv2"
+        if lrn:
+            add(_layer("rnorm2", "lrn", ["conv2"], groups=2))
+            prev = "rnorm2"
+        add(_layer("pool2", "maxpool", [prev], size=3, stride=2))
+        add(_conv("conv3", ["pool2"], c3, 3, 1, 1, init_std=std, bias_init=0.0))
+        add(_conv("conv4", ["conv3"], c4, 3, 1, 1, groups=2, init_std=std, bias_init=1.0))
+        add(_conv("conv5", ["conv4"], c5, 3, 1, 1, groups=2, init_std=std, bias_init=1.0))
+        add(_layer("pool5", "maxpool", ["conv5"], size=3, stride=2))
+        add(_layer("fc6", "fc", ["pool5"], outputs=h6, relu=True, init_std=std, bias_init=1.0))
+        add(_layer("drop6", "dropout", ["fc6"], p=dropout))
+        add(_layer("fc7", "fc", ["drop6"], outputs=h7, relu=True, init_std=std, bias_init=1.0))
+        add(_layer("drop7", "dropout", ["fc7"], p=dropout))
+        add(_layer("fc8", "fc", ["drop7"], outputs=num_classes, init_std=std, bias_init=0.0))
+        add(_layer("loss", "softmax", ["fc8"]))
+        return x
+    if towers != 2:
+        raise ValueError(f"two_tower_config: towers must be 1 or 2, got {towers!r}")
+    if any(w % 2 for w in widths + tuple(hidden)):
+        raise ValueError(f"two_tower_config: widths {widths} and hidden {hidden} must be even (two halves)")
+    devs = list(devices or ("cpu", "cpu"))
+    if len(devs) != 2:
+        raise ValueError(f"two towers need two devices (the same one twice is fine), got {devs!r}")
+    layers = []
+
+    def add(d, t):
+        d["tower"] = t
+        if devs[t] != "cpu":
+            d["device"] = devs[t]
+        if t == 0:
+            del d["tower"]
+        layers.append(d)
+    add({"name": "data", "type": "data", "shape": [input_size, input_size, 3]}, 0)
+    for i, t in enumerate("ab"):
+        add(_conv(f"conv1{t}", ["data"], c1 // 2, k1, s1, p1, init_std=std, bias_init=0.0), i)
+        prev = f"conv1{t}"
+        if lrn:
+            add(_layer(f"rnorm1{t}", "lrn", [prev]), i)
+            prev = f"rnorm1{t}"
+        add(_layer(f"pool1{t}", "maxpool", [prev], size=3, stride=2), i)
+        add(_conv(f"conv2{t}", [f"pool1{t}"], c2 // 2, 5, 1, 2, init_std=std, bias_init=1.0), i)
+        prev = f"conv2{t}"
+        if lrn:
+            add(_layer(f"rnorm2{t}", "lrn", [prev]), i)
+            prev = f"rnorm2{t}"
+        add(_layer(f"pool2{t}", "maxpool", [prev], size=3, stride=2), i)
+    for i, t in enumerate("ab"):
+        add(_conv(f"conv3{t}", ["pool2a", "pool2b"], c3 // 2, 3, 1, 1, init_std=std, bias_init=0.0), i)
+        add(_conv(f"conv4{t}", [f"conv3{t}"], c4 // 2, 3, 1, 1, init_std=std, bias_init=1.0), i)
+        add(_conv(f"conv5{t}", [f"conv4{t}"], c5 // 2, 3, 1, 1, init_std=std, bias_init=1.0), i)
+        add(_layer(f"pool5{t}", "maxpool", [f"conv5{t}"], size=3, stride=2), i)
+    for i, t in enumerate("ab"):
+        add(_layer(f"fc6{t}", "fc", ["pool5a", "pool5b"], outputs=h6 // 2, relu=True, init_std=std,
+                   bias_init=1.0), i)
+        add(_layer(f"drop6{t}", "dropout", [f"fc6{t}"], p=dropout), i)
+    for i, t in enumerate("ab"):
+        add(_layer(f"fc7{t}", "fc", ["drop6a", "drop6b"], outputs=h7 // 2, relu=True, init_std=std,
+                   bias_init=1.0), i)
+        add(_layer(f"drop7{t}", "dropout", [f"fc7{t}"], p=dropout), i)
+    add(_layer("fc8", "fc", ["drop7a", "drop7b"], outputs=num_classes, init_std=std, bias_init=0.0), 0)
+    add(_layer("loss", "softmax", ["fc8"]), 0)
+    return layers
+
+
 def alexnet_2012_config(num_classes: int = 1000, input_size: int = 227, devices=("cpu", "cpu"),
-                        init: str = "paper") -> list:
-    """The paper's network as two explicit towers, a (filters 0..half) and b, as on its two GPUs.
+                        init: str = "paper", towers: int = 2) -> list:
+    """The paper's network (`two_tower_config` with AlexNet's widths), as two towers a and b as on its
+    two GPUs (towers=2), or as one grouped single-device net computing the same function (towers=1).
 
-    Per tower: conv1 48 11x11/4 -> ReLU -> LRN -> max-pool 3/2 -> conv2 128 5x5 pad 2 (sees only
-    its own tower) -> ReLU -> LRN -> pool -> conv3 192 3x3 pad 1 reading BOTH towers (a two-input
-    conv: the contributions are summed) -> conv4 192 -> conv5 128 (own tower) -> pool. Then full
-    fc6 4096 (two inputs: both towers' pool5), fc7 4096, fc8 num_classes, each hidden fc followed by
-    ReLU and dropout 0.5 (the paper's "dropout in the first two fully-connected layers", applied to
-    their outputs as cuda-convnet and Caffe do), softmax cost.
+    Per tower: conv1 48 11x11/4 -> ReLU -> LRN -> max-pool 3/2 -> conv2 128 5x5 pad 2 (own tower)
+    -> ReLU -> LRN -> pool -> conv3 192 3x3 pad 1 reading BOTH towers -> conv4 192 -> conv5 128 (own
+    tower) -> pool -> fc6 2048 reading both towers' pool5 -> ReLU -> dropout 0.5 -> fc7 2048 reading
+    both fc6 halves -> ReLU -> dropout -> fc8 num_classes (tower a) reading both fc7 halves -> softmax.
+    The GPUs communicate only at conv3, fc6, fc7 and fc8 (the paper's figure 2); 60,965,224
+    parameters with 1000 classes either way.
 
-    `devices` (tower a, tower b): ("cuda:0", "cuda:1") puts each tower on its GPU; the Net inserts
-    the copies where conv3 and fc6 read the other tower (fc layers live with tower a).
+    `devices` (tower a, tower b): ("cuda:0", "cuda:1") puts each tower on its GPU; the Net inserts a
+    Copy layer on every edge between the towers (also when both name the same device).
 
     init="paper": weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere,
     for raw mean-subtracted pixels (meta input_scale = 1.0, as the paper). init="he": He's
     sqrt(2/fan_in) with the same biases, for inputs scaled by 1/64 (the loader's default).
     """
-    da, db = devices
-    std = 0.01 if init == "paper" else None
-    if init not in ("paper", "he"):
-        raise ValueError(f"alexnet: init must be 'paper' or 'he', got {init!r}")
-    layers = [{"name": "data", "type": "data", "shape": [input_size, input_size, 3],
-               **({"device": da} if da != "cpu" else {})}]
-    for t, dev in (("a", da), ("b", db)):
-        layers += [
-            _conv(f"conv1{t}", ["data"], 48, 11, 4, 0, device=dev, init_std=std, bias_init=0.0),
-            _layer(f"rnorm1{t}", "lrn", [f"conv1{t}"], dev),
-            _layer(f"pool1{t}", "maxpool", [f"rnorm1{t}"], dev, size=3, stride=2),
-            _conv(f"conv2{t}", [f"pool1{t}"], 128, 5, 1, 2, device=dev, init_std=std, bias_init=1.0),
-            _layer(f"rnorm2{t}", "lrn", [f"conv2{t}"], dev),
-            _layer(f"pool2{t}", "maxpool", [f"rnorm2{t}"], dev, size=3, stride=2),
-        ]
-    for t, dev in (("a", da), ("b", db)):
-        layers += [
-            _conv(f"conv3{t}", ["pool2a", "pool2b"], 192, 3, 1, 1, device=dev, init_std=std, bias_init=0.0),
-            _conv(f"conv4{t}", [f"conv3{t}"], 192, 3, 1, 1, device=dev, init_std=std, bias_init=1.0),
-            _conv(f"conv5{t}", [f"conv4{t}"], 128, 3, 1, 1, device=dev, init_std=std, bias_init=1.0),
-            _layer(f"pool5{t}", "maxpool", [f"conv5{t}"], dev, size=3, stride=2),
-        ]
-    layers += [
-        _layer("fc6", "fc", ["pool5a", "pool5b"], da, outputs=4096, relu=True, init_std=std, bias_init=1.0),
-        _layer("drop6", "dropout", ["fc6"], da, p=0.5),
-        _layer("fc7", "fc", ["drop6"], da, outputs=4096, relu=True, init_std=std, bias_init=1.0),
-        _layer("drop7", "dropout", ["fc7"], da, p=0.5),
-        _layer("fc8", "fc", ["drop7"], da, outputs=num_classes, init_std=std, bias_init=0.0),
-        _layer("loss", "softmax", ["fc8"], da),
-    ]
-    return layers
+    return two_tower_config(num_classes=num_classes, input_size=input_size, towers=towers,
+                            devices=list(devices) if devices else None, init_std=_conv_paper_std(init))
+
+
+def merge_towers(state: dict) -> dict:
+    """Parameters of a `two_tower_config` net (towers=2) -> those of its towers=1 form (a dict like
+    Net.state(): "<layer>.<param>" arrays, ".velocity" entries included when present). Whole layers
+    concatenate the towers' filters / output rows; cross-tower layers place each input's weights as a
+    block of the single weight (conv3 along the input channels, fc6 along the channels of the
+    flattened (H, W, C) input, fc7 and fc8 along the input features)."""
+    import numpy as np
+    out = {}
+    suffixes = [s for s in ("", ".velocity") if any(k.endswith(".bias" + s) for k in state)]
+    for suf in suffixes:
+        def g(name):
+            return np.asarray(state[name + suf])
+
+        def put(name, value):
+            out[name + suf] = np.ascontiguousarray(value, dtype=np.float32)
+        for layer in ("conv1", "conv2", "conv4", "conv5"):
+            put(f"{layer}.weight", np.concatenate([g(f"{layer}a.weight"), g(f"{layer}b.weight")], 0))
+            put(f"{layer}.bias", np.concatenate([g(f"{layer}a.bias"), g(f"{layer}b.bias")], 0))
+        put("conv3.weight", np.concatenate([np.concatenate([g(f"conv3{t}.weight0"), g(f"conv3{t}.weight1")], 3)
+                                            for t in "ab"], 0))
+        ca = g("conv5a.weight").shape[0]  # pool5 channels per tower
+        blocks = []
+        for t in "ab":
+            w0, w1 = g(f"fc6{t}.weight0"), g(f"fc6{t}.weight1")
+            o, hw = w0.shape[0], w0.shape[1] // ca
+            blocks.append(np.concatenate([w0.reshape(o, hw, ca), w1.reshape(o, hw, ca)], 2).reshape(o, hw * 2 * ca))
+        put("fc6.weight", np.concatenate(blocks, 0))
+        for layer in ("conv3", "fc6", "fc7"):
+            put(f"{layer}.bias", np.concatenate([g(f"{layer}a.bias"), g(f"{layer}b.bias")], 0))
+        put("fc7.weight", np.concatenate([np.concatenate([g(f"fc7{t}.weight0"), g(f"fc7{t}.weight1")], 1)
+                                          for t in "ab"], 0))
+        put("fc8.weight", np.concatenate([g("fc8.weight0"), g("fc8.weight1")], 1))
+        put("fc8.bias", g("fc8.bias"))
+    return out
+
+
+def split_towers(state: dict) -> dict:
+    """The inverse of `merge_towers`: parameters of the towers=1 form -> those of the two towers."""
+    import numpy as np
+    out = {}
+    suffixes = [s for s in ("", ".velocity") if any(k.endswith(".bias" + s) for k in state)]
+    for suf in suffixes:
+        def g(name):
+            return np.asarray(state[name + suf])
+
+        def put(name, value):
+            out[name + suf] = np.ascontiguousarray(value, dtype=np.float32)
+
+        def halves(a, axis):
+            return np.split(a, 2, axis=axis)
+        for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+            for t, b in zip("ab", halves(g(f"{layer}.bias"), 0)):
+                put(f"{layer}{t}.bias", b)
+        for layer in ("conv1", "conv2", "conv4", "conv5"):
+            for t, w in zip("ab", halves(g(f"{layer}.weight"), 0)):
+                put(f"{layer}{t}.weight", w)
+        for t, w in zip("ab", halves(g("conv3.weight"), 0)):
+            w0, w1 = halves(w, 3)
+            put(f"conv3{t}.weight0", w0)
+            put(f"conv3{t}.weight1", w1)
+        c = g("conv5.weight").shape[0]
+        for t, w in zip("ab", halves(g("fc6.weight"), 0)):
+            o, hw = w.shape[0], w.shape[1] // c
+            w0, w1 = halves(w.reshape(o, hw, c), 2)
+            put(f"fc6{t}.weight0", w0.reshape(o, -1))
+            put(f"fc6{t}.weight1", w1.reshape(o, -1))
+        for t, w in zip("ab", halves(g("fc7.weight"), 0)):
+            w0, w1 = halves(w, 1)
+            put(f"fc7{t}.weight0", w0)
+            put(f"fc7{t}.weight1", w1)
+        w0, w1 = halves(g("fc8.weight"), 1)
+        put("fc8.weight0", w0)
+        put("fc8.weight1", w1)
+        put("fc8.bias", g("fc8.bias"))
+    return out
 
 
 def alexnet_owt_config(num_classes: int = 1000, input_size: int = 224) -> list:
@@ -135,14 +294,20 @@ def small_config(num_classes: int = 10, input_size: int = 28, width: int = 32) -
 
 def alexnet(version: str = "2012", num_classes: int = 1000, input_size: int | None = None,
             device: str | None = None, devices=None, seed: int = 0, init: str = "paper",
-            allocate: bool = True) -> Net:
-    """AlexNet: version "2012" (the paper, two towers, 227x227 input, 60,965,224 parameters with 1000
-    classes) or "owt" (single tower, 224x224, torchvision's layout). `devices=(a, b)` puts the 2012
-    net's towers on two devices (model parallelism); `device` puts everything on one."""
+            allocate: bool = True, towers: int = 2) -> Net:
+    """AlexNet: version "2012" (the paper, 227x227 input, 60,965,224 parameters with 1000 classes) or
+    "owt" (single tower, 224x224, torchvision's layout).
+
+    The 2012 net is the paper's two-tower split (towers=2): `devices=(d0, d1)` puts tower a on d0 and
+    tower b on d1 (model parallelism with explicit copies; the same device twice runs the same graph on
+    one device); `device` puts everything on one device, keeping the towers and their copies.
+    towers=1 is the same function as one grouped single-device net (see `two_tower_config`)."""
     v = str(version).lower().replace("alexnet", "").strip("-_ ")
     if v in ("2012", "paper", ""):
-        cfg = alexnet_2012_config(num_classes, input_size or 227, tuple(devices or ("cpu", "cpu")), init)
-        meta = {"name": "alexnet-2012", "input_scale": 1.0 if init == "paper" else DEFAULT_INPUT_SCALE}
+        cfg = alexnet_2012_config(num_classes, input_size or 227, tuple(devices or ("cpu", "cpu")), init,
+                                  towers=towers)
+        meta = {"name": "alexnet-2012" if towers == 2 else "alexnet-2012-grouped",
+                "input_scale": 1.0 if init == "paper" else DEFAULT_INPUT_SCALE}
     elif v in ("owt", "2014"):
         cfg = alexnet_owt_config(num_classes, input_size or 224)
         meta = {"name": "alexnet-owt", "input_scale": DEFAULT_INPUT_SCALE}
@@ -167,12 +332,15 @@ _ALIASES = {"small": "default", "alexnet": "2012", "alexnet-2012": "2012", "alex
 
 
 def get_model(name: str, num_classes: int = 10, input_size: int | None = None, device: str | None = None,
-              seed: int = 0, allocate: bool = True) -> Net:
-    """A model by name: "default" (alias "small"), "2012" ("alexnet"), "owt"."""
+              seed: int = 0, allocate: bool = True, devices=None) -> Net:
+    """A model by name: "default" (alias "small"), "2012" ("alexnet"), "owt". `devices` (d0, d1):
+    the 2012 net's two towers on two devices (model parallelism)."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if devices is not None and key != "2012":
+        raise ValueError(f"devices={list(devices)!r}: only the two-tower '2012' model splits over devices")
     if key == "default":
         return small(num_classes, input_size or 28, device, seed, allocate)
     if key in ("2012", "owt"):
-        return alexnet(key, num_classes, input_size, device=device, seed=seed, allocate=allocate)
+        return alexnet(key, num_classes, input_size, device=device, devices=devices, seed=seed, allocate=allocate)
     raise ValueError(f"unknown model {name!r}; known models: " +
                      ", ".join(f"{k!r} ({v})" for k, v in MODELS.items()))

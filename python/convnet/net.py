@@ -17,9 +17,18 @@ Rules of the graph:
   * a layer with several inputs sums them (conv and fc keep a weight per input);
   * a tensor read by several layers gets the SUM of their gradients (the first writer overwrites, the
     others accumulate: accumulate=True in conv/fc, a scratch tensor and add_ for the rest);
-  * where an input lives on another device than the layer reading it, the Net inserts a `Copy` layer
-    (named "<input>@<device>") that moves the activation forward and its gradient back: the hook for
-    model parallelism (tower a on cuda:0, tower b on cuda:1).
+  * every layer has a placement (device, tower). Where an input is placed differently from the layer
+    reading it, the Net inserts a `Copy` layer (named "<input>@<device>/<tower>") that moves the
+    activation forward and its gradient back: model parallelism (the paper's two towers, tower a on
+    cuda:0 and tower b on cuda:1). Two towers on the SAME device still get their copies (the same
+    graph runs on one GPU or on the CPU, so the split is tested anywhere).
+
+Streams (CUDA). Each layer runs on its device's compute stream number `tower` (`_C.set_stream`), so
+the towers of one device overlap; copies run on copy streams ordered by events (cuda/device.cu).
+Every pass (forward, backward, update) starts and ends with `_C.stream_barrier` over the net's
+devices: all streams wait for each other, so a pass sees everything the previous one wrote, the
+parameters updated on stream 0 are seen by every tower, and the buffers the Net keeps (allocated
+between passes) are safe on any stream. Inside a pass the only cross-stream edges are the copies.
 
 Activations are (N, H, W, C); fully-connected outputs (N, features).
 """
@@ -38,6 +47,7 @@ from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_
 __all__ = ["Net", "load_config"]
 
 DEFAULT_INPUT_SCALE = 1.0 / 64.0  # matches convnet.data.PIXEL_SCALE: inputs (pixel - mean) / 64
+MAX_TOWERS = 4  # compute streams per CUDA device (cuda/device.cu kStreamSlots)
 
 
 def _parse_ini_value(text: str):
@@ -100,7 +110,9 @@ class Net:
     """A network: `Net(layers, device=None, seed=0, meta=None)`.
 
     layers  list of layer dicts or Layer objects, a {"layers": [...], "meta": {...}} dict, or a path
-    device  put every layer on this device (None keeps each layer's "device", default "cpu")
+    device  put every layer on this device (None keeps each layer's "device", default "cpu"); the
+            layers keep their towers, so a two-tower net keeps its copies
+    devices put the layers of tower t on devices[t] (e.g. ["cuda:0", "cuda:1"], or ["cpu", "cpu"])
     seed    seed of the parameter initialisation (numpy Generator, in topological order)
     meta    free-form information kept with the net (e.g. "input_scale", "name")
     allocate  False builds the graph and shapes only (for summary()): no parameter tensors
@@ -110,13 +122,25 @@ class Net:
     """
 
     def __init__(self, layers, device: str | None = None, seed: int = 0, meta: dict | None = None,
-                 allocate: bool = True):
+                 allocate: bool = True, devices=None):
         configs, file_meta = load_config(layers)
         self.meta = {**file_meta, **(meta or {})}
         user = [c if isinstance(c, Layer) else layer_from_config(c, device) for c in configs]
+        if device is not None and devices is not None:
+            raise ValueError("Net: give device= (everything on one) or devices= (one per tower), not both")
         if device is not None:
             for layer in user:
                 layer.device = device
+        if devices is not None:
+            devices = [str(d) for d in ([devices] if isinstance(devices, str) else devices)]
+            for layer in user:
+                if layer.tower >= len(devices):
+                    raise ValueError(f"Net: layer '{layer.name}' is in tower {layer.tower} but devices={devices} "
+                                     f"names {len(devices)}")
+                layer.device = devices[layer.tower]
+        for layer in user:
+            if not 0 <= layer.tower < MAX_TOWERS:
+                raise ValueError(f"Net: layer '{layer.name}': tower {layer.tower} outside [0, {MAX_TOWERS})")
         names = [l.name for l in user]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -130,6 +154,7 @@ class Net:
         self.mean = None          # preprocessing: the training split's mean (image (H, W, 3) or (3,))
         self._n = None            # batch size the buffers are allocated for
         self._ctx = None
+        self._slot = {}           # device -> the compute stream selected last (CUDA)
         if allocate:  # allocate=False: shapes only (summary, inspection), no parameter tensors
             self.init_params(seed)
 
@@ -157,8 +182,9 @@ class Net:
 
     @staticmethod
     def needs_copy(src: Layer, dst: Layer) -> bool:
-        """Whether the edge src -> dst gets a Copy layer: when they live on different devices."""
-        return src.device != dst.device
+        """Whether the edge src -> dst gets a Copy layer: when their placements (device, tower)
+        differ, also for two towers on the same device."""
+        return (src.device, src.tower) != (dst.device, dst.tower)
 
     def _insert_copies(self):
         by_name = {l.name: l for l in self.layers}
@@ -168,9 +194,10 @@ class Net:
             for i in layer.inputs:
                 src = by_name[i]
                 if not isinstance(layer, Copy) and not isinstance(src, Copy) and self.needs_copy(src, layer):
-                    key = (i, layer.device)
+                    key = (i, layer.device, layer.tower)
                     if key not in made:
-                        copy = Copy(f"{i}@{layer.device}", [i], layer.device)
+                        copy = Copy(f"{i}@{layer.device}/{layer.tower}", [i], layer.device, tower=layer.tower)
+                        copy.src_device, copy.src_tower = src.device, src.tower
                         copy.index = 1023
                         made[key] = copy
                         out.append(copy)  # after its source (already in `out`), before its reader
@@ -206,6 +233,8 @@ class Net:
         for l in self.layers:
             needs[l.name] = not isinstance(l, Data) and (bool(l.params) or any(needs[i] for i in l.inputs))
         self.needs_grad = needs
+        for c in self.copies:  # a gradient copied back into a tensor other layers also read: add it
+            c.needs_recv = needs[c.inputs[0]] and len(consumers[c.inputs[0]]) > 1
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -224,6 +253,53 @@ class Net:
     @property
     def devices(self) -> list:
         return sorted({l.device for l in self.layers})
+
+    @property
+    def placements(self) -> list:
+        """The (device, tower) pairs the layers run on."""
+        return sorted({(l.device, l.tower) for l in self.layers})
+
+    # -- copies and streams -------------------------------------------------------------------------
+    def copy_plan(self, n: int) -> list:
+        """[(copy name, source placement, destination placement, forward bytes, backward bytes)] of
+        one training step at batch n, from the layer shapes: what the copy layers move."""
+        plan = []
+        for c in self.copies:
+            b = 4 * n * int(np.prod(c.out_shape))
+            plan.append((c.name, (c.src_device, c.src_tower), (c.device, c.tower), b,
+                         b if self.needs_grad[c.inputs[0]] else 0))
+        return plan
+
+    def copy_stats(self) -> dict:
+        """{copy name: (bytes forward, bytes backward)} moved since reset_copy_stats()."""
+        return {c.name: (c.bytes_forward, c.bytes_backward) for c in self.copies}
+
+    def reset_copy_stats(self):
+        for c in self.copies:
+            c.bytes_forward = c.bytes_backward = 0
+
+    def _cuda_devices(self):
+        return sorted({l.device for l in self.layers if l.device.startswith("cuda")})
+
+    def _barrier(self):
+        """All streams of the net's CUDA devices wait for each other (see the module docstring)."""
+        devs = self._cuda_devices()
+        if devs:
+            _C.stream_barrier(devs)
+        self._slot = {}
+
+    def _use(self, layer: Layer):
+        """Launch what follows on the layer's stream (its device's compute stream number `tower`)."""
+        if layer.device != "cpu" and self._slot.get(layer.device) != layer.tower:
+            _C.set_stream(layer.device, layer.tower)
+            self._slot[layer.device] = layer.tower
+        if isinstance(layer, Copy):
+            self._slot.pop(layer.src_device, None)  # its backward may switch the source's stream
+
+    def _end_pass(self):
+        self._barrier()
+        for d in self._cuda_devices():
+            _C.set_stream(d, 0)  # work outside a pass (uploads, read-backs, the loop's sums) on stream 0
 
     def layer(self, name: str) -> Layer:
         return self._by_name[name]
@@ -314,10 +390,15 @@ class Net:
             raise ValueError("Net.forward: a training pass needs labels and a softmax cost layer")
         ctx = Context(train, step, seed, labels, backward)
         self._ctx = ctx
-        for l in self.layers:
-            if isinstance(l, Data) or (isinstance(l, SoftmaxCrossEntropy) and labels is None):
-                continue
-            l.forward([self._out[i] for i in l.inputs], self._out[l.name], ctx)
+        self._barrier()
+        try:
+            for l in self.layers:
+                if isinstance(l, Data) or (isinstance(l, SoftmaxCrossEntropy) and labels is None):
+                    continue
+                self._use(l)
+                l.forward([self._out[i] for i in l.inputs], self._out[l.name], ctx)
+        finally:
+            self._end_pass()
         if labels is not None and self.cost_layer is not None:
             return self._out[self.cost_layer.name]
         return self._out[self.output_name]
@@ -327,10 +408,18 @@ class Net:
         ctx = self._ctx
         if ctx is None or not ctx.backward:
             raise RuntimeError("Net.backward: call forward(x, labels, train=True) first")
+        self._barrier()
+        try:
+            self._backward_layers(ctx)
+        finally:
+            self._end_pass()
+
+    def _backward_layers(self, ctx):
         written = set()
         for l in reversed(self.layers):
             if isinstance(l, Data) or not self.needs_grad[l.name]:
                 continue
+            self._use(l)
             dy = None
             if l is not self.cost_layer:
                 if l.name not in self._grad:
@@ -371,8 +460,12 @@ class Net:
                 g[2].append(p.velocity)
                 g[3].append(float(lr) * p.lr_mult)
                 g[4].append(float(weight_decay) * p.wd_mult)
-        for params, grads, vels, lrs, wds in groups.values():
-            ops.sgd_update(params, grads, vels, lrs, wds, float(momentum))
+        self._barrier()  # the gradients of every tower are complete; the update runs on stream 0
+        try:
+            for params, grads, vels, lrs, wds in groups.values():
+                ops.sgd_update(params, grads, vels, lrs, wds, float(momentum))
+        finally:
+            self._end_pass()
 
     def train_step(self, x, labels, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
                    step: int = 0, seed: int = 0):
@@ -425,7 +518,7 @@ class Net:
     def summary(self, print_it: bool = True) -> str:
         """A table: layer, type, output shape (N, H, W, C), parameters, forward FLOPs per image
         (2 x multiply-adds of conv and fc; ReLU/LRN/pool are comparatively free and count 0), totals."""
-        multi = len(self.devices) > 1
+        multi = len(self.placements) > 1
         rows = []
         for l in self.layers:
             shape = "(N, " + ", ".join(str(s) for s in l.out_shape) + ")" if not isinstance(l, SoftmaxCrossEntropy) \
@@ -435,7 +528,7 @@ class Net:
                 kind += f" g={l.groups}"
             row = [l.name, kind, ",".join(l.inputs), shape, f"{l.num_params:,}", f"{l.flops():,}"]
             if multi:
-                row.append(l.device)
+                row.append(f"{l.device}/{l.tower}")
             rows.append(row)
         head = ["layer", "type", "inputs", "output", "params", "FLOPs"] + (["device"] if multi else [])
         total = ["total", "", "", "", f"{self.num_params:,}", f"{sum(l.flops() for l in self.layers):,}"] + \
@@ -458,7 +551,7 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.meta.get('name', '')!r}, {len(self._user_layers)} layers, {self.num_params:,} params, " \
-               f"devices={self.devices})"
+               f"devices={self.devices}, copies={len(self.copies)})"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -111,10 +111,19 @@ def _placement(config, device):
     return None if pinned and pinned <= set(_C.devices()) else device
 
 
-def _build_model(model, train_ds, device, seed):
+MODEL_NAMES_2012 = ("2012", "alexnet", "alexnet-2012", "alexnet2012", "paper")
+
+
+def _build_model(model, train_ds, device, seed, devices=None):
     from .models import get_model
     if isinstance(model, Net):
         return model
+    if devices is not None:  # one device per tower (model parallelism)
+        if model is None or (isinstance(model, str) and model.lower() in MODEL_NAMES_2012):
+            return get_model("2012", num_classes=train_ds.num_classes, devices=devices, seed=seed)
+        if isinstance(model, str) and not os.path.exists(model):
+            raise ValueError(f"devices={list(devices)!r}: model {model!r} has no towers; use '2012' or a config with towers")
+        return Net(model, devices=devices, seed=seed)
     if model is None:
         model = "default" if max(train_ds.image_shape[:2]) <= 64 else "2012"
     if isinstance(model, str) and not os.path.exists(model):
@@ -458,7 +467,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           device: str = "auto", seed: int | None = None, schedule: str | None = None, lr_steps=None,
           patience: int = 3, out_dir=None, resume=None, workers: int = 2, progress: bool = True,
           plot: bool = False, lighting: float = 0.1, eval_views: int = 1, log_every: int = 10,
-          log_seconds: float = 60.0, checkpoint_every: int = 1) -> TrainResult:
+          log_seconds: float = 60.0, checkpoint_every: int = 1, devices=None) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model         None (the small default net for <= 64 px images, else AlexNet 2012), a name
@@ -482,6 +491,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                   without a TTY, one line per epoch plus a line every `log_seconds` within an epoch
     plot          write curves.png and conv1_filters.png to out_dir (needs matplotlib)
     lighting      std of the PCA colour augmentation (paper 0.1); eval_views: 1 or 10 per epoch
+    devices       one device per tower, e.g. ["cuda:0", "cuda:1"] or "cuda:0,cuda:1" (the same one
+                  twice works too): the two-tower 2012 net (or a config with towers) split over them
     """
     from .data import BatchLoader
     t_start = time.time()
@@ -509,21 +520,29 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if data is None and meta_in and isinstance(meta_in.get("data"), str):
         data = meta_in["data"]
     train_ds, test_ds, data_name = resolve_data(data)
+    if isinstance(devices, str):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    if devices is not None:
+        devices = [_best_device(d) for d in devices]
+        device = devices[0]
     device = _best_device(device)
 
     if meta_in is not None:
         try:
-            net = Net(meta_in["config"], device=_placement(meta_in["config"], device))
+            if devices is not None:
+                net = Net(meta_in["config"], devices=devices)
+            else:
+                net = Net(meta_in["config"], device=_placement(meta_in["config"], device))
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path}: its net config does not build: {e}") from e
         if model is not None:
-            given = _build_model(model, train_ds, device, seed)
+            given = _build_model(model, train_ds, device, seed, devices)
             if given.config()["layers"] != net.config()["layers"]:
                 raise CheckpointError(f"checkpoint {ckpt_path} was written for a different net than model={model!r}")
             net = given
         _restore(net, arrays, ckpt_path)
     else:
-        net = _build_model(model, train_ds, device, seed)
+        net = _build_model(model, train_ds, device, seed, devices)
     _check_fit(net, train_ds, "train")
     _check_fit(net, test_ds, "train (test split)")
     H, W, _ = net.input_shape
