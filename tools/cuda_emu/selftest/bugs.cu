@@ -112,6 +112,16 @@ int main(int argc, char** argv) {
     if (c == "oob_global") {
       float* x = dev(100);
       oob_global<<<4, 32>>>(x, 100);
+    } else if (c == "oob_tensor") {
+      // the caching allocator hands out a 512-byte block for a 3-float tensor (device.cu's wrapper)
+      float* x = dev(128);
+      ::emu::on_device_alloc(x, 3 * sizeof(float), 512);
+      oob_global<<<1, 32>>>(x, 3);
+    } else if (c == "use_after_free") {
+      float* x = dev(128);
+      ::emu::on_device_alloc(x, 64 * sizeof(float), 512);
+      ::emu::on_device_free(x, 64 * sizeof(float), 512);  // back in the cache
+      oob_global<<<1, 32>>>(x, 10);
     } else if (c == "oob_shared") {
       oob_shared<<<1, 64>>>(out);
     } else if (c == "missing_barrier") {

@@ -23,6 +23,8 @@ expect() {  # case pattern [order]
   fi
 }
 expect oob_global "heap-buffer-overflow"
+expect oob_tensor "use-after-poison|heap-buffer-overflow"
+expect use_after_free "use-after-poison"
 expect oob_shared "global-buffer-overflow"
 expect early_return "__syncthreads at .* after 16 thread\(s\) of the block returned"
 expect divergent_barrier "different __syncthreads"
