@@ -30,7 +30,7 @@ export CUDAARCHS=${CUDAARCHS:-90}
 step build env CONVNET_CUDA=ON python3 -m pip install --no-build-isolation --no-deps -q . || {
   echo "build failed: see $OUT/build.log"; exit 1; }
 
-CONVNET_TEST_DEVICES=cpu,cuda:0 step tests python3 -m pytest -q -x --maxfail=20 -p no:cacheprovider \
+CONVNET_SKIP_EMULATOR=1 CONVNET_TEST_DEVICES=cpu,cuda:0 step tests python3 -m pytest -q --maxfail=20 -p no:cacheprovider \
   -o addopts="" -m "not slow" --junitxml="$OUT/junit.xml" tests/ || true
 
 if command -v compute-sanitizer >/dev/null; then
