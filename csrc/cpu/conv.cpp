@@ -5,8 +5,8 @@
 // (n, p, q) and whose columns are laid out (group, r, s, c) -- the same (r, s, c) order as a filter
 // row, so group g's patches are the column block [g*RSC, (g+1)*RSC) with row stride g*RSC:
 //
-//   forward          Y_g  (pix, Kg)  = patches_g (pix, RSC) x W_g^T (RSC, Kg)       (+ b)
-//                    (W_g^T is transposed once per call, so no GEMM operand is transposed)
+//   forward          Y_g  (pix, Kg)  = patches_g (pix, RSC) x W_g^T (RSC, Kg)   (+ b, ReLU per chunk)
+//                    (W_g is read as a transposed B operand: the GEMM transposes it while packing)
 //   backward data    dP_g (pix, RSC) = dY_g (pix, Kg) x W_g (Kg, RSC),  then col2im into dx
 //   backward filter  dW_g (Kg, RSC) += dY_g^T (Kg, pix) x patches_g (pix, RSC),  db = colsum(dy)
 //
@@ -36,6 +36,10 @@
 #include <vector>
 
 #include "backend.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace convnet {
 namespace cpu {
@@ -73,6 +77,30 @@ int chunk_images(const ConvShape& s, const Geo& g) {
 }
 
 // patches (n_img * P * Q, groups * RSC) for images [n0, n0 + n_img); zero where a tap hits padding.
+//
+// For one output pixel and one filter row r, the S taps read S consecutive input pixels, i.e. S * C
+// consecutive floats of x. With one group that run is also consecutive in the patch row ((r, s, c)
+// order), so each (pixel, r) is one copy of the in-bounds part plus zero fills at the edges: 11
+// copies of up to 33 floats per conv1 patch instead of 121 copies of 3 floats (the per-call cost of
+// tiny memcpys made im2col most of conv1's time). With groups, each group's Cg channels per tap are
+// a separate run.
+inline void copy_floats(float* dst, const float* src, int n) {
+  int i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+  }
+#else
+  for (; i < n; ++i) dst[i] = src[i];
+#endif
+}
+
+inline void zero_floats(float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = 0.0f;
+}
+
 void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img, float* patches) {
   const int64_t rows = n_img * g.PQ;
 #pragma omp parallel for schedule(static) if (rows * g.ldp > (1 << 15))
@@ -82,17 +110,31 @@ void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img,
     const int p = pq / s.Q, q = pq % s.Q;
     const float* xn = x + n * g.HW * s.C;
     float* out = patches + row * g.ldp;
-    for (int grp = 0; grp < s.groups; ++grp) {
-      float* o = out + static_cast<int64_t>(grp) * g.RSC;
-      for (int r = 0; r < s.R; ++r) {
-        const int h = p * s.stride_h - s.pad_h + r;
-        for (int t = 0; t < s.S; ++t, o += g.Cg) {
-          const int w = q * s.stride_w - s.pad_w + t;
-          if (h < 0 || h >= s.H || w < 0 || w >= s.W) {
-            std::memset(o, 0, sizeof(float) * g.Cg);
-          } else {
-            std::memcpy(o, xn + (static_cast<int64_t>(h) * s.W + w) * s.C + static_cast<int64_t>(grp) * g.Cg,
-                        sizeof(float) * g.Cg);
+    const int w0 = q * s.stride_w - s.pad_w;
+    // taps t in [t_lo, t_hi) are inside the image horizontally
+    const int t_lo = std::max(0, -w0), t_hi = std::min(s.S, s.W - w0);
+    for (int r = 0; r < s.R; ++r) {
+      const int h = p * s.stride_h - s.pad_h + r;
+      const bool row_ok = h >= 0 && h < s.H && t_lo < t_hi;
+      // tap t of this filter row at xr + t * C (only formed when the row is inside the image)
+      const float* xr = row_ok ? xn + (static_cast<int64_t>(h) * s.W + w0) * s.C : xn;
+      if (s.groups == 1) {
+        float* o = out + static_cast<int64_t>(r) * s.S * s.C;
+        if (!row_ok) {
+          zero_floats(o, s.S * s.C);
+          continue;
+        }
+        zero_floats(o, t_lo * s.C);
+        copy_floats(o + t_lo * s.C, xr + static_cast<int64_t>(t_lo) * s.C, (t_hi - t_lo) * s.C);
+        zero_floats(o + t_hi * s.C, (s.S - t_hi) * s.C);
+      } else {
+        for (int grp = 0; grp < s.groups; ++grp) {
+          float* o = out + static_cast<int64_t>(grp) * g.RSC + static_cast<int64_t>(r) * s.S * g.Cg;
+          for (int t = 0; t < s.S; ++t, o += g.Cg) {
+            if (row_ok && t >= t_lo && t < t_hi)
+              copy_floats(o, xr + static_cast<int64_t>(t) * s.C + static_cast<int64_t>(grp) * g.Cg, g.Cg);
+            else
+              zero_floats(o, g.Cg);
           }
         }
       }
@@ -142,40 +184,39 @@ void col2im(const ConvShape& s, const Geo& g, const float* dpatches, int n0, int
 // forward
 
 void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                  bool accumulate) {
+                  bool accumulate, bool relu) {
   const Geo g = geo_of(s);
   const int64_t total_rows = static_cast<int64_t>(s.N) * g.PQ;
   if (total_rows == 0) return;
   const float beta = accumulate ? 1.0f : 0.0f;
-  // W_g^T (RSC, Kg) for each group, made once per call (K * RSC floats: 1.2 M for conv2, ~1% of one
-  // chunk's GEMM traffic), so every GEMM below reads both operands along rows (no transposed operand).
-  std::vector<float> wt(static_cast<size_t>(s.K) * g.RSC);
-  for (int grp = 0; grp < s.groups; ++grp) {
-    const float* wg = w + static_cast<int64_t>(grp) * g.Kg * g.RSC;
-    float* tg = wt.data() + static_cast<int64_t>(grp) * g.Kg * g.RSC;
-    for (int k = 0; k < g.Kg; ++k)
-      for (int j = 0; j < g.RSC; ++j) tg[static_cast<int64_t>(j) * g.Kg + k] = wg[static_cast<int64_t>(k) * g.RSC + j];
-  }
-  auto w_t = [&](int grp) { return wt.data() + static_cast<int64_t>(grp) * g.Kg * g.RSC; };
+  // Y_g = patches_g W_g^T: W_g (Kg, RSC) is GEMM operand B stored transposed, which the GEMM packs
+  // with 16 x 16 in-register transposes (no transposed copy of W per call).
+  auto w_g = [&](int grp) { return w + static_cast<int64_t>(grp) * g.Kg * g.RSC; };
+  // Bias and ReLU on a block of rows just written by the GEMM, while it is still in cache.
+  auto epilogue = [&](float* yc, int64_t rows) {
+    if (relu) add_bias_relu(yc, b, rows, s.K);
+    else if (b) add_bias(yc, b, rows, s.K);
+  };
   if (is_pointwise(s)) {
     // x (N*H*W, C) is the patch matrix; group g reads its channel block in place.
     for (int grp = 0; grp < s.groups; ++grp)
-      gemm(false, false, static_cast<int>(total_rows), g.Kg, g.RSC, 1.0f, x + static_cast<int64_t>(grp) * g.Cg, s.C,
-           w_t(grp), g.Kg, beta, y + static_cast<int64_t>(grp) * g.Kg, s.K);
-  } else {
-    const int chunk = chunk_images(s, g);
-    std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
-    for (int n0 = 0; n0 < s.N; n0 += chunk) {
-      const int n_img = std::min(chunk, s.N - n0);
-      const int rows = static_cast<int>(n_img * g.PQ);
-      im2col(s, g, x, n0, n_img, patches.data());
-      float* yc = y + n0 * g.PQ * s.K;
-      for (int grp = 0; grp < s.groups; ++grp)
-        gemm(false, false, rows, g.Kg, g.RSC, 1.0f, patches.data() + static_cast<int64_t>(grp) * g.RSC, g.ldp,
-             w_t(grp), g.Kg, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
-    }
+      gemm(false, true, static_cast<int>(total_rows), g.Kg, g.RSC, 1.0f, x + static_cast<int64_t>(grp) * g.Cg, s.C,
+           w_g(grp), g.RSC, beta, y + static_cast<int64_t>(grp) * g.Kg, s.K);
+    epilogue(y, total_rows);
+    return;
   }
-  if (b) add_bias(y, b, total_rows, s.K);
+  const int chunk = chunk_images(s, g);
+  std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
+  for (int n0 = 0; n0 < s.N; n0 += chunk) {
+    const int n_img = std::min(chunk, s.N - n0);
+    const int rows = static_cast<int>(n_img * g.PQ);
+    im2col(s, g, x, n0, n_img, patches.data());
+    float* yc = y + n0 * g.PQ * s.K;
+    for (int grp = 0; grp < s.groups; ++grp)
+      gemm(false, true, rows, g.Kg, g.RSC, 1.0f, patches.data() + static_cast<int64_t>(grp) * g.RSC, g.ldp,
+           w_g(grp), g.RSC, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+    epilogue(yc, rows);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
