@@ -251,3 +251,37 @@ def test_conv_forward_relu(device, rng, shape, bias, accumulate):
     pre = ref.conv_forward(x, w, b, stride, pad, groups) + (old if accumulate else 0)
     assert (pre < 0).any() and (pre > 0).any()
     assert_close(y.numpy(), ref.relu_forward(pre), what="y")
+
+
+# --------------------------------------------------------------------------------------------------
+# batches of N >= 2 x threads: the CPU runs one image chunk per thread (uneven splits, several
+# chunks per thread, per-thread partial dW)
+
+BATCHED = [
+    (5, 9, 8, 6, 6, 3, 3, (2, 2), (1, 1), 2),
+    (9, 7, 9, 5, 33, 3, 2, (1, 1), (1, 0), 1),
+    (4, 17, 19, 3, 16, 11, 11, (4, 4), (2, 2), 1),
+    (6, 6, 11, 3, 6, 1, 1, (1, 1), (0, 0), 3),     # pointwise
+]
+
+
+@pytest.mark.parametrize("shape", BATCHED, ids=small_id)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "accumulate"])
+def test_conv_batched(device, rng, shape, accumulate):
+    check_all_passes(rng, device, *shape, bias=True, accumulate=accumulate)
+
+
+def test_conv_batched_relu_deterministic(device, rng):
+    x, w, b = make(rng, 7, 11, 10, 8, 12, 3, 3, 2)
+    x, w, b = f32(x), f32(w), f32(b)
+    dy = f32(rng.standard_normal((7, 6, 5, 12)))
+    outs = []
+    for _ in range(2):
+        y = poisoned((7, 6, 5, 12), device)
+        ops.conv_forward(to_device(x, device), to_device(w, device), to_device(b, device), y, stride=(2, 2),
+                         pad=(1, 1), groups=2, relu=True)
+        dw, _, db, _ = run_backward_filter(dy, x, w.shape, True, (2, 2), (1, 1), 2, device, rng)
+        outs.append((y.numpy(), dw, db))
+    assert_close(outs[0][0], ref.relu_forward(ref.conv_forward(x, w, b, (2, 2), (1, 1), 2)), what="y")
+    for a, b2 in zip(*outs):
+        assert np.array_equal(a, b2)

@@ -512,7 +512,13 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   }
   const Problem p{trans_a, trans_b, K, alpha, beta, A, lda, B, ldb, C, ldc};
   const int64_t work = static_cast<int64_t>(M) * N * K;
-  const int threads = work < kParallelGrain ? 1 : num_threads();
+  // Called from inside a parallel region (the convolutions run one image chunk per thread), the
+  // GEMM runs serially on the calling thread: no nested teams.
+  bool nested = false;
+#ifdef CONVNET_WITH_OPENMP
+  nested = omp_in_parallel() != 0;
+#endif
+  const int threads = (work < kParallelGrain || nested) ? 1 : num_threads();
   int tm = 1, tn = 1;
   choose_grid(M, N, K, threads, &tm, &tn);
   if (tm * tn == 1) {
