@@ -32,6 +32,7 @@
 // 2 cores (~0.6 s even at 100 GFLOP/s): the GEMM dominates.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -105,12 +106,13 @@ inline void zero_floats(float* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = 0.0f;
 }
 
-void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img, float* patches) {
-  const int64_t rows = n_img * g.PQ;
+// Rows [row0, row0 + rows) of the whole (N * P * Q, groups * RSC) patch matrix (any range: a chunk
+// may start or end inside an image).
+void im2col_rows(const ConvShape& s, const Geo& g, const float* x, int64_t row0, int64_t rows, float* patches) {
 #pragma omp parallel for schedule(static) if (rows * g.ldp > (1 << 15))
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t n = n0 + row / g.PQ;
-    const int pq = static_cast<int>(row % g.PQ);
+    const int64_t n = (row0 + row) / g.PQ;
+    const int pq = static_cast<int>((row0 + row) % g.PQ);
     const int p = pq / s.Q, q = pq % s.Q;
     const float* xn = x + n * g.HW * s.C;
     float* out = patches + row * g.ldp;
@@ -144,6 +146,10 @@ void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img,
       }
     }
   }
+}
+
+void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img, float* patches) {
+  im2col_rows(s, g, x, n0 * g.PQ, n_img * g.PQ, patches);
 }
 
 // dx for images [n0, n0 + n_img) (=|+=) the gather of dpatches (n_img * P * Q, groups * RSC):
@@ -196,9 +202,14 @@ void col2im(const ConvShape& s, const Geo& g, const float* dpatches, int n0, int
 // (a descheduled thread just takes fewer chunks); backward-filter sums, so it partitions the
 // images statically into per-thread partial dW (deterministic for a given thread count).
 
-// Per-thread budget for a chunk's patch matrix: within the 2 MB L2 of this Zen 5 for 13x13 layers,
-// and at least one image (conv1: 4.4 MB).
-constexpr int64_t kThreadChunkBytes = int64_t(2) << 20;
+// Per-thread budget for a chunk's patch matrix: within the 2 MB L2 of this Zen 5 (with the GEMM's
+// packed panels beside it; 1.5 MB measured best for the 13x13 layers, 1 MB and 2 MB slower), so the GEMM's
+// packing reads back what im2col just wrote from L2 (conv1's whole-image patch matrix, 4.4 MB, went
+// through L3: a quarter of conv1's time). Backward-data chunks are whole images (col2im gathers
+// every tap of an input pixel, so an image must not be split); forward and backward-filter chunks
+// are row ranges of the patch matrix, at least kMinChunkRows so the GEMM keeps its efficiency.
+constexpr int64_t kThreadChunkBytes = int64_t(1536) << 10;
+constexpr int64_t kMinChunkRows = 64;
 
 int threads_here() {
 #ifdef CONVNET_WITH_OPENMP
@@ -230,25 +241,41 @@ int thread_chunk_images(const ConvShape& s, const Geo& g) {
   return static_cast<int>(std::min<int64_t>(by_bytes, balance));
 }
 
+// Patch-matrix rows per chunk in the image-parallel mode (forward, backward-filter).
+int64_t thread_chunk_rows(const ConvShape& s, const Geo& g) {
+  const int64_t total = static_cast<int64_t>(s.N) * g.PQ;
+  const int64_t by_bytes = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
+  const int64_t balance = std::max<int64_t>(1, total / (2 * threads_here()));
+  const int64_t rows = std::min(std::max(by_bytes, kMinChunkRows), balance);
+  return rows >= 24 ? rows / 12 * 12 : std::max<int64_t>(1, rows);  // whole 12-row micro-tiles
+}
+
 // A per-thread scratch buffer, kept for the thread's life (OpenMP reuses its pool threads).
-float* thread_scratch(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+float* thread_scratch(size_t n, int slot = 0) {
+  thread_local std::vector<float> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+
+// Share of a GEMM's micro-tiles that is useful work, for the AVX-512 12 x 32 tile (the AVX2 6 x 16
+// and portable 4 x 16 tiles divide it, so the comparison below holds for them roughly too).
+double tile_efficiency(int64_t M, int64_t N) {
+  const int64_t Mp = (M + 11) / 12 * 12, Np = (N + 31) / 32 * 32;
+  return static_cast<double>(M * N) / static_cast<double>(Mp * Np);
 }
 
 // body(n0, n_img) for every chunk of `chunk` images, one parallel region, dynamic schedule; the
 // first exception is rethrown after the region (none may escape an OpenMP region).
 template <class Body>
-void for_each_chunk(int N, int chunk, Body body) {
-  const int chunks = (N + chunk - 1) / chunk;
+void for_each_chunk(int64_t N, int64_t chunk, Body body) {
+  const int64_t chunks = (N + chunk - 1) / chunk;
   std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
 #pragma omp parallel for schedule(dynamic, 1)
 #endif
-  for (int c = 0; c < chunks; ++c) {
+  for (int64_t c = 0; c < chunks; ++c) {
     try {
-      const int n0 = c * chunk;
+      const int64_t n0 = c * chunk;
       body(n0, std::min(chunk, N - n0));
     } catch (...) {
 #ifdef CONVNET_WITH_OPENMP
@@ -306,12 +333,11 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     return;
   }
   if (image_parallel(s)) {
-    const int chunk = thread_chunk_images(s, g);
-    for_each_chunk(s.N, chunk, [&](int n0, int n_img) {
-      const int rows = static_cast<int>(n_img * g.PQ);
+    for_each_chunk(total_rows, thread_chunk_rows(s, g), [&](int64_t row0, int64_t nrows) {
+      const int rows = static_cast<int>(nrows);
       float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
-      im2col(s, g, x, n0, n_img, patches);
-      float* yc = y + n0 * g.PQ * s.K;
+      im2col_rows(s, g, x, row0, rows, patches);
+      float* yc = y + row0 * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
         gemm(false, true, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp, w_g(grp),
              g.RSC, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
@@ -350,7 +376,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
   }
   if (image_parallel(s)) {
     const int chunk = thread_chunk_images(s, g);
-    for_each_chunk(s.N, chunk, [&](int n0, int n_img) {
+    for_each_chunk(s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
+      const int n0 = static_cast<int>(n0_), n_img = static_cast<int>(n_img_);
       const int rows = static_cast<int>(n_img * g.PQ);
       float* dpatches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       const float* dyc = dy + n0 * g.PQ * s.K;
@@ -400,10 +427,10 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     return;
   }
   if (image_parallel(s)) {
-    // Thread t sums images [N t / T, N (t+1) / T) into its own dW (thread 0 straight into dw), then
+    // Thread t sums patch rows [NPQ t / T, NPQ (t+1) / T) into its own dW (thread 0 straight into dw), then
     // dw += partial_1 + ... + partial_{T-1}, in thread order.
     const int T = threads_here();
-    const int chunk = thread_chunk_images(s, g);
+    const int64_t chunk = thread_chunk_rows(s, g);
     std::vector<float> partial(static_cast<size_t>(T - 1) * dw_size);
     std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
@@ -411,23 +438,43 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
 #endif
     {
       const int t = thread_id();
-      const int i0 = static_cast<int>(static_cast<int64_t>(s.N) * t / T);
-      const int i1 = static_cast<int>(static_cast<int64_t>(s.N) * (t + 1) / T);
+      const int64_t i0 = total_rows * t / T, i1 = total_rows * (t + 1) / T;  // patch-matrix rows
       float* mine = t == 0 ? dw : partial.data() + static_cast<int64_t>(t - 1) * dw_size;
       try {
-        bool first = !(t == 0 && accumulate);
-        if (i0 == i1 && first) fill(mine, dw_size, 0.0f);
-        for (int n0 = i0; n0 < i1; n0 += chunk) {
-          const int n_img = std::min(chunk, i1 - n0);
-          const int rows = static_cast<int>(n_img * g.PQ);
+        const bool keep = t == 0 && accumulate;  // thread 0 adds to the caller's dw
+        // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
+        // tiles better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and
+        // 2 % as (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
+        const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+        float* acc = transposed ? thread_scratch(static_cast<size_t>(dw_size), 1) : mine;
+        bool first = transposed || !keep;
+        for (int64_t r0 = i0; r0 < i1; r0 += chunk) {
+          const int rows = static_cast<int>(std::min(chunk, i1 - r0));
           float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
-          im2col(s, g, x, n0, n_img, patches);
-          const float* dyc = dy + n0 * g.PQ * s.K;
-          for (int grp = 0; grp < s.groups; ++grp)
-            gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
-                 patches + static_cast<int64_t>(grp) * g.RSC, g.ldp, first ? 0.0f : 1.0f,
-                 mine + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC);
+          im2col_rows(s, g, x, r0, rows, patches);
+          const float* dyc = dy + r0 * s.K;
+          for (int grp = 0; grp < s.groups; ++grp) {
+            const float* dyg = dyc + static_cast<int64_t>(grp) * g.Kg;
+            const float* pg = patches + static_cast<int64_t>(grp) * g.RSC;
+            float* out = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;
+            if (transposed)
+              gemm(true, false, g.RSC, g.Kg, rows, 1.0f, pg, g.ldp, dyg, s.K, first ? 0.0f : 1.0f, out, g.Kg);
+            else
+              gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyg, s.K, pg, g.ldp, first ? 0.0f : 1.0f, out, g.RSC);
+          }
           first = false;
+        }
+        if (transposed) {
+          for (int grp = 0; grp < s.groups; ++grp) {
+            const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
+            float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
+            for (int k = 0; k < g.Kg; ++k)
+              for (int j = 0; j < g.RSC; ++j) {
+                const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
+                float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
+                d = keep ? d + v : v;
+              }
+          }
         }
       } catch (...) {
 #ifdef CONVNET_WITH_OPENMP
