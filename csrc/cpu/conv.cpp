@@ -219,17 +219,9 @@ int threads_here() {
 #endif
 }
 
-int thread_id() {
-#ifdef CONVNET_WITH_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 bool image_parallel(const ConvShape& s) {
   const int t = threads_here();
-  return t > 1 && s.N >= 2 * t;
+  return t > 1 && s.N >= 2 * t;  // so backward-filter's 2T slots hold at least an image's rows each
 }
 
 // Images per chunk in the image-parallel mode: the byte budget, but small enough that every thread
@@ -427,68 +419,75 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     return;
   }
   if (image_parallel(s)) {
-    // Thread t sums patch rows [NPQ t / T, NPQ (t+1) / T) into its own dW (thread 0 straight into dw), then
-    // dw += partial_1 + ... + partial_{T-1}, in thread order.
+    // The patch rows are cut into S = 2T fixed slots [NPQ u / S, NPQ (u+1) / S); threads take slots
+    // dynamically (a thread that loses its core to another job just takes fewer), each slot sums
+    // into its own dW (slot 0 straight into dw), then dw += partial_1 + ... + partial_{S-1} in slot
+    // order. The slots, not the threads, fix the summation order: the result is the same whatever
+    // the scheduling (for a given thread count).
     const int T = threads_here();
+    const int S = 2 * T;
     const int64_t chunk = thread_chunk_rows(s, g);
-    std::vector<float> partial(static_cast<size_t>(T - 1) * dw_size);
+    std::vector<float> partial(static_cast<size_t>(S - 1) * dw_size);
     std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
 #pragma omp parallel num_threads(T)
 #endif
     {
-      const int t = thread_id();
-      const int64_t i0 = total_rows * t / T, i1 = total_rows * (t + 1) / T;  // patch-matrix rows
-      float* mine = t == 0 ? dw : partial.data() + static_cast<int64_t>(t - 1) * dw_size;
-      try {
-        const bool keep = t == 0 && accumulate;  // thread 0 adds to the caller's dw
-        // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
-        // tiles better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and
-        // 2 % as (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-        const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
-        float* acc = transposed ? thread_scratch(static_cast<size_t>(dw_size), 1) : mine;
-        bool first = transposed || !keep;
-        for (int64_t r0 = i0; r0 < i1; r0 += chunk) {
-          const int rows = static_cast<int>(std::min(chunk, i1 - r0));
-          float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
-          im2col_rows(s, g, x, r0, rows, patches);
-          const float* dyc = dy + r0 * s.K;
-          for (int grp = 0; grp < s.groups; ++grp) {
-            const float* dyg = dyc + static_cast<int64_t>(grp) * g.Kg;
-            const float* pg = patches + static_cast<int64_t>(grp) * g.RSC;
-            float* out = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;
-            if (transposed)
-              gemm(true, false, g.RSC, g.Kg, rows, 1.0f, pg, g.ldp, dyg, s.K, first ? 0.0f : 1.0f, out, g.Kg);
-            else
-              gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyg, s.K, pg, g.ldp, first ? 0.0f : 1.0f, out, g.RSC);
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (int t = 0; t < S; ++t) {
+        const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
+        float* mine = t == 0 ? dw : partial.data() + static_cast<int64_t>(t - 1) * dw_size;
+        try {
+          const bool keep = t == 0 && accumulate;  // slot 0 adds to the caller's dw
+          // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
+          // tiles better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and
+          // 2 % as (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
+          const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+          float* acc = transposed ? thread_scratch(static_cast<size_t>(dw_size), 1) : mine;
+          bool first = transposed || !keep;
+          for (int64_t r0 = i0; r0 < i1; r0 += chunk) {
+            const int rows = static_cast<int>(std::min(chunk, i1 - r0));
+            float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
+            im2col_rows(s, g, x, r0, rows, patches);
+            const float* dyc = dy + r0 * s.K;
+            for (int grp = 0; grp < s.groups; ++grp) {
+              const float* dyg = dyc + static_cast<int64_t>(grp) * g.Kg;
+              const float* pg = patches + static_cast<int64_t>(grp) * g.RSC;
+              float* out = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;
+              if (transposed)
+                gemm(true, false, g.RSC, g.Kg, rows, 1.0f, pg, g.ldp, dyg, s.K, first ? 0.0f : 1.0f, out, g.Kg);
+              else
+                gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyg, s.K, pg, g.ldp, first ? 0.0f : 1.0f, out, g.RSC);
+            }
+            first = false;
           }
-          first = false;
-        }
-        if (transposed) {
-          for (int grp = 0; grp < s.groups; ++grp) {
-            const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
-            float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
-            for (int k = 0; k < g.Kg; ++k)
-              for (int j = 0; j < g.RSC; ++j) {
-                const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
-                float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
-                d = keep ? d + v : v;
-              }
+          if (transposed) {
+            for (int grp = 0; grp < s.groups; ++grp) {
+              const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
+              float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
+              for (int k = 0; k < g.Kg; ++k)
+                for (int j = 0; j < g.RSC; ++j) {
+                  const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
+                  float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
+                  d = keep ? d + v : v;
+                }
+            }
           }
-        }
-      } catch (...) {
+        } catch (...) {
 #ifdef CONVNET_WITH_OPENMP
 #pragma omp critical(convnet_conv_error)
 #endif
-        if (!error) error = std::current_exception();
-      }
+          if (!error) error = std::current_exception();
+        }
+      }  // slots (the omp for ends with a barrier)
 #ifdef CONVNET_WITH_OPENMP
-#pragma omp barrier
 #pragma omp for schedule(static)
 #endif
       for (int64_t i = 0; i < dw_size; ++i) {
         float v = dw[i];
-        for (int u = 1; u < T; ++u) v += partial[static_cast<size_t>(u - 1) * dw_size + i];
+        for (int u = 1; u < S; ++u) v += partial[static_cast<size_t>(u - 1) * dw_size + i];
         dw[i] = v;
       }
     }
