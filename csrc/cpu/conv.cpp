@@ -1,4 +1,5 @@
-// CPU convolution: forward (+ bias), backward to data, backward to filters and bias, as GEMMs.
+// CPU convolution: forward (+ bias, + fused ReLU), backward to data, backward to filters and bias,
+// as GEMMs.
 //
 // Layouts (backend.h): x (N, H, W, C), w (K, R, S, C/g), y (N, P, Q, K); g = groups, Cg = C/g,
 // Kg = K/g, RSC = R*S*Cg. Every pass is a GEMM on a patch matrix whose row is one output pixel
@@ -10,21 +11,30 @@
 //   backward data    dP_g (pix, RSC) = dY_g (pix, Kg) x W_g (Kg, RSC),  then col2im into dx
 //   backward filter  dW_g (Kg, RSC) += dY_g^T (Kg, pix) x patches_g (pix, RSC),  db = colsum(dy)
 //
-// Memory: the patch matrix is built for a chunk of whole images at a time, at most kChunkBytes
-// (AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB in one piece; a chunk is
-// <= 8 MB, at least one image: conv1 and conv2 one image (3025 and 729 GEMM rows), 13x13 layers ~5).
-// A 1x1, stride-1, unpadded conv needs no patch matrix at all: x itself is the (N*H*W, C) patch matrix.
-//
-// Threads: one level of OpenMP only. cpu::gemm is OpenMP-parallel inside, so it is called from a
-// serial loop over chunks and groups; im2col and col2im are separate parallel loops over pixels run
-// between GEMM calls (never nested inside them). Parallelising over images instead would nest with
-// the GEMM's own team, or need a per-thread serial GEMM, and GEMMs with more rows use cores better.
+// Two drivers (threads T = omp_get_max_threads()):
+//   * N >= 2T (any training batch): ONE parallel region per pass over chunks of the patch matrix.
+//     Each thread builds its chunk in its own buffer (<= 1.5 MB, so the GEMM's packing reads it back
+//     from L2), runs a serial GEMM on it (cpu::gemm runs serially inside a parallel region) and
+//     finishes it while it is in cache: bias + ReLU for the forward, col2im for backward-data.
+//     Forward chunks are row ranges (>= 64 rows, whole 12-row micro-tiles); backward-data chunks
+//     are whole images (col2im must see every tap of an input pixel). Both are scheduled
+//     dynamically: chunks write disjoint outputs. Backward-filter cuts the rows into 2T fixed slots,
+//     taken dynamically, each summing into its own dW, added in slot order at the end.
+//     Why: the previous driver (below) had an im2col region, a parallel GEMM and a bias region per
+//     chunk, i.e. three fork/join barriers per image for conv1/conv2. On this project's 2-core
+//     machines, shared with other jobs, every barrier waits for the slowest thread's next time
+//     slice; a training step of the small net went 101 -> 457 images/s from this change alone.
+//   * N < 2T: a serial loop over chunks of whole images (patch matrix <= 8 MB), with the parallel
+//     GEMM inside and im2col / col2im as parallel loops between GEMM calls (never nested).
+// AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB of patches in one piece;
+// chunking keeps it to a few MB. A 1x1, stride-1, unpadded conv needs no patch matrix at all: x
+// itself is the (N*H*W, C) patch matrix.
 //
 // col2im is a gather, not a scatter: each input pixel (n, h, w) sums the patch-gradient entries of
 // the taps that read it, in a fixed (r, s) order, so it parallelises over input pixels with no races
 // and writes each dx element exactly once (no zero-fill pass; `accumulate` adds to the old value).
-// dW sums its chunks in chunk order with beta = 1, so, given a deterministic GEMM, dw does not
-// depend on the thread count's scheduling.
+// dW sums its chunks in a fixed order (chunk order, and slot order in the parallel driver), so,
+// given a deterministic GEMM, dw does not depend on the scheduling (it does on the thread count).
 //
 // Napkin math: AlexNet-2012 conv2 (N=128, 27x27x96 -> 27x27x256, 5x5, pad 2, groups 2) is
 // 2 * 93312 * 128 * 1200 * 2 = 57.3 GFLOP per pass; the im2col it needs moves 93312 x 2400 x 4 B =
@@ -32,7 +42,6 @@
 // 2 cores (~0.6 s even at 100 GFLOP/s): the GEMM dominates.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -424,10 +433,18 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // into its own dW (slot 0 straight into dw), then dw += partial_1 + ... + partial_{S-1} in slot
     // order. The slots, not the threads, fix the summation order: the result is the same whatever
     // the scheduling (for a given thread count).
+    // 2T slots only when each holds at least two chunks' rows: every slot costs a partial dW
+    // (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
+    // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
+    // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
     const int T = threads_here();
-    const int S = 2 * T;
-    const int64_t chunk = thread_chunk_rows(s, g);
-    std::vector<float> partial(static_cast<size_t>(S - 1) * dw_size);
+    const int64_t by_bytes = (thread_chunk_rows(s, g) + 255) / 256 * 256;
+    const int S = total_rows >= 2 * T * 2 * by_bytes ? 2 * T : T;
+    // The partials live in a buffer of the calling thread, kept between calls (no allocation and
+    // page faults per call) and never zeroed: each slot's first GEMM writes its partial with beta 0.
+    thread_local std::vector<float> partial_buf;
+    if (partial_buf.size() < static_cast<size_t>(S - 1) * dw_size) partial_buf.resize(static_cast<size_t>(S - 1) * dw_size);
+    float* partial = partial_buf.data();
     std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
 #pragma omp parallel num_threads(T)
@@ -438,7 +455,10 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
 #endif
       for (int t = 0; t < S; ++t) {
         const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
-        float* mine = t == 0 ? dw : partial.data() + static_cast<int64_t>(t - 1) * dw_size;
+        float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
+        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk)
+        const int64_t nchunks = std::max<int64_t>(1, (i1 - i0) / by_bytes);
+        const int64_t chunk = (i1 - i0 + nchunks - 1) / nchunks;
         try {
           const bool keep = t == 0 && accumulate;  // slot 0 adds to the caller's dw
           // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
@@ -487,7 +507,7 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
 #endif
       for (int64_t i = 0; i < dw_size; ++i) {
         float v = dw[i];
-        for (int u = 1; u < S; ++u) v += partial[static_cast<size_t>(u - 1) * dw_size + i];
+        for (int u = 1; u < S; ++u) v += partial[static_cast<int64_t>(u - 1) * dw_size + i];
         dw[i] = v;
       }
     }
