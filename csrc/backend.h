@@ -69,6 +69,8 @@ struct SgdParam {
   void add(float* dst, const float* src, int64_t n, float alpha);                                    \
   /* y (rows, cols) += b (cols) broadcast over rows */                                               \
   void add_bias(float* y, const float* b, int64_t rows, int cols);                                   \
+  /* y (rows, cols) = max(0, y + b) (b (cols) broadcast over rows; b may be null: y = max(0, y)) */ \
+  void add_bias_relu(float* y, const float* b, int64_t rows, int cols);                              \
   /* db (cols) (=|+=) sum over rows of dy (rows, cols) */                                            \
   void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate);               \
   void relu_forward(const float* x, float* y, int64_t n);                                            \
@@ -84,8 +86,9 @@ struct SgdParam {
   void softmax_cross_entropy(const float* logits, const int32_t* labels, int N, int C,               \
                              float* dlogits, float* stats);                                          \
   void sgd_update(const SgdParam* params, int count, float momentum);                                \
+  /* relu: y = max(0, result) where result is the conv + b (+ old y when accumulate) */            \
   void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,    \
-                    bool accumulate);                                                                \
+                    bool accumulate, bool relu);                                                     \
   void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx,            \
                           bool accumulate);                                                          \
   /* dw (K, R, S, C/groups) and db (K) (db may be null); accumulate adds into both */               \

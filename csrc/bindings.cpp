@@ -309,7 +309,8 @@ with .numpy(); move it with .to(device).
         py::arg("trans_b") = false, py::arg("alpha") = 1.0f, py::arg("beta") = 0.0f, GIL(),
         "c (M, N) = alpha op(a) op(b) + beta c");
   o.def("fc_forward", &ops::fc_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
-        py::arg("accumulate") = false, GIL(), "y (N, out) (=|+=) x (N, in) w (out, in)^T + b (out,)");
+        py::arg("accumulate") = false, py::arg("relu") = false, GIL(),
+        "y (N, out) (=|+=) x (N, in) w (out, in)^T + b (out,); relu: then y = max(0, y)");
   o.def("fc_backward_data", &ops::fc_backward_data, py::arg("dy"), py::arg("w"), py::arg("dx"),
         py::arg("accumulate") = false, GIL(), "dx (N, in) (=|+=) dy (N, out) w (out, in)");
   o.def("fc_backward_weights", &ops::fc_backward_weights, py::arg("dy"), py::arg("x"), py::arg("dw"),
@@ -328,7 +329,8 @@ with .numpy(); move it with .to(device).
         "v <- m v - wd lr w - lr g; w <- w + v, for every parameter in one call.");
   o.def("conv_forward", &ops::conv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
         py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, GIL(), "y (N, P, Q, K) (=|+=) conv(x (N, H, W, C), w (K, R, S, C/g)) + b");
+        py::arg("accumulate") = false, py::arg("relu") = false, GIL(),
+        "y (N, P, Q, K) (=|+=) conv(x (N, H, W, C), w (K, R, S, C/g)) + b; relu: then y = max(0, y)");
   o.def("conv_backward_data", &ops::conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("dx"),
         py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
         py::arg("accumulate") = false, GIL());

@@ -240,7 +240,8 @@ std::pair<int64_t, int64_t> fc_rows_cols(const char* op, const char* name, const
 }
 }  // namespace
 
-void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate) {
+void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate,
+                bool relu) {
   const char* op = "fc_forward";
   need_f32(op, "x", x);
   need_f32(op, "w", w);
@@ -259,7 +260,8 @@ void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tens
   no_alias(op, "y", y, "w", w);
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f, y.f32(), o));
-  if (b) CONVNET_DISPATCH(dev, add_bias(y.f32(), b->f32(), N, o));
+  if (relu) CONVNET_DISPATCH(dev, add_bias_relu(y.f32(), data_or_null(b), N, o));
+  else if (b) CONVNET_DISPATCH(dev, add_bias(y.f32(), b->f32(), N, o));
 }
 
 void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) {
@@ -411,7 +413,7 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
 // convolution
 
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
-                  Pair pad, int groups, bool accumulate) {
+                  Pair pad, int groups, bool accumulate, bool relu) {
   const char* op = "conv_forward";
   need_f32(op, "x", x);
   need_f32(op, "w", w);
@@ -422,7 +424,7 @@ void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Te
   if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
   const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
   no_alias(op, "y", y, "x", x);
-  CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate));
+  CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu));
 }
 
 void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,

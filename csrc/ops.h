@@ -36,8 +36,9 @@ void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool 
           float beta);
 
 // Fully connected. x (N, in) [any trailing shape flattened], w (out, in), b (out,), y (N, out):
-//   y (=|+=) x w^T + b
-void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate);
+//   y (=|+=) x w^T + b;  relu: then y = max(0, y) (the final value, after accumulating)
+void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate,
+                bool relu = false);
 // dx (N, in) (=|+=) dy (N, out) w (out, in)
 void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate);
 // dw (out, in) = dy^T x;  db (out,) = sum over N of dy
@@ -63,9 +64,10 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
                 const std::vector<float>& weight_decays, float momentum);
 
 // Convolution. x (N, H, W, C), w (K, R, S, C/groups), b (K,), y (N, P, Q, K) with
-// P = (H + 2 pad_h - R) / stride_h + 1 (floor), Q likewise.
+// P = (H + 2 pad_h - R) / stride_h + 1 (floor), Q likewise. relu: y = max(0, y) on the final value
+// (after bias and accumulation), fused into the kernel's epilogue.
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
-                  Pair pad, int groups, bool accumulate);
+                  Pair pad, int groups, bool accumulate, bool relu = false);
 void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,
                         int groups, bool accumulate);
 void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,

@@ -93,7 +93,7 @@ __device__ __forceinline__ void multiply_tile(const float (*As)[kLd], const floa
 __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, const float* __restrict__ x,
                                                                 const float* __restrict__ w,
                                                                 const float* __restrict__ b, float* __restrict__ y,
-                                                                bool accumulate) {
+                                                                bool accumulate, bool relu) {
   __shared__ __align__(16) float As[BK][kLd];
   __shared__ __align__(16) float Bs[BK][kLd];
   const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSC = s.R * s.S * Cg;
@@ -182,7 +182,8 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, con
       if (k >= Kg) continue;
       float v = acc[i][j];
       if (b) v += b[g * Kg + k];
-      yrow[k] = accumulate ? yrow[k] + v : v;
+      if (accumulate) v += yrow[k];
+      yrow[k] = relu ? fmaxf(v, 0.0f) : v;  // fused ReLU: no second pass over y
     }
   }
 }
@@ -426,12 +427,13 @@ void check_grid(const dim3& grid, const char* kernel) {
 // ---------------------------------------------------------------------------------------------
 // launchers
 
-void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, bool accumulate) {
+void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, bool accumulate,
+                  bool relu) {
   const int64_t M = (int64_t)s.N * s.P * s.Q;
   if (M == 0) return;
   const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.K / s.groups, BN), (unsigned)s.groups);
   check_grid(grid, "conv_forward");
-  conv_forward_kernel<<<grid, kThreads, 0, current_stream()>>>(s, x, w, b, y, accumulate);
+  conv_forward_kernel<<<grid, kThreads, 0, current_stream()>>>(s, x, w, b, y, accumulate, relu);
   CONVNET_LAUNCH_CHECK("conv_forward_kernel");
 }
 

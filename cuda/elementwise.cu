@@ -35,6 +35,12 @@ __global__ void add_bias_kernel(float* y, const float* b, int64_t n, int cols) {
     y[i] += b[i % cols];
 }
 
+// y = max(0, y + b): the fc layer's bias and ReLU in one pass over y (b may be null).
+__global__ void add_bias_relu_kernel(float* y, const float* b, int64_t n, int cols) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = fmaxf(y[i] + (b ? b[i % cols] : 0.0f), 0.0f);
+}
+
 // Pass 1 of the column sums: block (32, 8) sums rows [chunk * rows_per_chunk, ...) of 32 columns.
 __global__ void column_partial_kernel(const float* dy, int64_t rows, int cols, int64_t rows_per_chunk,
                                       float* partial) {
@@ -215,6 +221,13 @@ void add_bias(float* y, const float* b, int64_t rows, int cols) {
   if (n == 0) return;
   add_bias_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(y, b, n, cols);
   CONVNET_LAUNCH_CHECK("add_bias_kernel");
+}
+
+void add_bias_relu(float* y, const float* b, int64_t rows, int cols) {
+  const int64_t n = rows * cols;
+  if (n == 0) return;
+  add_bias_relu_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(y, b, n, cols);
+  CONVNET_LAUNCH_CHECK("add_bias_relu_kernel");
 }
 
 void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate) {

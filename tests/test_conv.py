@@ -227,3 +227,63 @@ def test_conv_bad_arguments(device, rng):
     expect(lambda: ops.conv_backward_filter(y, x, z((4, 3, 3, 3)), z((5,))), "conv_backward_filter", "(5,)")
     # still usable afterwards
     check_all_passes(rng, device, 1, 5, 5, 3, 4, 3, 3, (1, 1), (0, 0), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# fused ReLU epilogue: y = max(0, conv + b (+ old y))
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "accumulate"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", [
+    (2, 9, 8, 3, 8, 3, 3, (1, 1), (1, 1), 1),     # padded 3x3
+    (2, 13, 11, 3, 5, 5, 5, (2, 3), (2, 1), 1),   # strided, padded, C*S not a multiple of 16
+    (3, 6, 6, 4, 6, 3, 3, (1, 1), (1, 1), 2),     # groups
+    (2, 5, 4, 6, 33, 1, 1, (1, 1), (0, 0), 1),    # pointwise path, K past one NR panel
+], ids=["3x3", "strided", "groups", "1x1"])
+def test_conv_forward_relu(device, rng, shape, bias, accumulate):
+    N, H, W, C, K, R, S, stride, pad, groups = shape
+    x, w, b = make(rng, N, H, W, C, K, R, S, groups)
+    x, w, b = f32(x), f32(w), f32(b) if bias else None
+    y, old = out_tensor((N, ref.conv_output_size(H, R, stride[0], pad[0]),
+                         ref.conv_output_size(W, S, stride[1], pad[1]), K), device, rng, accumulate)
+    ops.conv_forward(to_device(x, device), to_device(w, device), None if b is None else to_device(b, device), y,
+                     stride=stride, pad=pad, groups=groups, accumulate=accumulate, relu=True)
+    pre = ref.conv_forward(x, w, b, stride, pad, groups) + (old if accumulate else 0)
+    assert (pre < 0).any() and (pre > 0).any()
+    assert_close(y.numpy(), ref.relu_forward(pre), what="y")
+
+
+# --------------------------------------------------------------------------------------------------
+# batches of N >= 2 x threads: the CPU runs one image chunk per thread (uneven splits, several
+# chunks per thread, per-thread partial dW)
+
+BATCHED = [
+    (5, 9, 8, 6, 6, 3, 3, (2, 2), (1, 1), 2),
+    (9, 7, 9, 5, 33, 3, 2, (1, 1), (1, 0), 1),
+    (4, 17, 19, 3, 16, 11, 11, (4, 4), (2, 2), 1),
+    (6, 6, 11, 3, 6, 1, 1, (1, 1), (0, 0), 3),     # pointwise
+    (4, 9, 9, 3, 64, 5, 5, (1, 1), (2, 2), 1),     # CPU dW as (RSC, Kg) then turned (conv1-like tiling)
+    (5, 8, 8, 6, 64, 5, 5, (2, 2), (2, 2), 2),     # the same, with groups
+]
+
+
+@pytest.mark.parametrize("shape", BATCHED, ids=small_id)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "accumulate"])
+def test_conv_batched(device, rng, shape, accumulate):
+    check_all_passes(rng, device, *shape, bias=True, accumulate=accumulate)
+
+
+def test_conv_batched_relu_deterministic(device, rng):
+    x, w, b = make(rng, 7, 11, 10, 8, 12, 3, 3, 2)
+    x, w, b = f32(x), f32(w), f32(b)
+    dy = f32(rng.standard_normal((7, 6, 5, 12)))
+    outs = []
+    for _ in range(2):
+        y = poisoned((7, 6, 5, 12), device)
+        ops.conv_forward(to_device(x, device), to_device(w, device), to_device(b, device), y, stride=(2, 2),
+                         pad=(1, 1), groups=2, relu=True)
+        dw, _, db, _ = run_backward_filter(dy, x, w.shape, True, (2, 2), (1, 1), 2, device, rng)
+        outs.append((y.numpy(), dw, db))
+    assert_close(outs[0][0], ref.relu_forward(ref.conv_forward(x, w, b, (2, 2), (1, 1), 2)), what="y")
+    for a, b2 in zip(*outs):
+        assert np.array_equal(a, b2)

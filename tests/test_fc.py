@@ -250,3 +250,16 @@ def test_fc_mixed_devices(cuda_device):
         ops.fc_forward(x, w, None, y)
     with pytest.raises(ValueError, match="gemm"):
         ops.gemm(convnet.zeros((2, 8), cuda_device), convnet.zeros((8, 5), "cpu"), y)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "accumulate"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fc_forward_relu(device, rng, bias, accumulate):
+    N, inp, out = 13, 70, 45
+    x, w, y0 = rand(rng, (N, inp)), rand(rng, (out, inp)), rand(rng, (N, out))
+    b = rand(rng, (out,)) if bias else None
+    y = to_device(y0, device) if accumulate else poisoned((N, out), device)
+    ops.fc_forward(to_device(x, device), to_device(w, device), to_device(b, device) if bias else None, y,
+                   accumulate=accumulate, relu=True)
+    pre = ref.fc_forward(x, w, b) + (y0 if accumulate else 0)
+    assert_close(y.numpy(), ref.relu_forward(pre))

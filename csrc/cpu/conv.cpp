@@ -1,30 +1,40 @@
-// CPU convolution: forward (+ bias), backward to data, backward to filters and bias, as GEMMs.
+// CPU convolution: forward (+ bias, + fused ReLU), backward to data, backward to filters and bias,
+// as GEMMs.
 //
 // Layouts (backend.h): x (N, H, W, C), w (K, R, S, C/g), y (N, P, Q, K); g = groups, Cg = C/g,
 // Kg = K/g, RSC = R*S*Cg. Every pass is a GEMM on a patch matrix whose row is one output pixel
 // (n, p, q) and whose columns are laid out (group, r, s, c) -- the same (r, s, c) order as a filter
 // row, so group g's patches are the column block [g*RSC, (g+1)*RSC) with row stride g*RSC:
 //
-//   forward          Y_g  (pix, Kg)  = patches_g (pix, RSC) x W_g^T (RSC, Kg)       (+ b)
-//                    (W_g^T is transposed once per call, so no GEMM operand is transposed)
+//   forward          Y_g  (pix, Kg)  = patches_g (pix, RSC) x W_g^T (RSC, Kg)   (+ b, ReLU per chunk)
+//                    (W_g is read as a transposed B operand: the GEMM transposes it while packing)
 //   backward data    dP_g (pix, RSC) = dY_g (pix, Kg) x W_g (Kg, RSC),  then col2im into dx
 //   backward filter  dW_g (Kg, RSC) += dY_g^T (Kg, pix) x patches_g (pix, RSC),  db = colsum(dy)
 //
-// Memory: the patch matrix is built for a chunk of whole images at a time, at most kChunkBytes
-// (AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB in one piece; a chunk is
-// <= 8 MB, at least one image: conv1 and conv2 one image (3025 and 729 GEMM rows), 13x13 layers ~5).
-// A 1x1, stride-1, unpadded conv needs no patch matrix at all: x itself is the (N*H*W, C) patch matrix.
-//
-// Threads: one level of OpenMP only. cpu::gemm is OpenMP-parallel inside, so it is called from a
-// serial loop over chunks and groups; im2col and col2im are separate parallel loops over pixels run
-// between GEMM calls (never nested inside them). Parallelising over images instead would nest with
-// the GEMM's own team, or need a per-thread serial GEMM, and GEMMs with more rows use cores better.
+// Two drivers (threads T = omp_get_max_threads()):
+//   * N >= 2T (any training batch): ONE parallel region per pass over chunks of the patch matrix.
+//     Each thread builds its chunk in its own buffer (<= 1.5 MB, so the GEMM's packing reads it back
+//     from L2), runs a serial GEMM on it (cpu::gemm runs serially inside a parallel region) and
+//     finishes it while it is in cache: bias + ReLU for the forward, col2im for backward-data.
+//     Forward chunks are row ranges (>= 64 rows, whole 12-row micro-tiles); backward-data chunks
+//     are whole images (col2im must see every tap of an input pixel). Both are scheduled
+//     dynamically: chunks write disjoint outputs. Backward-filter cuts the rows into 2T fixed slots,
+//     taken dynamically, each summing into its own dW, added in slot order at the end.
+//     Why: the previous driver (below) had an im2col region, a parallel GEMM and a bias region per
+//     chunk, i.e. three fork/join barriers per image for conv1/conv2. On this project's 2-core
+//     machines, shared with other jobs, every barrier waits for the slowest thread's next time
+//     slice; a training step of the small net went 101 -> 457 images/s from this change alone.
+//   * N < 2T: a serial loop over chunks of whole images (patch matrix <= 8 MB), with the parallel
+//     GEMM inside and im2col / col2im as parallel loops between GEMM calls (never nested).
+// AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB of patches in one piece;
+// chunking keeps it to a few MB. A 1x1, stride-1, unpadded conv needs no patch matrix at all: x
+// itself is the (N*H*W, C) patch matrix.
 //
 // col2im is a gather, not a scatter: each input pixel (n, h, w) sums the patch-gradient entries of
 // the taps that read it, in a fixed (r, s) order, so it parallelises over input pixels with no races
 // and writes each dx element exactly once (no zero-fill pass; `accumulate` adds to the old value).
-// dW sums its chunks in chunk order with beta = 1, so, given a deterministic GEMM, dw does not
-// depend on the thread count's scheduling.
+// dW sums its chunks in a fixed order (chunk order, and slot order in the parallel driver), so,
+// given a deterministic GEMM, dw does not depend on the scheduling (it does on the thread count).
 //
 // Napkin math: AlexNet-2012 conv2 (N=128, 27x27x96 -> 27x27x256, 5x5, pad 2, groups 2) is
 // 2 * 93312 * 128 * 1200 * 2 = 57.3 GFLOP per pass; the im2col it needs moves 93312 x 2400 x 4 B =
@@ -33,9 +43,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "backend.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#ifdef CONVNET_WITH_OPENMP
+#include <omp.h>
+#endif
 
 namespace convnet {
 namespace cpu {
@@ -73,31 +91,74 @@ int chunk_images(const ConvShape& s, const Geo& g) {
 }
 
 // patches (n_img * P * Q, groups * RSC) for images [n0, n0 + n_img); zero where a tap hits padding.
-void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img, float* patches) {
-  const int64_t rows = n_img * g.PQ;
+//
+// For one output pixel and one filter row r, the S taps read S consecutive input pixels, i.e. S * C
+// consecutive floats of x. With one group that run is also consecutive in the patch row ((r, s, c)
+// order), so each (pixel, r) is one copy of the in-bounds part plus zero fills at the edges: 11
+// copies of up to 33 floats per conv1 patch instead of 121 copies of 3 floats (the per-call cost of
+// tiny memcpys made im2col most of conv1's time). With groups, each group's Cg channels per tap are
+// a separate run.
+inline void copy_floats(float* dst, const float* src, int n) {
+  int i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+  }
+#else
+  for (; i < n; ++i) dst[i] = src[i];
+#endif
+}
+
+inline void zero_floats(float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = 0.0f;
+}
+
+// Rows [row0, row0 + rows) of the whole (N * P * Q, groups * RSC) patch matrix (any range: a chunk
+// may start or end inside an image).
+void im2col_rows(const ConvShape& s, const Geo& g, const float* x, int64_t row0, int64_t rows, float* patches) {
 #pragma omp parallel for schedule(static) if (rows * g.ldp > (1 << 15))
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t n = n0 + row / g.PQ;
-    const int pq = static_cast<int>(row % g.PQ);
+    const int64_t n = (row0 + row) / g.PQ;
+    const int pq = static_cast<int>((row0 + row) % g.PQ);
     const int p = pq / s.Q, q = pq % s.Q;
     const float* xn = x + n * g.HW * s.C;
     float* out = patches + row * g.ldp;
-    for (int grp = 0; grp < s.groups; ++grp) {
-      float* o = out + static_cast<int64_t>(grp) * g.RSC;
-      for (int r = 0; r < s.R; ++r) {
-        const int h = p * s.stride_h - s.pad_h + r;
-        for (int t = 0; t < s.S; ++t, o += g.Cg) {
-          const int w = q * s.stride_w - s.pad_w + t;
-          if (h < 0 || h >= s.H || w < 0 || w >= s.W) {
-            std::memset(o, 0, sizeof(float) * g.Cg);
-          } else {
-            std::memcpy(o, xn + (static_cast<int64_t>(h) * s.W + w) * s.C + static_cast<int64_t>(grp) * g.Cg,
-                        sizeof(float) * g.Cg);
+    const int w0 = q * s.stride_w - s.pad_w;
+    // taps t in [t_lo, t_hi) are inside the image horizontally
+    const int t_lo = std::max(0, -w0), t_hi = std::min(s.S, s.W - w0);
+    for (int r = 0; r < s.R; ++r) {
+      const int h = p * s.stride_h - s.pad_h + r;
+      const bool row_ok = h >= 0 && h < s.H && t_lo < t_hi;
+      // tap t of this filter row at xr + t * C (only formed when the row is inside the image)
+      const float* xr = row_ok ? xn + (static_cast<int64_t>(h) * s.W + w0) * s.C : xn;
+      if (s.groups == 1) {
+        float* o = out + static_cast<int64_t>(r) * s.S * s.C;
+        if (!row_ok) {
+          zero_floats(o, s.S * s.C);
+          continue;
+        }
+        zero_floats(o, t_lo * s.C);
+        copy_floats(o + t_lo * s.C, xr + static_cast<int64_t>(t_lo) * s.C, (t_hi - t_lo) * s.C);
+        zero_floats(o + t_hi * s.C, (s.S - t_hi) * s.C);
+      } else {
+        for (int grp = 0; grp < s.groups; ++grp) {
+          float* o = out + static_cast<int64_t>(grp) * g.RSC + static_cast<int64_t>(r) * s.S * g.Cg;
+          for (int t = 0; t < s.S; ++t, o += g.Cg) {
+            if (row_ok && t >= t_lo && t < t_hi)
+              copy_floats(o, xr + static_cast<int64_t>(t) * s.C + static_cast<int64_t>(grp) * g.Cg, g.Cg);
+            else
+              zero_floats(o, g.Cg);
           }
         }
       }
     }
   }
+}
+
+void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img, float* patches) {
+  im2col_rows(s, g, x, n0 * g.PQ, n_img * g.PQ, patches);
 }
 
 // dx for images [n0, n0 + n_img) (=|+=) the gather of dpatches (n_img * P * Q, groups * RSC):
@@ -136,46 +197,167 @@ void col2im(const ConvShape& s, const Geo& g, const float* dpatches, int n0, int
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// image-parallel driver
+//
+// With enough images (N >= 2 x threads) each pass runs as ONE parallel region over chunks of
+// images: a thread builds its chunk's patch matrix in its own buffer, runs a serial GEMM on it (the
+// GEMM sees it is inside a parallel region) and finishes the chunk (bias/ReLU epilogue, col2im)
+// while the data is in its L2. The alternative -- a serial loop over chunks with an im2col region,
+// a parallel GEMM and an epilogue region per chunk -- has three fork/join barriers per chunk
+// (per image for conv1/conv2), and on a machine whose cores are shared with other jobs each barrier
+// waits for the slowest thread's next time slice: measured 5-10x slower than the cores' rate under
+// load. Forward and backward-data chunks write disjoint outputs, so they are scheduled dynamically
+// (a descheduled thread just takes fewer chunks); backward-filter sums, so it partitions the
+// images statically into per-thread partial dW (deterministic for a given thread count).
+
+// Per-thread budget for a chunk's patch matrix: within the 2 MB L2 of this Zen 5 (with the GEMM's
+// packed panels beside it; 1.5 MB measured best for the 13x13 layers, 1 MB and 2 MB slower), so the GEMM's
+// packing reads back what im2col just wrote from L2 (conv1's whole-image patch matrix, 4.4 MB, went
+// through L3: a quarter of conv1's time). Backward-data chunks are whole images (col2im gathers
+// every tap of an input pixel, so an image must not be split); forward and backward-filter chunks
+// are row ranges of the patch matrix, at least kMinChunkRows so the GEMM keeps its efficiency.
+constexpr int64_t kThreadChunkBytes = int64_t(1536) << 10;
+constexpr int64_t kMinChunkRows = 64;
+
+int threads_here() {
+#ifdef CONVNET_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool image_parallel(const ConvShape& s) {
+  const int t = threads_here();
+  return t > 1 && s.N >= 2 * t;  // so backward-filter's 2T slots hold at least an image's rows each
+}
+
+// Images per chunk in the image-parallel mode: the byte budget, but small enough that every thread
+// gets at least two chunks (load balance).
+int thread_chunk_images(const ConvShape& s, const Geo& g) {
+  const int64_t per_image = std::max<int64_t>(1, g.PQ * g.ldp * static_cast<int64_t>(sizeof(float)));
+  const int64_t by_bytes = std::max<int64_t>(1, kThreadChunkBytes / per_image);
+  const int64_t balance = std::max<int64_t>(1, s.N / (2 * threads_here()));
+  return static_cast<int>(std::min<int64_t>(by_bytes, balance));
+}
+
+// Patch-matrix rows per chunk in the image-parallel mode (forward, backward-filter).
+int64_t thread_chunk_rows(const ConvShape& s, const Geo& g) {
+  const int64_t total = static_cast<int64_t>(s.N) * g.PQ;
+  const int64_t by_bytes = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
+  const int64_t balance = std::max<int64_t>(1, total / (2 * threads_here()));
+  const int64_t rows = std::min(std::max(by_bytes, kMinChunkRows), balance);
+  return rows >= 24 ? rows / 12 * 12 : std::max<int64_t>(1, rows);  // whole 12-row micro-tiles
+}
+
+// A per-thread scratch buffer, kept for the thread's life (OpenMP reuses its pool threads).
+float* thread_scratch(size_t n, int slot = 0) {
+  thread_local std::vector<float> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+
+// Share of a GEMM's micro-tiles that is useful work, for the AVX-512 12 x 32 tile (the AVX2 6 x 16
+// and portable 4 x 16 tiles divide it, so the comparison below holds for them roughly too).
+double tile_efficiency(int64_t M, int64_t N) {
+  const int64_t Mp = (M + 11) / 12 * 12, Np = (N + 31) / 32 * 32;
+  return static_cast<double>(M * N) / static_cast<double>(Mp * Np);
+}
+
+// body(n0, n_img) for every chunk of `chunk` images, one parallel region, dynamic schedule; the
+// first exception is rethrown after the region (none may escape an OpenMP region).
+template <class Body>
+void for_each_chunk(int64_t N, int64_t chunk, Body body) {
+  const int64_t chunks = (N + chunk - 1) / chunk;
+  std::exception_ptr error;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+  for (int64_t c = 0; c < chunks; ++c) {
+    try {
+      const int64_t n0 = c * chunk;
+      body(n0, std::min(chunk, N - n0));
+    } catch (...) {
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp critical(convnet_conv_error)
+#endif
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// y (rows, K) = max(0, y + b) / y + b, serial (called on one thread's chunk).
+void bias_relu_rows(float* y, const float* b, int64_t rows, int K, bool relu) {
+  if (!b && !relu) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * K;
+    if (b && relu) {
+#pragma omp simd
+      for (int k = 0; k < K; ++k) row[k] = std::max(row[k] + b[k], 0.0f);
+    } else if (b) {
+#pragma omp simd
+      for (int k = 0; k < K; ++k) row[k] += b[k];
+    } else {
+#pragma omp simd
+      for (int k = 0; k < K; ++k) row[k] = std::max(row[k], 0.0f);
+    }
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // forward
 
 void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                  bool accumulate) {
+                  bool accumulate, bool relu) {
   const Geo g = geo_of(s);
   const int64_t total_rows = static_cast<int64_t>(s.N) * g.PQ;
   if (total_rows == 0) return;
   const float beta = accumulate ? 1.0f : 0.0f;
-  // W_g^T (RSC, Kg) for each group, made once per call (K * RSC floats: 1.2 M for conv2, ~1% of one
-  // chunk's GEMM traffic), so every GEMM below reads both operands along rows (no transposed operand).
-  std::vector<float> wt(static_cast<size_t>(s.K) * g.RSC);
-  for (int grp = 0; grp < s.groups; ++grp) {
-    const float* wg = w + static_cast<int64_t>(grp) * g.Kg * g.RSC;
-    float* tg = wt.data() + static_cast<int64_t>(grp) * g.Kg * g.RSC;
-    for (int k = 0; k < g.Kg; ++k)
-      for (int j = 0; j < g.RSC; ++j) tg[static_cast<int64_t>(j) * g.Kg + k] = wg[static_cast<int64_t>(k) * g.RSC + j];
-  }
-  auto w_t = [&](int grp) { return wt.data() + static_cast<int64_t>(grp) * g.Kg * g.RSC; };
+  // Y_g = patches_g W_g^T: W_g (Kg, RSC) is GEMM operand B stored transposed, which the GEMM packs
+  // with 16 x 16 in-register transposes (no transposed copy of W per call).
+  auto w_g = [&](int grp) { return w + static_cast<int64_t>(grp) * g.Kg * g.RSC; };
+  // Bias and ReLU on a block of rows just written by the GEMM, while it is still in cache.
+  auto epilogue = [&](float* yc, int64_t rows) {
+    if (relu) add_bias_relu(yc, b, rows, s.K);
+    else if (b) add_bias(yc, b, rows, s.K);
+  };
   if (is_pointwise(s)) {
     // x (N*H*W, C) is the patch matrix; group g reads its channel block in place.
     for (int grp = 0; grp < s.groups; ++grp)
-      gemm(false, false, static_cast<int>(total_rows), g.Kg, g.RSC, 1.0f, x + static_cast<int64_t>(grp) * g.Cg, s.C,
-           w_t(grp), g.Kg, beta, y + static_cast<int64_t>(grp) * g.Kg, s.K);
-  } else {
-    const int chunk = chunk_images(s, g);
-    std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
-    for (int n0 = 0; n0 < s.N; n0 += chunk) {
-      const int n_img = std::min(chunk, s.N - n0);
-      const int rows = static_cast<int>(n_img * g.PQ);
-      im2col(s, g, x, n0, n_img, patches.data());
-      float* yc = y + n0 * g.PQ * s.K;
-      for (int grp = 0; grp < s.groups; ++grp)
-        gemm(false, false, rows, g.Kg, g.RSC, 1.0f, patches.data() + static_cast<int64_t>(grp) * g.RSC, g.ldp,
-             w_t(grp), g.Kg, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
-    }
+      gemm(false, true, static_cast<int>(total_rows), g.Kg, g.RSC, 1.0f, x + static_cast<int64_t>(grp) * g.Cg, s.C,
+           w_g(grp), g.RSC, beta, y + static_cast<int64_t>(grp) * g.Kg, s.K);
+    epilogue(y, total_rows);
+    return;
   }
-  if (b) add_bias(y, b, total_rows, s.K);
+  if (image_parallel(s)) {
+    for_each_chunk(total_rows, thread_chunk_rows(s, g), [&](int64_t row0, int64_t nrows) {
+      const int rows = static_cast<int>(nrows);
+      float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
+      im2col_rows(s, g, x, row0, rows, patches);
+      float* yc = y + row0 * s.K;
+      for (int grp = 0; grp < s.groups; ++grp)
+        gemm(false, true, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp, w_g(grp),
+             g.RSC, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+      bias_relu_rows(yc, b, rows, s.K, relu);
+    });
+    return;
+  }
+  const int chunk = chunk_images(s, g);
+  std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
+  for (int n0 = 0; n0 < s.N; n0 += chunk) {
+    const int n_img = std::min(chunk, s.N - n0);
+    const int rows = static_cast<int>(n_img * g.PQ);
+    im2col(s, g, x, n0, n_img, patches.data());
+    float* yc = y + n0 * g.PQ * s.K;
+    for (int grp = 0; grp < s.groups; ++grp)
+      gemm(false, true, rows, g.Kg, g.RSC, 1.0f, patches.data() + static_cast<int64_t>(grp) * g.RSC, g.ldp,
+           w_g(grp), g.RSC, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+    epilogue(yc, rows);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,6 +373,21 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       gemm(false, false, rows, g.Cg, g.Kg, 1.0f, dy + static_cast<int64_t>(grp) * g.Kg, s.K,
            w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, accumulate ? 1.0f : 0.0f,
            dx + static_cast<int64_t>(grp) * g.Cg, s.C);
+    return;
+  }
+  if (image_parallel(s)) {
+    const int chunk = thread_chunk_images(s, g);
+    for_each_chunk(s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
+      const int n0 = static_cast<int>(n0_), n_img = static_cast<int>(n_img_);
+      const int rows = static_cast<int>(n_img * g.PQ);
+      float* dpatches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
+      const float* dyc = dy + n0 * g.PQ * s.K;
+      for (int grp = 0; grp < s.groups; ++grp)
+        gemm(false, false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
+             w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, 0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC,
+             g.ldp);
+      col2im(s, g, dpatches, n0, n_img, dx, accumulate);
+    });
     return;
   }
   const int chunk = chunk_images(s, g);
@@ -228,6 +425,93 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       gemm(true, false, g.Kg, g.RSC, static_cast<int>(total_rows), 1.0f, dy + static_cast<int64_t>(grp) * g.Kg, s.K,
            x + static_cast<int64_t>(grp) * g.Cg, s.C, accumulate ? 1.0f : 0.0f,
            dw + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC);
+    return;
+  }
+  if (image_parallel(s)) {
+    // The patch rows are cut into S = 2T fixed slots [NPQ u / S, NPQ (u+1) / S); threads take slots
+    // dynamically (a thread that loses its core to another job just takes fewer), each slot sums
+    // into its own dW (slot 0 straight into dw), then dw += partial_1 + ... + partial_{S-1} in slot
+    // order. The slots, not the threads, fix the summation order: the result is the same whatever
+    // the scheduling (for a given thread count).
+    // 2T slots only when each holds at least two chunks' rows: every slot costs a partial dW
+    // (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
+    // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
+    // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
+    const int T = threads_here();
+    const int64_t by_bytes = (thread_chunk_rows(s, g) + 255) / 256 * 256;
+    const int S = total_rows >= 2 * T * 2 * by_bytes ? 2 * T : T;
+    // The partials live in a buffer of the calling thread, kept between calls (no allocation and
+    // page faults per call) and never zeroed: each slot's first GEMM writes its partial with beta 0.
+    thread_local std::vector<float> partial_buf;
+    if (partial_buf.size() < static_cast<size_t>(S - 1) * dw_size) partial_buf.resize(static_cast<size_t>(S - 1) * dw_size);
+    float* partial = partial_buf.data();
+    std::exception_ptr error;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (int t = 0; t < S; ++t) {
+        const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
+        float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
+        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk)
+        const int64_t nchunks = std::max<int64_t>(1, (i1 - i0) / by_bytes);
+        const int64_t chunk = (i1 - i0 + nchunks - 1) / nchunks;
+        try {
+          const bool keep = t == 0 && accumulate;  // slot 0 adds to the caller's dw
+          // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
+          // tiles better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and
+          // 2 % as (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
+          const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+          float* acc = transposed ? thread_scratch(static_cast<size_t>(dw_size), 1) : mine;
+          bool first = transposed || !keep;
+          for (int64_t r0 = i0; r0 < i1; r0 += chunk) {
+            const int rows = static_cast<int>(std::min(chunk, i1 - r0));
+            float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
+            im2col_rows(s, g, x, r0, rows, patches);
+            const float* dyc = dy + r0 * s.K;
+            for (int grp = 0; grp < s.groups; ++grp) {
+              const float* dyg = dyc + static_cast<int64_t>(grp) * g.Kg;
+              const float* pg = patches + static_cast<int64_t>(grp) * g.RSC;
+              float* out = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;
+              if (transposed)
+                gemm(true, false, g.RSC, g.Kg, rows, 1.0f, pg, g.ldp, dyg, s.K, first ? 0.0f : 1.0f, out, g.Kg);
+              else
+                gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyg, s.K, pg, g.ldp, first ? 0.0f : 1.0f, out, g.RSC);
+            }
+            first = false;
+          }
+          if (transposed) {
+            for (int grp = 0; grp < s.groups; ++grp) {
+              const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
+              float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
+              for (int k = 0; k < g.Kg; ++k)
+                for (int j = 0; j < g.RSC; ++j) {
+                  const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
+                  float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
+                  d = keep ? d + v : v;
+                }
+            }
+          }
+        } catch (...) {
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp critical(convnet_conv_error)
+#endif
+          if (!error) error = std::current_exception();
+        }
+      }  // slots (the omp for ends with a barrier)
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (int64_t i = 0; i < dw_size; ++i) {
+        float v = dw[i];
+        for (int u = 1; u < S; ++u) v += partial[static_cast<int64_t>(u - 1) * dw_size + i];
+        dw[i] = v;
+      }
+    }
+    if (error) std::rethrow_exception(error);
     return;
   }
   const int chunk = chunk_images(s, g);

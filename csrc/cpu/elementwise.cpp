@@ -52,6 +52,20 @@ void add_bias(float* y, const float* b, int64_t rows, int cols) {
   }
 }
 
+void add_bias_relu(float* y, const float* b, int64_t rows, int cols) {
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * cols;
+    if (b) {
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) row[c] = std::max(row[c] + b[c], 0.0f);
+    } else {
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) row[c] = std::max(row[c], 0.0f);
+    }
+  }
+}
+
 void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate) {
   // Column sums. Each thread sums a contiguous band of rows into its own partial (rows stay
   // contiguous in memory), then the partials are added in thread order, so the result does not

@@ -263,10 +263,10 @@ class Conv(Layer):
 
     def forward(self, xs, y, ctx):
         b = self.bias_param.value if self.bias_param else None
-        for i, (x, w) in enumerate(zip(xs, self.weights)):
-            ops.conv_forward(x, w.value, b if i == 0 else None, y, self.stride, self.pad, self.groups, i > 0)
-        if self.relu:
-            ops.relu_forward(y, y)
+        last = len(self.weights) - 1
+        for i, (x, w) in enumerate(zip(xs, self.weights)):  # ReLU fused into the last input's epilogue
+            ops.conv_forward(x, w.value, b if i == 0 else None, y, self.stride, self.pad, self.groups, i > 0,
+                             bool(self.relu) and i == last)
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
         if self.relu:
@@ -314,10 +314,9 @@ class FC(Layer):
 
     def forward(self, xs, y, ctx):
         b = self.bias_param.value if self.bias_param else None
-        for i, (x, w) in enumerate(zip(xs, self.weights)):
-            ops.fc_forward(self._flat(x), w.value, b if i == 0 else None, y, i > 0)
-        if self.relu:
-            ops.relu_forward(y, y)
+        last = len(self.weights) - 1
+        for i, (x, w) in enumerate(zip(xs, self.weights)):  # ReLU fused into the last input's epilogue
+            ops.fc_forward(self._flat(x), w.value, b if i == 0 else None, y, i > 0, bool(self.relu) and i == last)
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
         if self.relu:
