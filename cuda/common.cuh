@@ -37,6 +37,23 @@ namespace cuda {
 // first use, non-blocking with respect to the legacy default stream.
 cudaStream_t current_stream();
 
+// Temporary device memory for a kernel launcher (split-K partial sums, per-row statistics), from the
+// caching allocator, returned when the scope ends. Freeing right after the launches is safe: the
+// block goes back to the free list of the current stream, and only later work on that same stream
+// can reuse it (cuda/device.cu).
+struct Scratch {
+  int device = 0;
+  size_t bytes;
+  float* ptr;
+  explicit Scratch(size_t n) : bytes(n * sizeof(float)) {
+    CONVNET_CUDA_CHECK(cudaGetDevice(&device));
+    ptr = static_cast<float*>(device_alloc(device, bytes));
+  }
+  ~Scratch() { device_free(device, ptr, bytes); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
 // Blocks for a grid-stride loop over n elements: enough to fill the machine, never more than needed.
 inline unsigned grid_for(int64_t n, int threads) {
   int64_t blocks = (n + threads - 1) / threads;

@@ -55,19 +55,6 @@ constexpr int kPad = 4;  // shared row padding (floats); keeps float4 alignment
 constexpr int kLd = BM + kPad;
 static_assert(BM == BN, "the loaders assume square block tiles");
 
-// Scratch memory from the caching allocator (the pattern of cuda/elementwise.cu).
-struct Scratch {
-  int device = 0;
-  size_t bytes;
-  float* ptr;
-  explicit Scratch(size_t n) : bytes(n * sizeof(float)) {
-    CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-    ptr = static_cast<float*>(device_alloc(device, bytes));
-  }
-  ~Scratch() { device_free(device, ptr, bytes); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
 
 // ---------------------------------------------------------------------------------------------
 // the shared block GEMM step: acc (4 x 4) += As[:, ty*4..] x Bs[:, tx*4..] over one BK slice

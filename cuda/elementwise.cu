@@ -185,19 +185,6 @@ __global__ void sgd_kernel(SgdBatch batch, float momentum) {
   }
 }
 
-// Scratch memory from the caching allocator, returned when the scope ends. Safe to reuse at once:
-// a block goes back to the free list of the stream it was allocated on (the current one, which our
-// kernels use) and is reused only on that stream, after our kernels (cuda/device.cu).
-struct Scratch {
-  int device = 0;
-  size_t bytes;
-  float* ptr;
-  explicit Scratch(size_t n) : bytes(n * sizeof(float)) {
-    CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-    ptr = static_cast<float*>(device_alloc(device, bytes));
-  }
-  ~Scratch() { device_free(device, ptr, bytes); }
-};
 
 }  // namespace
 

@@ -219,21 +219,6 @@ __global__ void scale_kernel(float* C, int M, int N, int64_t ldc, float beta) {
   }
 }
 
-// Scratch memory from the caching allocator, returned when the scope ends (same pattern as
-// elementwise.cu): safe to free right after the launches, since everything on a device runs on its
-// one stream and later users are ordered after our kernels.
-struct Scratch {
-  int device = 0;
-  size_t bytes;
-  float* ptr;
-  explicit Scratch(size_t n) : bytes(n * sizeof(float)) {
-    CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-    ptr = static_cast<float*>(device_alloc(device, bytes));
-  }
-  ~Scratch() { device_free(device, ptr, bytes); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
