@@ -382,6 +382,9 @@ def plot_curves(history, path):
     b.plot(ep, [h["train_loss"] for h in history], label="train loss")
     b.plot(ep, [h["val_loss"] for h in history], label="val loss")
     b.set_xlabel("epoch"), b.set_ylabel("cross-entropy"), b.set_yscale("log"), b.legend(), b.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+    for axis in (a, b):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
