@@ -74,6 +74,29 @@ __device__ __forceinline__ void multiply_tile(const float (*As)[kLd], const floa
   }
 }
 
+// The pipelined K loop of all three passes: while the block multiplies slice kt from shared memory,
+// each thread already holds slice kt + BK in registers (`load`), and writes it to shared memory
+// (`store`) once every thread is done reading. Two barriers per slice; an empty range does nothing.
+template <typename Index, typename Load, typename Store>
+__device__ __forceinline__ void pipelined_k_loop(Index k_begin, Index k_end, Load& load, Store& store,
+                                                 const float (*As)[kLd], const float (*Bs)[kLd],
+                                                 float (&acc)[4][4], int tx, int ty) {
+  if (k_begin >= k_end) return;
+  load(k_begin);
+  store();
+  __syncthreads();
+  for (Index kt = k_begin; kt < k_end; kt += BK) {
+    const bool more = kt + BK < k_end;
+    if (more) load(kt + BK);
+    multiply_tile(As, Bs, acc, tx, ty);
+    __syncthreads();
+    if (more) {
+      store();
+      __syncthreads();
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // forward: y (N*P*Q, K) block (m0.., g*Kg + n0..)
 
@@ -144,19 +167,7 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, con
   };
 
   float acc[4][4] = {};
-  load(0);
-  store();
-  __syncthreads();
-  for (int kt = 0; kt < RSC; kt += BK) {
-    const bool more = kt + BK < RSC;
-    if (more) load(kt + BK);
-    multiply_tile(As, Bs, acc, tx, ty);
-    __syncthreads();
-    if (more) {
-      store();
-      __syncthreads();
-    }
-  }
+  pipelined_k_loop(0, RSC, load, store, As, Bs, acc, tx, ty);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -262,19 +273,7 @@ __global__ void __launch_bounds__(kThreads) conv_backward_data_kernel(ConvShape 
   };
 
   float acc[4][4] = {};
-  load(0);
-  store();
-  __syncthreads();
-  for (int kt = 0; kt < RSK; kt += BK) {
-    const bool more = kt + BK < RSK;
-    if (more) load(kt + BK);
-    multiply_tile(As, Bs, acc, tx, ty);
-    __syncthreads();
-    if (more) {
-      store();
-      __syncthreads();
-    }
-  }
+  pipelined_k_loop(0, RSK, load, store, As, Bs, acc, tx, ty);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -355,21 +354,7 @@ __global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShap
   };
 
   float acc[4][4] = {};
-  if (k_begin < k_end) {
-    load(k_begin);
-    store();
-    __syncthreads();
-    for (int64_t kt = k_begin; kt < k_end; kt += BK) {
-      const bool more = kt + BK < k_end;
-      if (more) load(kt + BK);
-      multiply_tile(As, Bs, acc, tx, ty);
-      __syncthreads();
-      if (more) {
-        store();
-        __syncthreads();
-      }
-    }
-  }
+  pipelined_k_loop(k_begin, k_end, load, store, As, Bs, acc, tx, ty);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
