@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "gemm_internal.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -419,7 +420,9 @@ struct Problem {
   int64_t ldc;
 };
 
-void gemm_block(const Problem& p, int m0, int m1, int n0, int n1) {
+// Bpre: op(B) already packed whole (gemm_internal.h layout, Np floats per k row), or null to pack
+// each (K block, column block) here.
+void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0) {
   PackBuffers& buf = pack_buffers();
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
@@ -427,13 +430,14 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1) {
     for (int pc = 0; pc < p.K; pc += KC) {
       const int kc = std::min(KC, p.K - pc);
       const float beta = pc == 0 ? p.beta : 1.0f;
-      pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
+      const float* bpanels = Bpre ? Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc : buf.b;
+      if (!Bpre) pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
         pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
-          const float* bp = buf.b + static_cast<int64_t>(jr) * kc;
+          const float* bp = bpanels + static_cast<int64_t>(jr) * kc;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             const float* ap = buf.a + static_cast<int64_t>(ir) * kc;
@@ -548,6 +552,33 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   }
 }
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// prepacked B (gemm_internal.h)
+
+int64_t packed_b_floats(int K, int N) { return static_cast<int64_t>(K) * ceil_div(N, NR) * NR; }
+
+int packed_b_blocks(int K) { return static_cast<int>(ceil_div(K, KC)); }
+
+void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, float* Bp) {
+  const int pc = blk * KC, kc = std::min(KC, K - pc);
+  const int64_t Np = ceil_div(N, NR) * NR;
+  // Column blocks of NC keep the packing's destination within the sizes pack_b was tuned for; each
+  // block's panels land where gemm_block looks for them (offset jc * kc within the K block).
+  for (int jc = 0; jc < N; jc += NC)
+    pack_b(trans_b, B, ldb, pc, kc, jc, std::min(NC, N - jc), Bp + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc);
+}
+
+void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
+                   float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR);
+}
 
 // ---------------------------------------------------------------------------------------------
 // entry point
