@@ -422,7 +422,9 @@ struct Problem {
 
 // Bpre: op(B) already packed whole (gemm_internal.h layout, Np floats per k row), or null to pack
 // each (K block, column block) here.
-void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0) {
+// Bsrc: op(B) packed panel by panel by the caller (gemm_internal.h), or null.
+void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0,
+                const PanelSource* Bsrc = nullptr) {
   PackBuffers& buf = pack_buffers();
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
@@ -431,7 +433,11 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
       const int kc = std::min(KC, p.K - pc);
       const float beta = pc == 0 ? p.beta : 1.0f;
       const float* bpanels = Bpre ? Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc : buf.b;
-      if (!Bpre) pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
+      if (Bsrc) {
+        for (int jp = 0; jp < nc; jp += NR) Bsrc->pack(Bsrc->ctx, pc, kc, jc + jp, buf.b + static_cast<int64_t>(jp) * kc);
+      } else if (!Bpre) {
+        pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
+      }
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
         pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
@@ -578,6 +584,19 @@ void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* 
   }
   const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
   gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR);
+}
+
+int gemm_nr() { return NR; }
+
+void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
+                  float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, nullptr, 0, &b);
 }
 
 // ---------------------------------------------------------------------------------------------

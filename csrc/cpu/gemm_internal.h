@@ -26,5 +26,19 @@ void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, 
 void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
                    float beta, float* C, int ldc);
 
+// A B operand that is never stored: the caller packs its micro-panels itself, straight from its own
+// data (the convolutions' backward-filter packs patch-matrix panels straight from x, skipping the
+// im2col buffer: one copy of every patch element instead of two).
+// pack(ctx, k0, kc, j, dst) writes op(B)[k0 : k0+kc, j : j+NR] to dst as kc rows of NR floats
+// (dst[k * NR + jj]), 64-byte aligned. N must be a multiple of gemm_nr() (no edge panels).
+struct PanelSource {
+  void (*pack)(const void* ctx, int k0, int kc, int j, float* dst);
+  const void* ctx;
+};
+int gemm_nr();  // NR, the micro-kernel's width
+// C (M, N) = alpha * op(A) B + beta * C with B given by `b`, serial, conventions of gemm().
+void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
+                  float beta, float* C, int ldc);
+
 }  // namespace cpu
 }  // namespace convnet
