@@ -242,6 +242,26 @@ void pack_patch_panel(const void* vctx, int k0, int kc, int j, float* dst) {
   }
 }
 
+// The forward's patch matrix without storing it: row pointers into x for the GEMM's A packing
+// (RowSource, run = Cg: the Cg columns of one tap (r, s) are Cg consecutive channels of one input
+// pixel, or all padding). Valid when Cg is a multiple of 16 (the packing's 16-column steps). Saves
+// im2col's write + read-back of the patch matrix (conv3, a 168-row chunk: 1.5 MB per chunk).
+void patch_rows(const void* vctx, int i0, int mr, int j, const float** ptrs) {
+  const PatchPanels& c = *static_cast<const PatchPanels*>(vctx);
+  const ConvShape& s = *c.s;
+  const Geo& g = *c.g;
+  const int tap = j / g.Cg;
+  const int r = tap / s.S, t = tap % s.S;
+  const float* xg = c.x + static_cast<int64_t>(c.grp) * g.Cg;
+  for (int i = 0; i < mr; ++i) {
+    const int64_t row = c.row0 + i0 + i;
+    const int64_t n = row / g.PQ;
+    const int pq = static_cast<int>(row % g.PQ);
+    const int h = (pq / s.Q) * s.stride_h - s.pad_h + r, w = (pq % s.Q) * s.stride_w - s.pad_w + t;
+    ptrs[i] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? xg + ((n * s.H + h) * s.W + w) * s.C : nullptr;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // image-parallel driver
 //
@@ -432,6 +452,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
   }
   if (image_parallel(s)) {
     const PackedWeights pw = plan_packed_weights(s, g.RSC, g.Kg);
+    const bool implicit = g.Cg % 16 == 0;  // A's rows straight from x (patch_rows)
     auto pack = [&](int64_t i) {
       const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
       pack_b_block(true, w_g(grp), g.RSC, g.RSC, g.Kg, blk, pw.data + grp * pw.per_group);
@@ -439,9 +460,18 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, total_rows, thread_chunk_rows(s, g),
                    [&](int64_t row0, int64_t nrows) {
       const int rows = static_cast<int>(nrows);
+      float* yc = y + row0 * s.K;
+      if (implicit) {
+        for (int grp = 0; grp < s.groups; ++grp) {
+          const PatchPanels src{&s, &g, x, row0, grp, 0};
+          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.data + grp * pw.per_group,
+                             beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+        }
+        bias_relu_rows(yc, b, rows, s.K, relu);
+        return;
+      }
       float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       im2col_rows(s, g, x, row0, rows, patches);
-      float* yc = y + row0 * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
         gemm_packed_b(false, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp,
                       pw.data + grp * pw.per_group, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);

@@ -249,6 +249,40 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int i0, int mc, int k0, i
   }
 }
 
+// Ap <- alpha * A[i0 : i0+mc, k0 : k0+kc] with A's rows handed out by a RowSource (gemm_internal.h):
+// the same panels as pack_a's (M, K) case, 16 k at a time through the in-register transpose, the
+// row pointers refreshed at every `run` boundary. k0 and kc are multiples of 16.
+void pack_a_rows(const RowSource& src, int i0, int mc, int k0, int kc, float alpha, float* Ap) {
+  const float* ptrs[MR];
+  for (int ip = 0; ip < mc; ip += MR) {
+    const int mr = std::min(MR, mc - ip);
+    float* dst = Ap + static_cast<int64_t>(ip) * kc;
+    int base = -1;  // the run the pointers are for
+    for (int kb = 0; kb < kc; kb += 16) {
+      const int j = k0 + kb, jb = j - j % src.run;
+      if (jb != base) {
+        src.rows(src.ctx, i0 + ip, mr, jb, ptrs);
+        base = jb;
+      }
+      const int off = j - jb;
+#if defined(__AVX512F__)
+      static_assert(MR <= 16, "a panel's rows fit one 16 x 16 transpose");
+      const __mmask16 m = static_cast<__mmask16>((1u << MR) - 1u);
+      const __m512 va = _mm512_set1_ps(alpha);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = (i < mr && ptrs[i]) ? _mm512_loadu_ps(ptrs[i] + off) : _mm512_setzero_ps();
+      transpose16_regs(r);
+      for (int t = 0; t < 16; ++t) _mm512_mask_storeu_ps(dst + (kb + t) * MR, m, _mm512_mul_ps(va, r[t]));
+#else
+      for (int i = 0; i < MR; ++i)
+        for (int t = 0; t < 16; ++t)
+          dst[(kb + t) * MR + i] = (i < mr && ptrs[i]) ? alpha * ptrs[i][off + t] : 0.0f;
+#endif
+    }
+  }
+}
+
 // Bp <- op(B)[k0 : k0+kc, j0 : j0+nc] as ceil(nc/NR) micro-panels, each kc x NR (k-major: the NR
 // values of one k are adjacent, one or two vector loads). Columns past nc are zero.
 void pack_b(bool trans_b, const float* B, int64_t ldb, int k0, int kc, int j0, int nc, float* Bp) {
@@ -423,8 +457,9 @@ struct Problem {
 // Bpre: op(B) already packed whole (gemm_internal.h layout, Np floats per k row), or null to pack
 // each (K block, column block) here.
 // Bsrc: op(B) packed panel by panel by the caller (gemm_internal.h), or null.
+// Asrc: A's rows handed out by the caller (gemm_internal.h), or null.
 void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0,
-                const PanelSource* Bsrc = nullptr) {
+                const PanelSource* Bsrc = nullptr, const RowSource* Asrc = nullptr) {
   PackBuffers& buf = pack_buffers();
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
@@ -440,7 +475,8 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
       }
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
-        pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
+        if (Asrc) pack_a_rows(*Asrc, ic, mc, pc, kc, p.alpha, buf.a);
+        else pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
           const float* bp = bpanels + static_cast<int64_t>(jr) * kc;
@@ -587,6 +623,17 @@ void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* 
 }
 
 int gemm_nr() { return NR; }
+
+void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
+                        int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR, nullptr, &a);
+}
 
 void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
                   float beta, float* C, int ldc) {

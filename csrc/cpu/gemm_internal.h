@@ -40,5 +40,19 @@ int gemm_nr();  // NR, the micro-kernel's width
 void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
                   float beta, float* C, int ldc);
 
+// An A operand (M, K), row-major, that is never stored: the caller hands out row pointers (the
+// convolutions' forward points into x, skipping the im2col buffer).
+// rows(ctx, i0, mr, j, ptrs): ptrs[i] = address of A[i0 + i, j] for i < mr, valid for the `run`
+// columns [j, j + run) (j is a multiple of run), or nullptr where that stretch is all zeros.
+// run and K must be multiples of 16.
+struct RowSource {
+  void (*rows)(const void* ctx, int i0, int mr, int j, const float** ptrs);
+  const void* ctx;
+  int run;
+};
+// C (M, N) = alpha * A Bp + beta * C, A from `a`, Bp a packed (K, N) B (pack_b_block), serial.
+void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
+                        int ldc);
+
 }  // namespace cpu
 }  // namespace convnet
