@@ -623,6 +623,7 @@ void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* 
 }
 
 int gemm_nr() { return NR; }
+int gemm_kc() { return KC; }
 
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
                         int ldc) {

@@ -36,6 +36,7 @@ struct PanelSource {
   const void* ctx;
 };
 int gemm_nr();  // NR, the micro-kernel's width
+int gemm_kc();  // KC, the K block of a packed B (for callers that build one themselves)
 // C (M, N) = alpha * op(A) B + beta * C with B given by `b`, serial, conventions of gemm().
 void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
                   float beta, float* C, int ldc);
