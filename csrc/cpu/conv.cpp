@@ -508,10 +508,12 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
            dx + static_cast<int64_t>(grp) * g.Cg, s.C);
     return;
   }
-  // (Only where Cg fills whole NR-wide micro-tiles: conv2's Cg = 48 would waste a quarter of a
-  // 12 x 32 tiling on N = 48 and measured 1.35x slower than the col2im path.)
+  // Only where Cg fills whole NR-wide micro-tiles and is wide: each packed dy element then feeds
+  // 2 x Cg FLOPs (vs 2 x RSC in the col2im path). conv2 (Cg = 48: a quarter of a 12 x 32 tiling
+  // wasted) measured 1.35x slower this way, OWT conv2 (Cg = 64) 4 % slower; the 3x3 layers (Cg =
+  // 192 to 384) 5-12 % faster.
   if (image_parallel(s) && s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
-      g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0) {
+      g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0 && g.Cg >= 128) {
     // Stride 1: dx is the forward convolution of dy, padded by R-1-pad_h / S-1-pad_w, with the
     // filters turned 180 degrees and K <-> C swapped:
     //   dx[n, h, w, g*Cg + c] = sum over (r', s', k) of dy[n, h + r' - (R-1-ph), w + s' - (S-1-pw), g*Kg + k]
