@@ -26,6 +26,18 @@
 //     slice; a training step of the small net went 101 -> 457 images/s from this change alone.
 //   * N < 2T: a serial loop over chunks of whole images (patch matrix <= 8 MB), with the parallel
 //     GEMM inside and im2col / col2im as parallel loops between GEMM calls (never nested).
+// Where the channels allow, the image-parallel driver stores no patch matrix at all (gemm_internal.h):
+//   * forward (Cg % 16 == 0): the GEMM packs its A panels from row pointers into x (patch_rows), and
+//     the weights are packed ONCE per call into B panels shared by every chunk (each chunk's GEMM used
+//     to re-pack all of W: conv3 = 3.5 MB per 168-row chunk, each packed weight feeding 336 FLOPs);
+//   * backward-data (stride 1, Cg % 32 == 0, Cg >= 128): dx is the forward conv of dy with the
+//     filters turned 180 degrees (K <-> C), run the same way: no dpatches, no col2im;
+//   * backward-filter (Cg % 32 == 0): the GEMM's B panels (patch rows x 32 channels of one tap) are
+//     packed straight from x (pack_patch_panel), one GEMM per slot.
+//   Napkin math, conv3 at batch 8 (1352 x 2304 patch matrix = 12.5 MB, 2.7 GFLOP per pass): im2col
+//   wrote 12.5 MB and the GEMM's packing read it back (~25 MB through L2/L3, at ~20-40 GB/s per core
+//   ~0.3-0.6 ms of the ~2.5 ms per core), and 9 chunks each re-packed W (8 x 3.5 MB). Measured: the
+//   3x3 layers' three passes 5-15 % faster (benchmarks/RESULTS.md, "3x3 layers without patch matrix").
 // AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB of patches in one piece;
 // chunking keeps it to a few MB. A 1x1, stride-1, unpadded conv needs no patch matrix at all: x
 // itself is the (N*H*W, C) patch matrix.

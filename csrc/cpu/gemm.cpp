@@ -20,6 +20,10 @@
 // feeds only 2 x Kg FLOPs, made the scalar version ~10 % of a conv forward.
 // Called from inside an OpenMP parallel region (the convolutions' per-thread chunks), the GEMM runs
 // serially on the calling thread.
+// Private entry points for the convolutions (gemm_internal.h, all serial): a B packed once and
+// shared by many calls (gemm_packed_b), a B whose panels the caller packs from its own data
+// (gemm_panel_b: patch panels straight from x), and an A handed out as row pointers
+// (gemm_rows_packed_b: patch rows straight from x, no im2col buffer), all through gemm_block.
 // Packed panels are zero-padded to whole MR / NR, so the micro-kernel never branches on edges; an
 // edge tile is computed into a small local tile and only its valid part is written to C. The first
 // K block applies beta (never reading C when beta == 0); later K blocks add.
