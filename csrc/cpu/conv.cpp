@@ -33,7 +33,7 @@
 //   * backward-data (stride 1, Cg % 32 == 0, Cg >= 128): dx is the forward conv of dy with the
 //     filters turned 180 degrees (K <-> C), run the same way: no dpatches, no col2im;
 //   * backward-filter (Cg % 32 == 0): the GEMM's B panels (patch rows x 32 channels of one tap) are
-//     packed straight from x (pack_patch_panel), one GEMM per slot.
+//     packed straight from x (pack_patch_panel), unless the transposed (RSC, Kg) tiling is chosen.
 //   Napkin math, conv3 at batch 8 (1352 x 2304 patch matrix = 12.5 MB, 2.7 GFLOP per pass): im2col
 //   wrote 12.5 MB and the GEMM's packing read it back (~25 MB through L2/L3, at ~20-40 GB/s per core
 //   ~0.3-0.6 ms of the ~2.5 ms per core), and 9 chunks each re-packed W (8 x 3.5 MB). Measured: the
@@ -639,10 +639,11 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
     // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
     // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-    // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps; that
-    // saves more than the transposed tiling wins (conv5, Kg = 128: 3 % of a 12-row tiling).
-    const bool implicit = g.Cg % gemm_nr() == 0;
-    const bool transposed = !implicit && tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+    const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+    // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps. Not
+    // with the transposed tiling: conv5 (Kg = 128) untransposed with panels from x was 18 % faster at
+    // batch 8 but 5-35 % slower at batches 16-128 than transposed with im2col.
+    const bool implicit = !transposed && g.Cg % gemm_nr() == 0;
     // The partials live in a buffer of the calling thread, kept between calls (no allocation and
     // page faults per call) and never zeroed: each slot's first GEMM writes its partial with beta 0.
     thread_local std::vector<float> partial_buf;
@@ -659,9 +660,9 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       for (int t = 0; t < S; ++t) {
         const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
         float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
-        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk); with
-        // the patch panels packed from x there is no patch buffer: one GEMM for the whole slot.
-        const int64_t nchunks = implicit ? 1 : std::max<int64_t>(1, (i1 - i0) / by_bytes);
+        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk; with
+        // the panels packed from x one GEMM per slot measured 5 % slower at batch 128)
+        const int64_t nchunks = std::max<int64_t>(1, (i1 - i0) / by_bytes);
         const int64_t chunk = (i1 - i0 + nchunks - 1) / nchunks;
         try {
           const bool keep = t == 0 && accumulate;  // slot 0 adds to the caller's dw
