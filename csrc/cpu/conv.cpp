@@ -37,7 +37,8 @@
 //   Napkin math, conv3 at batch 8 (1352 x 2304 patch matrix = 12.5 MB, 2.7 GFLOP per pass): im2col
 //   wrote 12.5 MB and the GEMM's packing read it back (~25 MB through L2/L3, at ~20-40 GB/s per core
 //   ~0.3-0.6 ms of the ~2.5 ms per core), and 9 chunks each re-packed W (8 x 3.5 MB). Measured: the
-//   3x3 layers' three passes 5-15 % faster (benchmarks/RESULTS.md, "3x3 layers without patch matrix").
+//   3x3 layers' forward and backward-data 5-15 % faster, conv3/conv4 backward-filter 3-15 %
+//   (benchmarks/RESULTS.md, "3x3 layers without a patch matrix").
 // AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB of patches in one piece;
 // chunking keeps it to a few MB. A 1x1, stride-1, unpadded conv needs no patch matrix at all: x
 // itself is the (N*H*W, C) patch matrix.
