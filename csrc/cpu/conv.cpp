@@ -26,6 +26,19 @@
 //     slice; a training step of the small net went 101 -> 457 images/s from this change alone.
 //   * N < 2T: a serial loop over chunks of whole images (patch matrix <= 8 MB), with the parallel
 //     GEMM inside and im2col / col2im as parallel loops between GEMM calls (never nested).
+// Where the channels allow, the image-parallel driver stores no patch matrix at all (gemm_internal.h):
+//   * forward (Cg % 16 == 0): the GEMM packs its A panels from row pointers into x (patch_rows), and
+//     the weights are packed ONCE per call into B panels shared by every chunk (each chunk's GEMM used
+//     to re-pack all of W: conv3 = 3.5 MB per 168-row chunk, each packed weight feeding 336 FLOPs);
+//   * backward-data (stride 1, Cg % 32 == 0, Cg >= 128): dx is the forward conv of dy with the
+//     filters turned 180 degrees (K <-> C), run the same way: no dpatches, no col2im;
+//   * backward-filter (Cg % 32 == 0): the GEMM's B panels (patch rows x 32 channels of one tap) are
+//     packed straight from x (pack_patch_panel), unless the transposed (RSC, Kg) tiling is chosen.
+//   Napkin math, conv3 at batch 8 (1352 x 2304 patch matrix = 12.5 MB, 2.7 GFLOP per pass): im2col
+//   wrote 12.5 MB and the GEMM's packing read it back (~25 MB through L2/L3, at ~20-40 GB/s per core
+//   ~0.3-0.6 ms of the ~2.5 ms per core), and 9 chunks each re-packed W (8 x 3.5 MB). Measured: the
+//   3x3 layers' forward and backward-data 5-15 % faster, conv3/conv4 backward-filter 3-15 %
+//   (benchmarks/RESULTS.md, "3x3 layers without a patch matrix").
 // AlexNet conv1 at batch 128 would need 128 x 3025 x 363 x 4 B = 562 MB of patches in one piece;
 // chunking keeps it to a few MB. A 1x1, stride-1, unpadded conv needs no patch matrix at all: x
 // itself is the (N*H*W, C) patch matrix.
@@ -42,11 +55,15 @@
 // 2 cores (~0.6 s even at 100 GFLOP/s): the GEMM dominates.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <vector>
 
 #include "backend.h"
+#include "gemm_internal.h"
+#include "gemm_internal.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -197,6 +214,67 @@ void col2im(const ConvShape& s, const Geo& g, const float* dpatches, int n0, int
   }
 }
 
+// The patch matrix without storing it: packs GEMM B panels (kc patch rows x nr columns) of group
+// grp's patches_g straight from x, for backward-filter's dW_g = dY_g^T patches_g. Valid when Cg is a
+// multiple of nr, so a panel's nr columns are nr consecutive channels of one tap (r, s): one copy
+// (or zero fill, in the padding) of nr floats per patch row. Replaces im2col (write the patch matrix)
+// + the GEMM's pack_b (read it back, write the panels): one pass over the patch data instead of two,
+// and no patch buffer (conv3 at batch 8: 1352 x 2304 floats = 12.5 MB written and read back).
+struct PatchPanels {
+  const ConvShape* s;
+  const Geo* g;
+  const float* x;
+  int64_t row0;  // first patch-matrix row of the GEMM (its k = 0)
+  int grp, nr;
+};
+
+void pack_patch_panel(const void* vctx, int k0, int kc, int j, float* dst) {
+  const PatchPanels& c = *static_cast<const PatchPanels*>(vctx);
+  const ConvShape& s = *c.s;
+  const Geo& g = *c.g;
+  const int tap = j / g.Cg, ch = j % g.Cg;
+  const int r = tap / s.S, t = tap % s.S;
+  const int64_t row = c.row0 + k0;
+  int64_t n = row / g.PQ;
+  const int pq = static_cast<int>(row % g.PQ);
+  int p = pq / s.Q, q = pq % s.Q;
+  const float* xc = c.x + static_cast<int64_t>(c.grp) * g.Cg + ch;
+  for (int k = 0; k < kc; ++k, dst += c.nr) {
+    const int h = p * s.stride_h - s.pad_h + r, w = q * s.stride_w - s.pad_w + t;
+    if (h >= 0 && h < s.H && w >= 0 && w < s.W)
+      copy_floats(dst, xc + ((n * s.H + h) * s.W + w) * s.C, c.nr);
+    else
+      zero_floats(dst, c.nr);
+    if (++q == s.Q) {
+      q = 0;
+      if (++p == s.P) {
+        p = 0;
+        ++n;
+      }
+    }
+  }
+}
+
+// The forward's patch matrix without storing it: row pointers into x for the GEMM's A packing
+// (RowSource, run = Cg: the Cg columns of one tap (r, s) are Cg consecutive channels of one input
+// pixel, or all padding). Valid when Cg is a multiple of 16 (the packing's 16-column steps). Saves
+// im2col's write + read-back of the patch matrix (conv3, a 168-row chunk: 1.5 MB per chunk).
+void patch_rows(const void* vctx, int i0, int mr, int j, const float** ptrs) {
+  const PatchPanels& c = *static_cast<const PatchPanels*>(vctx);
+  const ConvShape& s = *c.s;
+  const Geo& g = *c.g;
+  const int tap = j / g.Cg;
+  const int r = tap / s.S, t = tap % s.S;
+  const float* xg = c.x + static_cast<int64_t>(c.grp) * g.Cg;
+  for (int i = 0; i < mr; ++i) {
+    const int64_t row = c.row0 + i0 + i;
+    const int64_t n = row / g.PQ;
+    const int pq = static_cast<int>(row % g.PQ);
+    const int h = (pq / s.Q) * s.stride_h - s.pad_h + r, w = (pq % s.Q) * s.stride_w - s.pad_w + t;
+    ptrs[i] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? xg + ((n * s.H + h) * s.W + w) * s.C : nullptr;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // image-parallel driver
 //
@@ -265,27 +343,79 @@ double tile_efficiency(int64_t M, int64_t N) {
   return static_cast<double>(M * N) / static_cast<double>(Mp * Np);
 }
 
-// body(n0, n_img) for every chunk of `chunk` images, one parallel region, dynamic schedule; the
-// first exception is rethrown after the region (none may escape an OpenMP region).
-template <class Body>
-void for_each_chunk(int64_t N, int64_t chunk, Body body) {
+// In one parallel region: pre(i) for i in [0, pre_n) (static schedule, must not throw; then a
+// barrier), then body(n0, n_img) for every chunk of `chunk` of N items (images or patch rows),
+// dynamic schedule; the first exception is rethrown after the region (none may escape an OpenMP
+// region). `pre` packs the weights that every chunk's GEMM then shares.
+template <class Pre, class Body>
+void for_each_chunk(int64_t pre_n, Pre pre, int64_t N, int64_t chunk, Body body) {
   const int64_t chunks = (N + chunk - 1) / chunk;
   std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel
 #endif
-  for (int64_t c = 0; c < chunks; ++c) {
-    try {
-      const int64_t n0 = c * chunk;
-      body(n0, std::min(chunk, N - n0));
-    } catch (...) {
+  {
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < pre_n; ++i) pre(i);
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t c = 0; c < chunks; ++c) {
+      try {
+        const int64_t n0 = c * chunk;
+        body(n0, std::min(chunk, N - n0));
+      } catch (...) {
 #ifdef CONVNET_WITH_OPENMP
 #pragma omp critical(convnet_conv_error)
 #endif
-      if (!error) error = std::current_exception();
+        if (!error) error = std::current_exception();
+      }
     }
   }
   if (error) std::rethrow_exception(error);
+}
+
+// The weights of every group, packed once per call into the GEMM's B-panel layout
+// (gemm_internal.h), in a 64-byte aligned buffer of the calling thread kept between calls.
+// Why: each chunk's GEMM used to pack all of W itself (conv3: 2304 x 384 = 3.5 MB, read from L3
+// with 16 x 16 transposes), and every packed weight then fed only 2 x rows = ~340 FLOPs (a 168-row
+// chunk); at batch 8 conv3's 1352 rows made 9 packings of W per pass, 2 x 8 M floats moved for
+// 2.7 GFLOP. Packed once, the threads' GEMMs read W's panels straight from L2/L3.
+struct PackedWeights {
+  float* data = nullptr;
+  int64_t per_group = 0;  // floats per group's packed (K, N) operand
+  int blocks = 0;         // K blocks per group (the packing's unit of work)
+};
+
+float* packed_weight_buffer(int64_t n) {
+  struct Buf {
+    float* p = nullptr;
+    int64_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf buf;
+  if (buf.cap < n) {
+    std::free(buf.p);
+    buf.p = nullptr;
+    buf.cap = 0;
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+    buf.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!buf.p) throw std::bad_alloc();
+    buf.cap = n;
+  }
+  return buf.p;
+}
+
+// op(B_g) (K, N) per group g: forward B = W_g^T (K = RSC, N = Kg, W_g stored (Kg, RSC): trans_b);
+// backward-data B = W_g (K = Kg, N = RSC, stored (Kg, RSC)). Only allocates; pack_weights fills.
+PackedWeights plan_packed_weights(const ConvShape& s, int K, int N) {
+  PackedWeights pw;
+  pw.per_group = packed_b_floats(K, N);
+  pw.blocks = packed_b_blocks(K);
+  pw.data = packed_weight_buffer(pw.per_group * s.groups);
+  return pw;
 }
 
 // y (rows, K) = max(0, y + b) / y + b, serial (called on one thread's chunk).
@@ -334,14 +464,30 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     return;
   }
   if (image_parallel(s)) {
-    for_each_chunk(total_rows, thread_chunk_rows(s, g), [&](int64_t row0, int64_t nrows) {
+    const PackedWeights pw = plan_packed_weights(s, g.RSC, g.Kg);
+    const bool implicit = g.Cg % 16 == 0;  // A's rows straight from x (patch_rows)
+    auto pack = [&](int64_t i) {
+      const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
+      pack_b_block(true, w_g(grp), g.RSC, g.RSC, g.Kg, blk, pw.data + grp * pw.per_group);
+    };
+    for_each_chunk(int64_t(s.groups) * pw.blocks, pack, total_rows, thread_chunk_rows(s, g),
+                   [&](int64_t row0, int64_t nrows) {
       const int rows = static_cast<int>(nrows);
+      float* yc = y + row0 * s.K;
+      if (implicit) {
+        for (int grp = 0; grp < s.groups; ++grp) {
+          const PatchPanels src{&s, &g, x, row0, grp, 0};
+          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.data + grp * pw.per_group,
+                             beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+        }
+        bias_relu_rows(yc, b, rows, s.K, relu);
+        return;
+      }
       float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       im2col_rows(s, g, x, row0, rows, patches);
-      float* yc = y + row0 * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
-        gemm(false, true, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp, w_g(grp),
-             g.RSC, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+        gemm_packed_b(false, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp,
+                      pw.data + grp * pw.per_group, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
       bias_relu_rows(yc, b, rows, s.K, relu);
     });
     return;
@@ -375,17 +521,68 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
            dx + static_cast<int64_t>(grp) * g.Cg, s.C);
     return;
   }
+  // Only where Cg fills whole NR-wide micro-tiles and is wide: each packed dy element then feeds
+  // 2 x Cg FLOPs (vs 2 x RSC in the col2im path). conv2 (Cg = 48: a quarter of a 12 x 32 tiling
+  // wasted) measured 1.35x slower this way, OWT conv2 (Cg = 64) 4 % slower; the 3x3 layers (Cg =
+  // 192 to 384) 5-12 % faster.
+  if (image_parallel(s) && s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
+      g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0 && g.Cg >= 128) {
+    // Stride 1: dx is the forward convolution of dy, padded by R-1-pad_h / S-1-pad_w, with the
+    // filters turned 180 degrees and K <-> C swapped:
+    //   dx[n, h, w, g*Cg + c] = sum over (r', s', k) of dy[n, h + r' - (R-1-ph), w + s' - (S-1-pw), g*Kg + k]
+    //                                                  * W[g*Kg + k, R-1-r', S-1-s', c]
+    // so it runs as the forward does: rows of dx straight from dy (patch_rows, no im2col), the
+    // turned filters packed once into B panels, the GEMM writing (or adding to) dx directly. No
+    // patch-gradient matrix and no col2im gather: conv3 at batch 8 wrote and re-read 1352 x 2304
+    // floats (12.5 MB) of dpatches and gathered 9 taps per input pixel.
+    const ConvShape t{s.N, s.P, s.Q, s.K, s.C, s.R, s.S, s.H, s.W, 1, 1, s.R - 1 - s.pad_h, s.S - 1 - s.pad_w, s.groups};
+    const Geo tg = geo_of(t);  // tg.Cg = Kg, tg.Kg = Cg, tg.RSC = R * S * Kg
+    const int KCb = gemm_kc(), nr = gemm_nr();
+    const int64_t Np = (g.Cg + nr - 1) / nr * nr;
+    const PackedWeights pw = plan_packed_weights(s, tg.RSC, g.Cg);
+    // B_g (R*S*Kg, Cg): row (r', s', k) is filter row k's tap (R-1-r', S-1-s'): Cg contiguous floats.
+    auto pack = [&](int64_t i) {
+      const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
+      const int pc = blk * KCb, kc = std::min(KCb, tg.RSC - pc);
+      float* block = pw.data + grp * pw.per_group + static_cast<int64_t>(pc) * Np;
+      for (int jp = 0; jp < g.Cg; jp += nr) {
+        const int nj = std::min(nr, g.Cg - jp);
+        float* dst = block + static_cast<int64_t>(jp) * kc;
+        for (int k = 0; k < kc; ++k, dst += nr) {
+          const int row = pc + k, tap = row / g.Kg, kk = row % g.Kg;
+          const int r = s.R - 1 - tap / s.S, c = s.S - 1 - tap % s.S;
+          copy_floats(dst, w + ((static_cast<int64_t>(grp) * g.Kg + kk) * s.R * s.S + r * s.S + c) * g.Cg + jp, nj);
+          zero_floats(dst + nj, nr - nj);
+        }
+      }
+    };
+    const float beta = accumulate ? 1.0f : 0.0f;
+    for_each_chunk(int64_t(s.groups) * pw.blocks, pack, static_cast<int64_t>(s.N) * g.HW, thread_chunk_rows(t, tg),
+                   [&](int64_t row0, int64_t nrows) {
+      for (int grp = 0; grp < s.groups; ++grp) {
+        const PatchPanels src{&t, &tg, dy, row0, grp, 0};
+        gemm_rows_packed_b(static_cast<int>(nrows), g.Cg, tg.RSC, 1.0f, RowSource{patch_rows, &src, g.Kg},
+                           pw.data + grp * pw.per_group, beta, dx + row0 * s.C + static_cast<int64_t>(grp) * g.Cg, s.C);
+      }
+    });
+    return;
+  }
   if (image_parallel(s)) {
     const int chunk = thread_chunk_images(s, g);
-    for_each_chunk(s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
+    const PackedWeights pw = plan_packed_weights(s, g.Kg, g.RSC);
+    auto pack = [&](int64_t i) {
+      const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
+      pack_b_block(false, w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, g.Kg, g.RSC, blk,
+                   pw.data + grp * pw.per_group);
+    };
+    for_each_chunk(int64_t(s.groups) * pw.blocks, pack, s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
       const int n0 = static_cast<int>(n0_), n_img = static_cast<int>(n_img_);
       const int rows = static_cast<int>(n_img * g.PQ);
       float* dpatches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       const float* dyc = dy + n0 * g.PQ * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
-        gemm(false, false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
-             w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, 0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC,
-             g.ldp);
+        gemm_packed_b(false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
+                      pw.data + grp * pw.per_group, 0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC, g.ldp);
       col2im(s, g, dpatches, n0, n_img, dx, accumulate);
     });
     return;
@@ -440,6 +637,14 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     const int T = threads_here();
     const int64_t by_bytes = (thread_chunk_rows(s, g) + 255) / 256 * 256;
     const int S = total_rows >= 2 * T * 2 * by_bytes ? 2 * T : T;
+    // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
+    // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
+    // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
+    const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+    // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps. Not
+    // with the transposed tiling: conv5 (Kg = 128) untransposed with panels from x was 18 % faster at
+    // batch 8 but 5-35 % slower at batches 16-128 than transposed with im2col.
+    const bool implicit = !transposed && g.Cg % gemm_nr() == 0;
     // The partials live in a buffer of the calling thread, kept between calls (no allocation and
     // page faults per call) and never zeroed: each slot's first GEMM writes its partial with beta 0.
     thread_local std::vector<float> partial_buf;
@@ -456,19 +661,26 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       for (int t = 0; t < S; ++t) {
         const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
         float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
-        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk)
+        // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk; with
+        // the panels packed from x one GEMM per slot measured 5 % slower at batch 128)
         const int64_t nchunks = std::max<int64_t>(1, (i1 - i0) / by_bytes);
         const int64_t chunk = (i1 - i0 + nchunks - 1) / nchunks;
         try {
           const bool keep = t == 0 && accumulate;  // slot 0 adds to the caller's dw
-          // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-
-          // tiles better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and
-          // 2 % as (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-          const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
           float* acc = transposed ? thread_scratch(static_cast<size_t>(dw_size), 1) : mine;
           bool first = transposed || !keep;
           for (int64_t r0 = i0; r0 < i1; r0 += chunk) {
             const int rows = static_cast<int>(std::min(chunk, i1 - r0));
+            if (implicit) {
+              for (int grp = 0; grp < s.groups; ++grp) {
+                const PatchPanels src{&s, &g, x, r0, grp, gemm_nr()};
+                gemm_panel_b(true, g.Kg, g.RSC, rows, 1.0f, dy + r0 * s.K + static_cast<int64_t>(grp) * g.Kg, s.K,
+                             PanelSource{pack_patch_panel, &src}, first ? 0.0f : 1.0f,
+                             mine + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC);
+              }
+              first = false;
+              continue;
+            }
             float* patches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
             im2col_rows(s, g, x, r0, rows, patches);
             const float* dyc = dy + r0 * s.K;

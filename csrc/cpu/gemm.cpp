@@ -20,6 +20,10 @@
 // feeds only 2 x Kg FLOPs, made the scalar version ~10 % of a conv forward.
 // Called from inside an OpenMP parallel region (the convolutions' per-thread chunks), the GEMM runs
 // serially on the calling thread.
+// Private entry points for the convolutions (gemm_internal.h, all serial): a B packed once and
+// shared by many calls (gemm_packed_b), a B whose panels the caller packs from its own data
+// (gemm_panel_b: patch panels straight from x), and an A handed out as row pointers
+// (gemm_rows_packed_b: patch rows straight from x, no im2col buffer), all through gemm_block.
 // Packed panels are zero-padded to whole MR / NR, so the micro-kernel never branches on edges; an
 // edge tile is computed into a small local tile and only its valid part is written to C. The first
 // K block applies beta (never reading C when beta == 0); later K blocks add.
@@ -64,6 +68,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "gemm_internal.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -248,6 +253,40 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int i0, int mc, int k0, i
   }
 }
 
+// Ap <- alpha * A[i0 : i0+mc, k0 : k0+kc] with A's rows handed out by a RowSource (gemm_internal.h):
+// the same panels as pack_a's (M, K) case, 16 k at a time through the in-register transpose, the
+// row pointers refreshed at every `run` boundary. k0 and kc are multiples of 16.
+void pack_a_rows(const RowSource& src, int i0, int mc, int k0, int kc, float alpha, float* Ap) {
+  const float* ptrs[MR];
+  for (int ip = 0; ip < mc; ip += MR) {
+    const int mr = std::min(MR, mc - ip);
+    float* dst = Ap + static_cast<int64_t>(ip) * kc;
+    int base = -1;  // the run the pointers are for
+    for (int kb = 0; kb < kc; kb += 16) {
+      const int j = k0 + kb, jb = j - j % src.run;
+      if (jb != base) {
+        src.rows(src.ctx, i0 + ip, mr, jb, ptrs);
+        base = jb;
+      }
+      const int off = j - jb;
+#if defined(__AVX512F__)
+      static_assert(MR <= 16, "a panel's rows fit one 16 x 16 transpose");
+      const __mmask16 m = static_cast<__mmask16>((1u << MR) - 1u);
+      const __m512 va = _mm512_set1_ps(alpha);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = (i < mr && ptrs[i]) ? _mm512_loadu_ps(ptrs[i] + off) : _mm512_setzero_ps();
+      transpose16_regs(r);
+      for (int t = 0; t < 16; ++t) _mm512_mask_storeu_ps(dst + (kb + t) * MR, m, _mm512_mul_ps(va, r[t]));
+#else
+      for (int i = 0; i < MR; ++i)
+        for (int t = 0; t < 16; ++t)
+          dst[(kb + t) * MR + i] = (i < mr && ptrs[i]) ? alpha * ptrs[i][off + t] : 0.0f;
+#endif
+    }
+  }
+}
+
 // Bp <- op(B)[k0 : k0+kc, j0 : j0+nc] as ceil(nc/NR) micro-panels, each kc x NR (k-major: the NR
 // values of one k are adjacent, one or two vector loads). Columns past nc are zero.
 void pack_b(bool trans_b, const float* B, int64_t ldb, int k0, int kc, int j0, int nc, float* Bp) {
@@ -419,7 +458,12 @@ struct Problem {
   int64_t ldc;
 };
 
-void gemm_block(const Problem& p, int m0, int m1, int n0, int n1) {
+// Bpre: op(B) already packed whole (gemm_internal.h layout, Np floats per k row), or null to pack
+// each (K block, column block) here.
+// Bsrc: op(B) packed panel by panel by the caller (gemm_internal.h), or null.
+// Asrc: A's rows handed out by the caller (gemm_internal.h), or null.
+void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0,
+                const PanelSource* Bsrc = nullptr, const RowSource* Asrc = nullptr) {
   PackBuffers& buf = pack_buffers();
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
@@ -427,13 +471,19 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1) {
     for (int pc = 0; pc < p.K; pc += KC) {
       const int kc = std::min(KC, p.K - pc);
       const float beta = pc == 0 ? p.beta : 1.0f;
-      pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
+      const float* bpanels = Bpre ? Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc : buf.b;
+      if (Bsrc) {
+        for (int jp = 0; jp < nc; jp += NR) Bsrc->pack(Bsrc->ctx, pc, kc, jc + jp, buf.b + static_cast<int64_t>(jp) * kc);
+      } else if (!Bpre) {
+        pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc, nc, buf.b);
+      }
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
-        pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
+        if (Asrc) pack_a_rows(*Asrc, ic, mc, pc, kc, p.alpha, buf.a);
+        else pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, p.alpha, buf.a);
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
-          const float* bp = buf.b + static_cast<int64_t>(jr) * kc;
+          const float* bp = bpanels + static_cast<int64_t>(jr) * kc;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             const float* ap = buf.a + static_cast<int64_t>(ir) * kc;
@@ -548,6 +598,58 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   }
 }
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// prepacked B (gemm_internal.h)
+
+int64_t packed_b_floats(int K, int N) { return static_cast<int64_t>(K) * ceil_div(N, NR) * NR; }
+
+int packed_b_blocks(int K) { return static_cast<int>(ceil_div(K, KC)); }
+
+void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, float* Bp) {
+  const int pc = blk * KC, kc = std::min(KC, K - pc);
+  const int64_t Np = ceil_div(N, NR) * NR;
+  // Column blocks of NC keep the packing's destination within the sizes pack_b was tuned for; each
+  // block's panels land where gemm_block looks for them (offset jc * kc within the K block).
+  for (int jc = 0; jc < N; jc += NC)
+    pack_b(trans_b, B, ldb, pc, kc, jc, std::min(NC, N - jc), Bp + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc);
+}
+
+void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
+                   float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR);
+}
+
+int gemm_nr() { return NR; }
+int gemm_kc() { return KC; }
+
+void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
+                        int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR, nullptr, &a);
+}
+
+void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
+                  float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  gemm_block(p, 0, M, 0, N, nullptr, 0, &b);
+}
 
 // ---------------------------------------------------------------------------------------------
 // entry point
