@@ -264,6 +264,11 @@ BATCHED = [
     (6, 6, 11, 3, 6, 1, 1, (1, 1), (0, 0), 3),     # pointwise
     (4, 9, 9, 3, 64, 5, 5, (1, 1), (2, 2), 1),     # CPU dW as (RSC, Kg) then turned (conv1-like tiling)
     (5, 8, 8, 6, 64, 5, 5, (2, 2), (2, 2), 2),     # the same, with groups
+    # channel counts of the 3x3 layers, which the CPU runs without a patch matrix:
+    (4, 7, 6, 64, 48, 3, 3, (1, 1), (1, 1), 2),    # Cg % 16 == 0: forward A panels packed from x
+    (4, 9, 8, 32, 24, 3, 3, (2, 2), (1, 1), 1),    # the same, strided (backward-data keeps col2im)
+    (4, 6, 5, 256, 96, 3, 3, (1, 1), (1, 1), 2),   # Cg = 128, stride 1: backward-data as a forward conv
+                                                   # with turned filters; backward-filter panels from x
 ]
 
 
