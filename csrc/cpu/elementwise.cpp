@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "parallel.h"
 #include "philox.h"
 
 #ifdef CONVNET_WITH_OPENMP
@@ -16,11 +17,6 @@
 
 namespace convnet {
 namespace cpu {
-
-namespace {
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelGrain = 1 << 15;
-}  // namespace
 
 int num_threads() {
 #ifdef CONVNET_WITH_OPENMP

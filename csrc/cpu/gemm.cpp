@@ -98,7 +98,7 @@ constexpr int NC = NR * 32;     // 1024 (AVX-512), 512, 512
 static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole micro-tiles");
 
 // Below this many multiply-adds a parallel region costs more than it saves.
-constexpr int64_t kParallelGrain = 1 << 18;
+constexpr int64_t kParallelMultiplyAdds = 1 << 18;
 
 // ---------------------------------------------------------------------------------------------
 // per-thread packing buffers
@@ -557,7 +557,7 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   std::vector<float> av(static_cast<size_t>(K));  // alpha * v, contiguous
   for (int k = 0; k < K; ++k) av[k] = alpha * v[k * incv];
   const float* w = av.data();
-  const bool parallel = static_cast<int64_t>(R) * K >= kParallelGrain;
+  const bool parallel = static_cast<int64_t>(R) * K >= kParallelMultiplyAdds;
   auto finish = [&](int r, float dot) {
     float* out = y + r * incy;
     *out = beta == 0.0f ? dot : dot + beta * *out;
@@ -679,7 +679,7 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
 #ifdef CONVNET_WITH_OPENMP
   nested = omp_in_parallel() != 0;
 #endif
-  const int threads = (work < kParallelGrain || nested) ? 1 : num_threads();
+  const int threads = (work < kParallelMultiplyAdds || nested) ? 1 : num_threads();
   int tm = 1, tn = 1;
   choose_grid(M, N, K, threads, &tm, &tn);
   if (tm * tn == 1) {

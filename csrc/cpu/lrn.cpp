@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "parallel.h"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -49,8 +50,6 @@ namespace cpu {
 
 namespace {
 
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelGrain = 1 << 15;
 // Window sizes up to this are summed directly (vectorised); wider ones use the running sum.
 constexpr int kDirectMaxSize = 16;
 

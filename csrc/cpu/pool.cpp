@@ -26,13 +26,12 @@
 #include <vector>
 
 #include "backend.h"
+#include "parallel.h"
 
 namespace convnet {
 namespace cpu {
 
 namespace {
-
-constexpr int64_t kParallelGrain = 1 << 15;
 
 // The valid window range [begin, end) along one axis for output position o.
 struct Span {
