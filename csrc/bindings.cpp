@@ -229,6 +229,7 @@ with .numpy(); move it with .to(device).
 #endif
   }, py::arg("device"), py::arg("peer"));
   // ---- streams and copies for model parallelism (csrc/streams.h, cuda/device.cu) ----------------
+  m.attr("stream_slots") = cuda::kStreamSlots;  // towers a device can run concurrently
   m.def("set_stream", [](const std::string& device, int slot) {
     const Device d = Device::parse(device);
     if (slot < 0 || slot >= cuda::kStreamSlots)

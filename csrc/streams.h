@@ -10,7 +10,7 @@
 namespace convnet {
 namespace cuda {
 
-constexpr int kStreamSlots = 4;  // compute streams per device (towers); python/convnet/net.py MAX_TOWERS
+constexpr int kStreamSlots = 4;  // compute streams per device (towers); Python sees convnet._C.stream_slots
 
 #ifdef CONVNET_WITH_CUDA
 // This thread's compute stream on `device` becomes number `slot` (created on first use, after

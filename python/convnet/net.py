@@ -42,21 +42,21 @@ import numpy as np
 
 from . import _C
 from ._C import ops
+from .data.loader import PIXEL_SCALE
 from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_config
 
 __all__ = ["Net", "load_config"]
 
-DEFAULT_INPUT_SCALE = 1.0 / 64.0  # matches convnet.data.PIXEL_SCALE: inputs (pixel - mean) / 64
-MAX_TOWERS = 4  # compute streams per CUDA device (cuda/device.cu kStreamSlots)
+DEFAULT_INPUT_SCALE = PIXEL_SCALE  # inputs (pixel - mean) / 64, as the BatchLoader makes them
+MAX_TOWERS = _C.stream_slots  # compute streams per CUDA device (csrc/streams.h)
 
 
 def _parse_ini_value(text: str):
     text = text.strip()
-    for conv in (json.loads,):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
     low = text.lower()
     if low in ("true", "yes", "on"):
         return True
