@@ -76,10 +76,11 @@ struct SgdParam {
   void relu_forward(const float* x, float* y, int64_t n);                                            \
   /* dx = dy where y > 0, else 0 (y is the forward output) */                                       \
   void relu_backward(const float* y, const float* dy, float* dx, int64_t n);                         \
-  /* Inverted dropout: y = x * keep / (1 - p), keep = philox_uniform(seed, counter, i) >= p */       \
-  void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter); \
+  /* Inverted dropout: y = x * keep / (1 - p), keep = philox_uniform(seed, counter, offset + i) >= p */ \
+  void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,   \
+                       uint64_t offset);                                                             \
   void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed,               \
-                        uint64_t counter);                                                           \
+                        uint64_t counter, uint64_t offset);                                          \
   /* logits (N, C), labels (N) in [0, C). stats[0] = mean cross-entropy, stats[1] = count of top-1  \
      hits, stats[2] = count of top-5 hits (ties: a class counts as ranked above the label only if   \
      its logit is strictly greater). dlogits (N, C) = (softmax - onehot) / N, skipped if null. */   \

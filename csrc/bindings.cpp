@@ -319,9 +319,10 @@ with .numpy(); move it with .to(device).
   o.def("relu_forward", &ops::relu_forward, py::arg("x"), py::arg("y"), GIL());
   o.def("relu_backward", &ops::relu_backward, py::arg("y"), py::arg("dy"), py::arg("dx"), GIL());
   o.def("dropout_forward", &ops::dropout_forward, py::arg("x"), py::arg("y"), py::arg("p"), py::arg("seed"),
-        py::arg("counter"), GIL(), "Inverted dropout; mask from Philox4x32-10 keyed by (seed, counter).");
+        py::arg("counter"), py::arg("offset") = 0, GIL(),
+        "Inverted dropout; element i's mask is element offset + i of the Philox4x32-10 draw (seed, counter).");
   o.def("dropout_backward", &ops::dropout_backward, py::arg("dy"), py::arg("dx"), py::arg("p"), py::arg("seed"),
-        py::arg("counter"), GIL());
+        py::arg("counter"), py::arg("offset") = 0, GIL());
   o.def("softmax_cross_entropy", &ops::softmax_cross_entropy, py::arg("logits"), py::arg("labels"),
         py::arg("dlogits"), py::arg("stats"), GIL(),
         "stats (3,) <- [mean loss, top-1 hits, top-5 hits]; dlogits <- (softmax - onehot) / N unless None.");

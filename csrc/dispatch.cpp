@@ -331,24 +331,26 @@ void need_probability(const char* op, float p) {
 }
 }  // namespace
 
-void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter) {
+void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter,
+                     uint64_t offset) {
   const char* op = "dropout_forward";
   need_f32(op, "x", x);
   need_f32(op, "y", y);
   need_probability(op, p);
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
   const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
-  CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter));
+  CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter, offset));
 }
 
-void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter) {
+void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter,
+                      uint64_t offset) {
   const char* op = "dropout_backward";
   need_f32(op, "dy", dy);
   need_f32(op, "dx", dx);
   need_probability(op, p);
   need_shape(op, "dx", dx, dy.shape(), "dy " + dy.shape_str());
   const Device dev = same_device(op, {{"dy", &dy}, {"dx", &dx}});
-  CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter));
+  CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter, offset));
 }
 
 void softmax_cross_entropy(const Tensor& logits, const Tensor& labels, const OptTensor& dlogits,

@@ -49,9 +49,14 @@ void relu_forward(const Tensor& x, const Tensor& y);
 void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx);
 
 // Inverted dropout with probability p of dropping, mask from Philox4x32-10 keyed by (seed, counter):
-// the backward pass regenerates the same mask, so nothing is stored between the two.
-void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter);
-void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter);
+// the backward pass regenerates the same mask, so nothing is stored between the two. Element i of x
+// takes element offset + i of the draw: a slice of a larger batch (a micro-batch, one rank's share of
+// a data-parallel step) passes its first element's index in the whole batch and draws the mask the
+// whole batch would have.
+void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter,
+                     uint64_t offset = 0);
+void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter,
+                      uint64_t offset = 0);
 
 // logits (N, C) float32, labels (N,) int32 in [0, C), stats (3,) float32 <- [mean cross-entropy,
 // top-1 hits, top-5 hits]; dlogits (N, C) <- (softmax - onehot) / N unless None. Stays on the device.

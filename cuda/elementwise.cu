@@ -80,17 +80,26 @@ __global__ void relu_backward_kernel(const float* y, const float* dy, float* dx,
 }
 
 // One thread per Philox block of 4 elements: the same numbers as the CPU (csrc/philox.h).
-__global__ void dropout_kernel(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter) {
+// out[i] = in[i] * mask(offset + i); one thread per Philox block of the draw that touches
+// [offset, offset + n) (the first and last may be partial when offset is not a multiple of 4).
+__global__ void dropout_kernel(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter,
+                               uint64_t offset) {
   const float scale = 1.0f / (1.0f - p);
-  const int64_t blocks = (n + 3) / 4;
-  for (int64_t blk = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; blk < blocks;
-       blk += (int64_t)gridDim.x * blockDim.x) {
+  const uint64_t first = offset / 4, end = offset + (uint64_t)n;
+  const int64_t blocks = (int64_t)((end + 3) / 4 - first);
+  for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < blocks;
+       b += (int64_t)gridDim.x * blockDim.x) {
+    const uint64_t blk = first + (uint64_t)b;
     float u[4];
-    philox_uniform4(seed, counter, (uint64_t)blk, u);
-    const int64_t base = blk * 4;
+    philox_uniform4(seed, counter, blk, u);
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (base + j < n) out[base + j] = u[j] >= p ? in[base + j] * scale : 0.0f;
+    for (int j = 0; j < 4; ++j) {
+      const uint64_t e = blk * 4 + j;
+      if (e >= offset && e < end) {
+        const int64_t i = (int64_t)(e - offset);
+        out[i] = u[j] >= p ? in[i] * scale : 0.0f;
+      }
+    }
   }
 }
 
@@ -243,15 +252,19 @@ void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
   CONVNET_LAUNCH_CHECK("relu_backward_kernel");
 }
 
-void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter) {
+void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,
+                     uint64_t offset) {
   if (n == 0) return;
-  dropout_kernel<<<grid_for((n + 3) / 4, kThreads), kThreads, 0, current_stream()>>>(x, y, n, p, seed, counter);
+  dropout_kernel<<<grid_for(n / 4 + 2, kThreads), kThreads, 0, current_stream()>>>(x, y, n, p, seed, counter,
+                                                                                    offset);
   CONVNET_LAUNCH_CHECK("dropout_kernel");
 }
 
-void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed, uint64_t counter) {
+void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed, uint64_t counter,
+                      uint64_t offset) {
   if (n == 0) return;
-  dropout_kernel<<<grid_for((n + 3) / 4, kThreads), kThreads, 0, current_stream()>>>(dy, dx, n, p, seed, counter);
+  dropout_kernel<<<grid_for(n / 4 + 2, kThreads), kThreads, 0, current_stream()>>>(dy, dx, n, p, seed, counter,
+                                                                                    offset);
   CONVNET_LAUNCH_CHECK("dropout_kernel");
 }
 

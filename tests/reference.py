@@ -27,8 +27,11 @@ def philox4x32_10(ctr, key):
     return np.stack(c, axis=1).astype(np.uint32)
 
 
-def philox_uniform(seed, counter, n):
-    """n uniforms in [0, 1) of the draw keyed by (seed, counter): element i is word i % 4 of block i // 4."""
+def philox_uniform(seed, counter, n, offset=0):
+    """Elements offset .. offset + n - 1 of the draw keyed by (seed, counter), uniforms in [0, 1):
+    element e is word e % 4 of block e // 4."""
+    if offset:
+        return philox_uniform(seed, counter, offset + n)[offset:]
     blocks = np.arange((n + 3) // 4, dtype=np.uint64)
     ctr = np.stack([blocks & _MASK32, blocks >> np.uint64(32),
                     np.full_like(blocks, counter & 0xFFFFFFFF), np.full_like(blocks, counter >> 32)], axis=1)
@@ -65,19 +68,20 @@ def relu_backward(y, dy):
     return np.where(y > 0, dy, 0.0)
 
 
-def dropout_mask(shape, p, seed, counter):
-    """Keep-mask scaled for inverted dropout: 1/(1-p) where kept, 0 where dropped."""
+def dropout_mask(shape, p, seed, counter, offset=0):
+    """Keep-mask scaled for inverted dropout: 1/(1-p) where kept, 0 where dropped; element i takes
+    element offset + i of the draw."""
     n = int(np.prod(shape))
-    keep = philox_uniform(seed, counter, n) >= p
+    keep = philox_uniform(seed, counter, n, offset) >= p
     return (keep / (1.0 - p)).reshape(shape)
 
 
-def dropout_forward(x, p, seed, counter):
-    return x * dropout_mask(x.shape, p, seed, counter)
+def dropout_forward(x, p, seed, counter, offset=0):
+    return x * dropout_mask(x.shape, p, seed, counter, offset)
 
 
-def dropout_backward(dy, p, seed, counter):
-    return dy * dropout_mask(dy.shape, p, seed, counter)
+def dropout_backward(dy, p, seed, counter, offset=0):
+    return dy * dropout_mask(dy.shape, p, seed, counter, offset)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -292,3 +292,67 @@ def test_conv_batched_relu_deterministic(device, rng):
     assert_close(outs[0][0], ref.relu_forward(ref.conv_forward(x, w, b, (2, 2), (1, 1), 2)), what="y")
     for a, b2 in zip(*outs):
         assert np.array_equal(a, b2)
+
+
+# --------------------------------------------------------------------------------------------------
+# results do not depend on the thread count
+
+# One process per thread count (OpenMP reads OMP_NUM_THREADS once, at start-up): each computes the
+# backward-filter and bias gradients (and, for comparison, forward and backward-data) of layers that
+# reach every CPU path -- pointwise, grouped, the transposed tiling (conv1-like: Kg = 64, RSC = 363),
+# patch panels packed from x (Cg % 32 == 0), one image and a batch -- and prints their bytes' digest.
+_THREAD_SCRIPT = r"""
+import hashlib, sys
+import numpy as np
+import convnet
+ops = convnet.ops
+T = convnet.Tensor
+cases = [  # N, H, W, C, K, R, S, groups, stride, pad
+    (1, 19, 19, 3, 64, 11, 11, 1, 4, 0), (6, 19, 19, 3, 64, 11, 11, 1, 4, 0),
+    (5, 9, 9, 32, 24, 3, 3, 2, 1, 1), (7, 6, 6, 64, 32, 3, 3, 1, 1, 1),
+    (3, 10, 10, 16, 8, 1, 1, 1, 1, 0), (2, 27, 27, 12, 16, 5, 5, 1, 1, 2), (4, 6, 6, 128, 32, 3, 3, 1, 1, 1),
+]
+digest = hashlib.sha256()
+for i, (N, H, W, C, K, R, S, g, st, pd) in enumerate(cases):
+    rng = np.random.default_rng(100 + i)
+    x = rng.standard_normal((N, H, W, C), dtype=np.float32)
+    w = rng.standard_normal((K, R, S, C // g), dtype=np.float32)
+    P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+    dy = rng.standard_normal((N, P, Q, K), dtype=np.float32)
+    dw, db = T.empty(w.shape, "cpu", "float32"), T.empty((K,), "cpu", "float32")
+    ops.conv_backward_filter(T.from_numpy(dy, "cpu"), T.from_numpy(x, "cpu"), dw, db, stride=(st, st),
+                             pad=(pd, pd), groups=g)
+    digest.update(dw.numpy().tobytes()); digest.update(db.numpy().tobytes())
+    if sys.argv[1] == "all":
+        y, dx = T.empty(dy.shape, "cpu", "float32"), T.empty(x.shape, "cpu", "float32")
+        ops.conv_forward(T.from_numpy(x, "cpu"), T.from_numpy(w, "cpu"), None, y, stride=(st, st), pad=(pd, pd), groups=g)
+        ops.conv_backward_data(T.from_numpy(dy, "cpu"), T.from_numpy(w, "cpu"), dx, stride=(st, st), pad=(pd, pd), groups=g)
+        digest.update(y.numpy().tobytes()); digest.update(dx.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def _digest_at(threads: int, what: str) -> str:
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    run = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, what], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_cpu_backward_filter_bytes_do_not_depend_on_thread_count():
+    # Data parallelism sums gradients computed by processes that may run different thread counts:
+    # the CPU backward-filter (and its bias sum) must give the same bytes at 1, 2 and 3 threads.
+    digests = {t: _digest_at(t, "filter") for t in (1, 2, 3)}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_cpu_conv_passes_bytes_do_not_depend_on_thread_count():
+    # The same for forward and backward-data (the turned-filter backward-data path used to be taken
+    # only when N >= 2 x threads, so a 4-image batch of a 128-channel 3x3 layer changed bits between
+    # 2 and 3 threads).
+    digests = {t: _digest_at(t, "all") for t in (1, 2, 3)}
+    assert len(set(digests.values())) == 1, digests

@@ -99,6 +99,44 @@ def test_dropout_statistics_and_keys(device):
     assert set(np.unique(a)) <= {0.0, 2.0}
 
 
+@pytest.mark.parametrize("n", [1, 5, 4099, 70001])
+@pytest.mark.parametrize("offset", [1, 2, 3, 4, 4097])
+def test_dropout_offset_draws_the_slice_of_the_larger_draw(device, rng, n, offset):
+    # A slice starting at element `offset` of a larger tensor gets exactly that slice of its mask,
+    # for offsets inside a Philox block (1, 2, 3) and on block boundaries (4).
+    seed, counter, p = int(rng.integers(0, 2**63)), int(rng.integers(0, 2**40)), 0.5
+    whole = rng.standard_normal(offset + n).astype(np.float32)
+    y_whole = poisoned((offset + n,), device)
+    ops.dropout_forward(to_device(whole, device), y_whole, p, seed, counter)
+    y = poisoned((n,), device)
+    ops.dropout_forward(to_device(whole[offset:], device), y, p, seed, counter, offset)
+    np.testing.assert_array_equal(y.numpy(), y_whole.numpy()[offset:])
+    expected = ref.dropout_forward(whole[offset:].astype(np.float64), p, seed, counter, offset)
+    assert_close(y.numpy(), expected, 1e-6, "dropout forward with offset")
+    dy = rng.standard_normal(n).astype(np.float32)
+    dx = poisoned((n,), device)
+    ops.dropout_backward(to_device(dy, device), dx, p, seed, counter, offset)
+    np.testing.assert_array_equal(dx.numpy() == 0, y.numpy() == 0)
+    assert_close(dx.numpy(), ref.dropout_backward(dy.astype(np.float64), p, seed, counter, offset), 1e-6,
+                 "dropout backward with offset")
+
+
+def test_dropout_layer_keys_masks_by_global_sample_index(device, rng):
+    # Two halves of a batch, passed with sample_offset = 0 and N/2, draw the masks of the whole
+    # batch: the property data-parallel ranks and micro-batches rely on. Without the offset both
+    # halves would draw the same mask.
+    net = convnet.Net([{"name": "data", "type": "data", "shape": [3, 5, 2]},
+                       {"name": "drop", "type": "dropout", "inputs": ["data"], "p": 0.5}], device=device)
+    x = rng.standard_normal((6, 3, 5, 2)).astype(np.float32)
+    whole = net.forward(x, train=True, step=3, seed=11, backward=False).numpy()
+    halves = [net.forward(x[k:k + 3], train=True, step=3, seed=11, backward=False, sample_offset=k).numpy()
+              for k in (0, 3)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
+    assert not np.array_equal(whole[:3] == 0, whole[3:] == 0)
+    with pytest.raises(ValueError, match="sample_offset"):
+        net.forward(x, train=True, sample_offset=-1, backward=False)
+
+
 def test_dropout_identical_on_cpu_and_cuda(cuda_device, rng):
     x = rng.standard_normal((3, 1001)).astype(np.float32)
     out = {}

@@ -18,8 +18,9 @@
 //     finishes it while it is in cache: bias + ReLU for the forward, col2im for backward-data.
 //     Forward chunks are row ranges (>= 64 rows, whole 12-row micro-tiles); backward-data chunks
 //     are whole images (col2im must see every tap of an input pixel). Both are scheduled
-//     dynamically: chunks write disjoint outputs. Backward-filter cuts the rows into 2T fixed slots,
-//     taken dynamically, each summing into its own dW, added in slot order at the end.
+//     dynamically: chunks write disjoint outputs. Backward-filter cuts the rows into fixed slots
+//     (their number and size from the shape alone, for every N), taken dynamically, each summing
+//     into its own dW, added in slot order at the end.
 //     Why: the previous driver (below) had an im2col region, a parallel GEMM and a bias region per
 //     chunk, i.e. three fork/join barriers per image for conv1/conv2. On this project's 2-core
 //     machines, shared with other jobs, every barrier waits for the slowest thread's next time
@@ -46,8 +47,10 @@
 // col2im is a gather, not a scatter: each input pixel (n, h, w) sums the patch-gradient entries of
 // the taps that read it, in a fixed (r, s) order, so it parallelises over input pixels with no races
 // and writes each dx element exactly once (no zero-fill pass; `accumulate` adds to the old value).
-// dW sums its chunks in a fixed order (chunk order, and slot order in the parallel driver), so,
-// given a deterministic GEMM, dw does not depend on the scheduling (it does on the thread count).
+// dW sums its chunks in a fixed order (chunk order inside a slot, then slot order), and the slots
+// and chunks are cut from the shape alone, so dw depends neither on the scheduling nor on the thread
+// count (OMP_NUM_THREADS): data-parallel ranks and a single process give the same bits
+// (tests/test_conv.py runs it at 1, 2 and 3 threads).
 //
 // Napkin math: AlexNet-2012 conv2 (N=128, 27x27x96 -> 27x27x256, 5x5, pad 2, groups 2) is
 // 2 * 93312 * 128 * 1200 * 2 = 57.3 GFLOP per pass; the im2col it needs moves 93312 x 2400 x 4 B =
@@ -524,8 +527,10 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
   // Only where Cg fills whole NR-wide micro-tiles and is wide: each packed dy element then feeds
   // 2 x Cg FLOPs (vs 2 x RSC in the col2im path). conv2 (Cg = 48: a quarter of a 12 x 32 tiling
   // wasted) measured 1.35x slower this way, OWT conv2 (Cg = 64) 4 % slower; the 3x3 layers (Cg =
-  // 192 to 384) 5-12 % faster.
-  if (image_parallel(s) && s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
+  // 192 to 384) 5-12 % faster. Chosen from the shape alone (not image_parallel, which depends on the
+  // thread count): this path sums dx in another order than col2im, and dx must not depend on
+  // OMP_NUM_THREADS (tests/test_conv.py).
+  if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
       g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0 && g.Cg >= 128) {
     // Stride 1: dx is the forward convolution of dy, padded by R-1-pad_h / S-1-pad_w, with the
     // filters turned 180 degrees and K <-> C swapped:
@@ -624,19 +629,23 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
            dw + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC);
     return;
   }
-  if (image_parallel(s)) {
-    // The patch rows are cut into S = 2T fixed slots [NPQ u / S, NPQ (u+1) / S); threads take slots
+  {
+    // The patch rows are cut into S fixed slots [NPQ u / S, NPQ (u+1) / S); threads take slots
     // dynamically (a thread that loses its core to another job just takes fewer), each slot sums
     // into its own dW (slot 0 straight into dw), then dw += partial_1 + ... + partial_{S-1} in slot
-    // order. The slots, not the threads, fix the summation order: the result is the same whatever
-    // the scheduling (for a given thread count).
-    // 2T slots only when each holds at least two chunks' rows: every slot costs a partial dW
-    // (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
+    // order. The slots, not the threads, fix the summation order, and S and the chunks inside a
+    // slot come from the shape alone (never from the thread count), so the result is the same for
+    // any OMP_NUM_THREADS and any scheduling. One driver for every N (a single image's rows are
+    // cut into slots too), so the choice of driver cannot depend on the thread count either.
+    // Up to kFilterSlots slots, each holding at least two chunks' rows: every slot costs a partial
+    // dW (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
     // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
     // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
+    constexpr int64_t kFilterSlots = 8;  // balances up to 8 threads; more threads share the slots
     const int T = threads_here();
-    const int64_t by_bytes = (thread_chunk_rows(s, g) + 255) / 256 * 256;
-    const int S = total_rows >= 2 * T * 2 * by_bytes ? 2 * T : T;
+    const int64_t budget_rows = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
+    const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + 255) / 256 * 256;
+    const int S = static_cast<int>(std::clamp<int64_t>(total_rows / (2 * by_bytes), 1, kFilterSlots));
     // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
     // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
     // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
@@ -724,23 +733,6 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       }
     }
     if (error) std::rethrow_exception(error);
-    return;
-  }
-  const int chunk = chunk_images(s, g);
-  std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
-  bool first = true;
-  for (int n0 = 0; n0 < s.N; n0 += chunk) {
-    const int n_img = std::min(chunk, s.N - n0);
-    const int rows = static_cast<int>(n_img * g.PQ);
-    im2col(s, g, x, n0, n_img, patches.data());
-    const float* dyc = dy + n0 * g.PQ * s.K;
-    // The first chunk overwrites dw (unless accumulating); later chunks add, in chunk order.
-    const float beta = (first && !accumulate) ? 0.0f : 1.0f;
-    for (int grp = 0; grp < s.groups; ++grp)
-      gemm(true, false, g.Kg, g.RSC, rows, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
-           patches.data() + static_cast<int64_t>(grp) * g.RSC, g.ldp, beta,
-           dw + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC);
-    first = false;
   }
 }
 

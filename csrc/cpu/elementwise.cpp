@@ -63,19 +63,17 @@ void add_bias_relu(float* y, const float* b, int64_t rows, int cols) {
 }
 
 void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate) {
-  // Column sums. Each thread sums a contiguous band of rows into its own partial (rows stay
-  // contiguous in memory), then the partials are added in thread order, so the result does not
-  // depend on scheduling.
-  const int threads = (rows * cols > kParallelGrain) ? num_threads() : 1;
-  std::vector<double> partial(static_cast<size_t>(threads) * cols, 0.0);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-#ifdef CONVNET_WITH_OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
-    const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+  // Column sums. The rows are cut into `bands` contiguous bands, their number from the size alone
+  // (never the thread count); each band sums into its own partial (rows stay contiguous in memory),
+  // threads take bands in any order, and the partials are added in band order: the result is the
+  // same for any OMP_NUM_THREADS and any scheduling.
+  constexpr int64_t kMaxBands = 16;
+  const int64_t bands = std::clamp<int64_t>(rows * cols / kParallelGrain, 1, std::max<int64_t>(rows, 1));
+  const int64_t nb = std::min(bands, kMaxBands);
+  std::vector<double> partial(static_cast<size_t>(nb) * cols, 0.0);
+#pragma omp parallel for if (nb > 1) schedule(static)
+  for (int64_t t = 0; t < nb; ++t) {
+    const int64_t begin = rows * t / nb, end = rows * (t + 1) / nb;
     double* acc = partial.data() + static_cast<size_t>(t) * cols;
     for (int64_t r = begin; r < end; ++r) {
       const float* row = dy + r * cols;
@@ -84,7 +82,7 @@ void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumula
   }
   for (int c = 0; c < cols; ++c) {
     double sum = 0.0;
-    for (int t = 0; t < threads; ++t) sum += partial[static_cast<size_t>(t) * cols + c];
+    for (int64_t t = 0; t < nb; ++t) sum += partial[static_cast<size_t>(t) * cols + c];
     db[c] = static_cast<float>(accumulate ? db[c] + sum : sum);
   }
 }
@@ -103,27 +101,38 @@ void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
 }
 
 namespace {
-// out[i] = in[i] * mask(i): the mask of element i comes from Philox block i / 4, word i % 4.
-void apply_dropout_mask(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter) {
+// out[i] = in[i] * mask(offset + i): draw element e comes from Philox block e / 4, word e % 4. The
+// loop runs over the draw's blocks that touch [offset, offset + n), so an offset that is not a
+// multiple of 4 starts and ends inside a block.
+void apply_dropout_mask(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter,
+                        uint64_t offset) {
+  if (n == 0) return;
   const float scale = 1.0f / (1.0f - p);
-  const int64_t blocks = (n + 3) / 4;
+  const uint64_t first = offset / 4, end = offset + static_cast<uint64_t>(n);
+  const int64_t blocks = static_cast<int64_t>((end + 3) / 4 - first);
 #pragma omp parallel for if (n > kParallelGrain / 4) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint64_t blk = first + static_cast<uint64_t>(b);
     float u[4];
-    philox_uniform4(seed, counter, static_cast<uint64_t>(blk), u);
-    const int64_t base = blk * 4;
-    const int count = static_cast<int>(std::min<int64_t>(4, n - base));
-    for (int j = 0; j < count; ++j) out[base + j] = u[j] >= p ? in[base + j] * scale : 0.0f;
+    philox_uniform4(seed, counter, blk, u);
+    for (int j = 0; j < 4; ++j) {
+      const uint64_t e = blk * 4 + j;
+      if (e < offset || e >= end) continue;
+      const int64_t i = static_cast<int64_t>(e - offset);
+      out[i] = u[j] >= p ? in[i] * scale : 0.0f;
+    }
   }
 }
 }  // namespace
 
-void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter) {
-  apply_dropout_mask(x, y, n, p, seed, counter);
+void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,
+                     uint64_t offset) {
+  apply_dropout_mask(x, y, n, p, seed, counter, offset);
 }
 
-void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed, uint64_t counter) {
-  apply_dropout_mask(dy, dx, n, p, seed, counter);
+void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed, uint64_t counter,
+                      uint64_t offset) {
+  apply_dropout_mask(dy, dx, n, p, seed, counter, offset);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,14 +79,20 @@ class Param:
 
 class Context:
     """What a pass needs besides tensors: train or test, the step (for dropout counters), the run's
-    dropout seed, the labels (int32 (N,) on the cost's device) and whether a backward pass follows."""
+    dropout seed, the labels (int32 (N,) on the cost's device), whether a backward pass follows, and
+    sample_offset: the index of this pass's first sample in the step's whole (global) batch, so a
+    micro-batch or one rank's slice draws the dropout masks the whole batch would have."""
 
-    def __init__(self, train: bool, step: int = 0, seed: int = 0, labels=None, backward: bool = False):
+    def __init__(self, train: bool, step: int = 0, seed: int = 0, labels=None, backward: bool = False,
+                 sample_offset: int = 0):
         self.train = train
         self.step = int(step)
         self.seed = int(seed)
         self.labels = labels
         self.backward = backward
+        if int(sample_offset) < 0:
+            raise ValueError(f"Context: sample_offset must be >= 0, got {sample_offset}")
+        self.sample_offset = int(sample_offset)
 
 
 class Layer:
@@ -349,7 +355,10 @@ class Dropout(Layer):
     """Inverted dropout (drop with probability p, scale the kept by 1/(1-p)) while training; the
     identity at test time. The mask is Philox4x32-10 keyed by (run seed, counter) with counter =
     step * 1024 + layer index, regenerated in the backward pass: CPU and CUDA draw the same mask and a
-    resumed run draws the masks the uninterrupted run would have."""
+    resumed run draws the masks the uninterrupted run would have. Sample n of the pass takes the
+    draw's elements from (ctx.sample_offset + n) * features on: the mask belongs to the sample's index
+    in the global batch, not its place in a micro-batch, so splitting a batch across micro-batches or
+    data-parallel ranks draws the same masks as one pass over the whole batch."""
     type = "dropout"
     _options = {"p": 0.5}
 
@@ -361,9 +370,13 @@ class Dropout(Layer):
     def counter(self, step: int) -> int:
         return dropout_counter(step, self.index)
 
+    def offset(self, ctx) -> int:
+        """The draw's element index of this pass's first element: sample_offset * features."""
+        return ctx.sample_offset * int(np.prod(self.out_shape))
+
     def forward(self, xs, y, ctx):
         if ctx.train and self.p > 0:
-            ops.dropout_forward(xs[0], y, float(self.p), ctx.seed, self.counter(ctx.step))
+            ops.dropout_forward(xs[0], y, float(self.p), ctx.seed, self.counter(ctx.step), self.offset(ctx))
         else:
             ops.copy_(y, xs[0])
 
@@ -371,7 +384,7 @@ class Dropout(Layer):
         if dxs[0] is None:
             return
         if ctx.train and self.p > 0:
-            ops.dropout_backward(dy, dxs[0], float(self.p), ctx.seed, self.counter(ctx.step))
+            ops.dropout_backward(dy, dxs[0], float(self.p), ctx.seed, self.counter(ctx.step), self.offset(ctx))
         else:
             ops.copy_(dxs[0], dy)
 

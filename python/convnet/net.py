@@ -363,11 +363,12 @@ class Net:
         self._n = n
 
     def forward(self, x, labels=None, train: bool = False, step: int = 0, seed: int = 0,
-                backward: bool | None = None):
+                backward: bool | None = None, sample_offset: int = 0):
         """Run the net on x (N, H, W, C) float32 (numpy or Tensor) -> the cost's statistics (3,)
         [mean loss, top-1 hits, top-5 hits] as a device Tensor when labels are given (int32 (N,)),
-        else the logits (N, classes) Tensor. `train` turns dropout on (masks keyed by (seed, step));
-        `backward` (default: train) keeps what backward() needs."""
+        else the logits (N, classes) Tensor. `train` turns dropout on (masks keyed by (seed, step)
+        and each sample's index sample_offset + n in the step's global batch, so x may be a slice of
+        it); `backward` (default: train) keeps what backward() needs."""
         data = self.data_layer
         if isinstance(x, np.ndarray):
             if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -388,7 +389,7 @@ class Net:
         backward = train if backward is None else backward
         if backward and (labels is None or self.cost_layer is None):
             raise ValueError("Net.forward: a training pass needs labels and a softmax cost layer")
-        ctx = Context(train, step, seed, labels, backward)
+        ctx = Context(train, step, seed, labels, backward, sample_offset)
         self._ctx = ctx
         self._barrier()
         try:
