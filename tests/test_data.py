@@ -454,3 +454,44 @@ def test_loader_worker_exception(workers):
 def test_loader_rejects_bad_crop():
     with pytest.raises(ValueError):
         BatchLoader(_indexed(4, size=8), 2, train=True, crop=9)
+
+
+# --- sharded loading (data parallel) -------------------------------------------------------------
+
+class _Counting(ArrayDataset):
+    """Records every index it is asked to read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = []
+
+    def get_batch(self, indices):
+        self.read.extend(int(i) for i in indices)
+        return super().get_batch(indices)
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+@pytest.mark.parametrize("crop,lighting", [(9, 0.1), (None, 0.1), (9, 0.0)])
+def test_loader_shards_concatenate_to_the_whole_batch(count, crop, lighting):
+    # Each rank's shard holds exactly its rows of the unsharded batch (same images, crops, flips and
+    # lighting), and it reads only those images.
+    train, _ = builtin(n_train=120, n_test=10)
+    whole = _all(BatchLoader(train, 24, train=True, crop=crop, lighting=lighting, workers=0, seed=3))
+    parts = []
+    for index in range(count):
+        ds = _Counting(train.images, train.labels, train.class_names, stats_from=train)  # same mean, PCA
+        loader = BatchLoader(ds, 24, train=True, crop=crop, lighting=lighting, workers=index % 2, seed=3,
+                             shard=(index, count))
+        parts.append(_all(loader))
+        lo, hi = loader.shard_rows(24)
+        assert len(ds.read) == len(whole) * (hi - lo)   # never the whole batch
+    for b, (x, y) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([p[b][0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
+
+
+def test_loader_shard_errors():
+    with pytest.raises(ValueError, match="shard"):
+        BatchLoader(_indexed(8), 4, train=False, shard=(2, 2))
+    with pytest.raises(ValueError, match="shard"):
+        BatchLoader(_indexed(8), 4, train=False, shard=(0, 0))

@@ -44,6 +44,11 @@ class BatchLoader:
     drop_last   drop the last incomplete batch; default: `train`
     prefetch    batches submitted ahead of the one being consumed
     scale       inputs are (pixel - mean) * scale, see the module docstring
+    shard       (index, count) or None: yield only rows [n*index//count, n*(index+1)//count) of each
+                batch of n (a data-parallel rank's slice, convnet.distributed). Only those images
+                are read and decoded, and their crops, flips, lighting and replacements are the ones
+                the whole batch would draw (they are drawn for the whole batch, then sliced), so the
+                concatenated shards equal the unsharded batch exactly.
 
     `set_epoch(e)` selects the epoch the next `iter()` produces (or use `loader.epoch(e)`).
     Images that fail to decode (BadImageError) are replaced by a random other image, chosen
@@ -55,13 +60,20 @@ class BatchLoader:
 
     def __init__(self, dataset, batch_size: int, train: bool, crop: int | None = None,
                  flip: bool = True, lighting: float = 0.1, seed: int = 0, workers: int = 2,
-                 drop_last: bool | None = None, prefetch: int = 4, scale: float = PIXEL_SCALE):
+                 drop_last: bool | None = None, prefetch: int = 4, scale: float = PIXEL_SCALE,
+                 shard: tuple | None = None):
         h, w = dataset.image_shape[:2]
         if crop is not None and not 0 < crop <= min(h, w):
             raise ValueError(f"BatchLoader: crop {crop} does not fit images of {h}x{w}")
         if batch_size < 1 or workers < 0 or prefetch < 1:
             raise ValueError(f"BatchLoader: want batch_size >= 1, workers >= 0, prefetch >= 1; "
                              f"got {batch_size}, {workers}, {prefetch}")
+        if shard is not None:
+            index, count = (int(v) for v in shard)
+            if not (count >= 1 and 0 <= index < count):
+                raise ValueError(f"BatchLoader: shard (index, count) must have 0 <= index < count, got {shard}")
+            shard = (index, count)
+        self.shard = shard
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.train = bool(train)
@@ -107,15 +119,25 @@ class BatchLoader:
         rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 0]))
         return rng.permutation(len(self.dataset))
 
-    def make_batch(self, order, epoch: int, b: int):
-        """Batch b of the epoch whose order is `order` -> (x, y, paths of skipped images)."""
-        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-        images, labels, skipped = self._gather(idx, epoch, b)
-        rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 1, b]))
-        return self._transform(images, rng), labels, skipped
+    def shard_rows(self, n: int) -> tuple:
+        """(lo, hi): the rows of a batch of n that this loader yields (all of them without a shard)."""
+        if self.shard is None:
+            return 0, n
+        index, count = self.shard
+        return n * index // count, n * (index + 1) // count
 
-    def _gather(self, idx, epoch: int, b: int):
-        """uint8 (n, H, W, 3), int32 (n,), skipped paths. Bad images are replaced, see class doc."""
+    def make_batch(self, order, epoch: int, b: int):
+        """Batch b of the epoch whose order is `order` -> (x, y, paths of skipped images); with a
+        shard, only its rows of the batch."""
+        whole = order[b * self.batch_size:(b + 1) * self.batch_size]
+        lo, hi = self.shard_rows(len(whole))
+        images, labels, skipped = self._gather(whole[lo:hi], epoch, b, first=lo)
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 1, b]))
+        return self._transform(images, rng, len(whole), lo), labels, skipped
+
+    def _gather(self, idx, epoch: int, b: int, first: int = 0):
+        """uint8 (n, H, W, 3), int32 (n,), skipped paths. Bad images are replaced, see class doc;
+        idx are rows first, first + 1, ... of the batch (the replacement stream follows the row)."""
         ds = self.dataset
         try:
             images, labels = ds.get_batch(idx)
@@ -127,7 +149,7 @@ class BatchLoader:
         skipped = []
         for j, i in enumerate(idx):
             # The replacement stream depends on (seed, epoch, batch, position) only.
-            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 2, b, j]))
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 2, b, first + j]))
             for _ in range(MAX_REPLACEMENTS):
                 try:
                     images[j], labels[j] = ds.get(int(i))
@@ -140,16 +162,25 @@ class BatchLoader:
                                    f"last: {skipped[-1]}")
         return images, labels, skipped
 
-    def _transform(self, images, rng):
-        """uint8 (n, H, W, 3) -> float32 (n, crop, crop, 3): crop, flip, lighting, normalise."""
+    def _transform(self, images, rng, n_whole: int | None = None, lo: int = 0):
+        """uint8 (n, H, W, 3) -> float32 (n, crop, crop, 3): crop, flip, lighting, normalise.
+
+        `images` are rows lo .. lo + n of a batch of n_whole (default: the whole batch). The random
+        choices are drawn for all n_whole rows, in the order augment.random_crop_flip draws them,
+        and sliced, so a shard gets exactly its rows of the whole batch's augmentation."""
         n, h, w = images.shape[:3]
+        n_whole = n if n_whole is None else int(n_whole)
+        rows = slice(lo, lo + n)
         mean = self._mean                       # (3,) or (H, W, 3)
         if self.train and self.crop is not None:
-            images, (ys, xs, flips) = augment.random_crop_flip(images, self.crop, rng, self.flip)
+            ys = rng.integers(0, h - self.crop + 1, n_whole)[rows]
+            xs = rng.integers(0, w - self.crop + 1, n_whole)[rows]
+            flips = (rng.random(n_whole) < 0.5)[rows] if self.flip else np.zeros(n, dtype=bool)
+            images = augment.crop(images, ys, xs, self.crop, flips)
             if mean.ndim == 3:                  # the mean image follows each crop and flip
                 mean = augment.crop(mean, ys, xs, self.crop, flips)
         elif self.train and self.flip:          # whole images, mirrored
-            flips = rng.random(n) < 0.5
+            flips = (rng.random(n_whole) < 0.5)[rows]
             images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
             if mean.ndim == 3:
                 mean = np.where(flips[:, None, None, None], mean[:, ::-1], mean)
@@ -159,7 +190,7 @@ class BatchLoader:
                 mean = augment.center_crop(mean, self.crop)
         offsets = None
         if self.lighting > 0:
-            offsets = augment.lighting_offsets(n, *self._pca, rng, std=self.lighting)
+            offsets = augment.lighting_offsets(n_whole, *self._pca, rng, std=self.lighting)[rows]
         return np.ascontiguousarray(augment.normalize(images, mean, self.scale, offsets))
 
 
