@@ -186,6 +186,8 @@ with .numpy(); move it with .to(device).
       .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
       .def_property_readonly("numel", &Tensor::numel)
       .def_property_readonly("nbytes", &Tensor::nbytes)
+      .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); },
+                             "The address of the first element (for NCCL and other engines; convnet/nccl.py).")
       .def_property_readonly("ndim", &Tensor::dim)
       .def("__len__", [](const Tensor& t) { return t.dim() ? t.size(0) : 0; })
       .def("same_storage", &Tensor::same_storage)

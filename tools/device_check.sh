@@ -40,6 +40,13 @@ else
   echo "compute-sanitizer not found"; STATUS[memcheck]="not run (no compute-sanitizer)"
 fi
 
+# Data parallelism: NCCL (loaded at run time from the nvidia-nccl-cu13 wheel) on the GPU, then the
+# MPI data-parallel tests and benchmark (K = 1, 2 ranks on this machine's CPUs).
+python3 -m pip install -q "nvidia-nccl-cu13" "mpi4py>=4" mpich >/dev/null 2>&1 || echo "pip install of nccl/mpi failed"
+step nccl python3 tools/nccl_check.py || true
+step distributed python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_distributed.py tests/test_nccl.py || true
+step bench_dp python3 benchmarks/bench_dp.py --json "$OUT/bench_dp.json" || true
+
 step bench_conv python3 benchmarks/bench_conv.py --device cuda:0 --json "$OUT/bench_conv.json" || true
 if [ -f benchmarks/bench_train.py ]; then
   step bench_train python3 benchmarks/bench_train.py --device cuda:0 --json "$OUT/bench_train.json" || true
@@ -47,7 +54,7 @@ fi
 
 echo
 echo "=== summary ($(cat "$OUT/gpu.txt" 2>/dev/null), commit $(cat "$OUT/commit.txt" 2>/dev/null))"
-for name in build tests memcheck racecheck bench_conv bench_train; do
+for name in build tests memcheck racecheck nccl distributed bench_dp bench_conv bench_train; do
   [ -n "${STATUS[$name]:-}" ] && printf '%-12s %s\n' "$name" "${STATUS[$name]}"
 done
 tail -n 3 "$OUT/tests.log" 2>/dev/null
