@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -23,13 +24,34 @@ namespace cuda {
       ::convnet::cuda::throw_cuda_error(convnet_err_, #expr, __FILE__, __LINE__);  \
   } while (0)
 
-// After every launch: a bad configuration shows up here, naming the kernel.
-#define CONVNET_LAUNCH_CHECK(kernel_name)                                                 \
-  do {                                                                                    \
-    cudaError_t convnet_err_ = cudaGetLastError();                                        \
-    if (convnet_err_ != cudaSuccess)                                                      \
-      ::convnet::cuda::throw_cuda_error(convnet_err_, "launch of " kernel_name, __FILE__, \
-                                        __LINE__);                                        \
+// CONVNET_SYNC=1 (read once per process; any value but empty or "0"): the debug mode in which every
+// launch check also waits for the kernel, so a fault inside a kernel (an illegal address, a trap) is
+// reported by that kernel's own check, naming it, instead of by some later, unrelated call. Slow: it
+// serialises the host with the device after every kernel.
+inline bool sync_after_launch() {
+  static const bool on = [] {
+    const char* v = std::getenv("CONVNET_SYNC");
+    return v != nullptr && v[0] != '\0' && std::string(v) != "0";
+  }();
+  return on;
+}
+
+// After every launch: a bad configuration shows up here, naming the kernel; under CONVNET_SYNC=1 so
+// does a fault while the kernel ran (the launch was on current_stream()).
+#define CONVNET_LAUNCH_CHECK(kernel_name)                                                   \
+  do {                                                                                      \
+    cudaError_t convnet_err_ = cudaGetLastError();                                          \
+    if (convnet_err_ != cudaSuccess)                                                        \
+      ::convnet::cuda::throw_cuda_error(convnet_err_, "launch of " kernel_name, __FILE__,   \
+                                        __LINE__);                                          \
+    if (::convnet::cuda::sync_after_launch()) {                                             \
+      convnet_err_ = cudaStreamSynchronize(::convnet::cuda::current_stream());              \
+      if (convnet_err_ == cudaSuccess) convnet_err_ = cudaGetLastError();                   \
+      if (convnet_err_ != cudaSuccess)                                                      \
+        ::convnet::cuda::throw_cuda_error(convnet_err_, "kernel " kernel_name               \
+                                          " (CONVNET_SYNC=1: waited after its launch)",     \
+                                          __FILE__, __LINE__);                              \
+    }                                                                                       \
   } while (0)
 
 // The stream every kernel of the current device is launched on: this thread's compute stream of the

@@ -48,6 +48,10 @@ tmp=$(mktemp -d)
 step "order_check forward" env CONVNET_EMU_ORDER=forward python3 tools/cuda_emu/order_check.py run "$tmp/f.npz"
 step "order_check reverse" env CONVNET_EMU_ORDER=reverse python3 tools/cuda_emu/order_check.py run "$tmp/r.npz"
 step "order_check compare" python3 tools/cuda_emu/order_check.py compare "$tmp/f.npz" "$tmp/r.npz"
+# The debug mode (CONVNET_SYNC=1, cuda/common.cuh: a wait and a check after every launch) runs every
+# op and changes no result.
+step "order_check CONVNET_SYNC=1" env CONVNET_SYNC=1 python3 tools/cuda_emu/order_check.py run "$tmp/s.npz"
+step "order_check compare sync" python3 tools/cuda_emu/order_check.py compare "$tmp/f.npz" "$tmp/s.npz"
 rm -rf "$tmp"
 step "pytest, reverse order" env CONVNET_EMU_ORDER=reverse python3 -m pytest -q -m "not slow" "${K[@]}" "$@" "${FILES[@]}"
 # Other machine shapes: one SM (no split-K: the direct-write GEMM / backward-filter paths), and two

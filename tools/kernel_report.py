@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""What the compiler makes of the CUDA kernels, without a GPU.
+
+Compiles every cuda/*.cu for one architecture (sm_90 by default) with the project's nvcc flags
+(CMakeLists.txt: -O3 --expt-relaxed-constexpr -lineinfo), and prints per kernel:
+
+  * registers, spill stores/loads, stack frame, static shared memory (``ptxas -v``);
+  * theoretical occupancy on H100 (64K registers, 228 KB shared memory, 2048 threads and 32 blocks
+    per SM; registers allocated per warp in units of 256, 1 KB of shared memory reserved per block);
+  * for the kernels whose names contain ``conv`` or ``gemm``, the instruction mix of the main loop
+    (``cuobjdump -sass``): the backward branch whose body holds the most FFMA. Counts are static,
+    over the loop body: FFMA share of all instructions (NOPs excluded), LDS / LDG / STS by width,
+    integer-division sequences (an ``I2F*.RP`` starts each inlined one; a ``CALL`` is a 64-bit
+    division or other subroutine), local-memory traffic (LDL / STL) and cp.async (LDGSTS).
+
+With ``--model`` it adds a per-layer time model for AlexNet-2012 and OWT (one weird trick) at a
+batch (default 128): compute time = FLOPs / (peak x FFMA share of the kernel that runs the pass),
+memory time = compulsory bytes / bandwidth, modelled time = the larger. The FFMA share is the best
+the issue slots allow (one warp instruction per scheduler per clock; every non-FFMA takes a slot);
+stalls, occupancy and wave tails come on top, so the model is optimistic. cuDNN's times are
+estimates (see CUDNN_EFFICIENCY), not measurements.
+
+Needs nvcc on PATH and cuobjdump + nvdisasm (``pip install nvidia-cuda-cuobjdump
+nvidia-cuda-nvdisasm``: the script looks in site-packages/nvidia/*/bin too).
+
+    python tools/kernel_report.py                    # table
+    python tools/kernel_report.py --model --markdown # table + time model, as Markdown
+    python tools/kernel_report.py --json out.json
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The flags CMakeLists.txt gives nvcc (CMAKE_BUILD_TYPE Release adds -O3), minus warnings.
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DCONVNET_WITH_CUDA=1"]
+
+# H100 SXM5 per SM (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability", 9.0)
+SM_REGS, SM_SMEM, SM_THREADS, SM_BLOCKS, SMEM_RESERVED = 65536, 228 * 1024, 2048, 32, 1024
+PEAK_FP32 = 66.9e12   # H100 SXM5 FP32 non-tensor (NVIDIA H100 datasheet)
+BANDWIDTH = 3.35e12   # H100 SXM5 HBM3
+# cuDNN strict FP32 (no TF32) as a fraction of FP32 peak. An ESTIMATE, not a measurement: CUTLASS's
+# SIMT SGEMM, the class cuDNN's FP32 implicit-GEMM kernels belong to, is reported at ~80-90 % of
+# FP32 peak on large square GEMMs (CUTLASS README / "CUTLASS: Fast Linear Algebra in CUDA C++",
+# NVIDIA blog 2017); implicit-GEMM conv loses some to the gather, and conv1 (C = 3, stride 4) much
+# more. Replace with bench_conv.py's torch column once a GPU has run it.
+CUDNN_EFFICIENCY = {"conv1": 0.45, "conv": 0.70, "fc": 0.80}
+
+
+# --- compile and parse --------------------------------------------------------------------------
+
+def find_tool(name):
+    path = shutil.which(name)
+    if path:
+        return path
+    for base in [sysconfig.get_paths()["purelib"]] + sys.path:
+        hits = glob.glob(os.path.join(base, "nvidia", "*", "bin", name))
+        if hits:
+            return hits[0]
+    return None
+
+
+def demangle(names):
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+def short_name(demangled):
+    """'void convnet::cuda::(anonymous namespace)::gemm_kernel<true, false>(Params)' -> 'gemm_kernel<true, false>'"""
+    name = re.sub(r"^void\s+", "", demangled.replace("(anonymous namespace)::", ""))
+    name = name.split("(")[0]
+    head, _, args = name.partition("<")
+    return head.split("::")[-1] + ("<" + args if args else "")
+
+
+def compile_file(cu, arch, workdir):
+    cubin = os.path.join(workdir, os.path.basename(cu) + ".cubin")
+    cmd = ["nvcc", "-cubin", f"-arch=sm_{arch}", *NVCC_FLAGS, "-Xptxas", "-v",
+           "-I", os.path.join(ROOT, "cuda"), "-I", os.path.join(ROOT, "csrc"), "-o", cubin, cu]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"nvcc failed on {cu}:\n{res.stderr}")
+    return cubin, res.stderr
+
+
+def parse_ptxas(text):
+    kernels, current = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            current = kernels.setdefault(m.group(1), {"regs": 0, "spill_st": 0, "spill_ld": 0,
+                                                      "stack": 0, "smem": 0})
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current["stack"], current["spill_st"], current["spill_ld"] = map(int, m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            current["smem"] = int(s.group(1)) if s else 0
+    return kernels
+
+
+def parse_max_threads(cuobjdump, cubin):
+    """EIATTR_MAX_THREADS (from __launch_bounds__) per mangled kernel name."""
+    out = subprocess.run([cuobjdump, "-elf", cubin], capture_output=True, text=True).stdout
+    result, section, attr = {}, None, None
+    for line in out.splitlines():
+        m = re.match(r"^\.nv\.info\.(\S+)", line)
+        if m:
+            section, attr = m.group(1), None
+            continue
+        a = re.search(r"Attribute:\s+(\S+)", line)
+        if a:
+            attr = a.group(1)
+            continue
+        m = re.search(r"Value:\s+0x([0-9a-f]+) 0x([0-9a-f]+) 0x([0-9a-f]+)", line)
+        if m and section and attr == "EIATTR_MAX_THREADS":
+            result[section] = int(m.group(1), 16) * int(m.group(2), 16) * int(m.group(3), 16)
+    return result
+
+
+def parse_sass(cuobjdump, cubin):
+    """{mangled name: [(address, opcode, full text)]}"""
+    out = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"cuobjdump -sass failed (is nvdisasm installed?):\n{out.stderr}")
+    funcs, cur = {}, None
+    for line in out.stdout.splitlines():
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m and cur is not None:
+            text = m.group(2).strip()
+            parts = text.split()
+            op = parts[1] if parts[0].startswith("@") else parts[0]
+            cur.append((int(m.group(1), 16), op, text))
+    return funcs
+
+
+def main_loop(instrs):
+    """The loop (a backward branch and its target) whose body holds the most FFMA."""
+    best = None
+    for i, (addr, op, text) in enumerate(instrs):
+        if not op.startswith("BRA"):
+            continue
+        m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", text)
+        if not m or m.group(1) is None:
+            continue
+        target = int(m.group(1), 16)
+        if target > addr:
+            continue
+        body = [ins for ins in instrs if target <= ins[0] <= addr]
+        ffma = sum(1 for ins in body if ins[1].startswith("FFMA"))
+        if ffma and (best is None or ffma > best[0] or (ffma == best[0] and len(body) < len(best[1]))):
+            best = (ffma, body, target, addr)
+    return best
+
+
+def width(op):
+    parts = op.split(".")
+    for w in ("128", "64"):
+        if w in parts:
+            return w
+    return "32"
+
+
+def mix(body):
+    ops = [op for _, op, _ in body if not op.startswith("NOP")]
+    m = {"instr": len(ops), "ffma": sum(op.startswith("FFMA") for op in ops)}
+    for kind in ("LDS", "LDG", "STS", "STG"):
+        widths = {}
+        for op in ops:
+            if op.split(".")[0] == kind:
+                widths[width(op)] = widths.get(width(op), 0) + 1
+        m[kind.lower()] = widths
+    m["ldgsts"] = sum(op.startswith("LDGSTS") for op in ops)
+    m["local"] = sum(op.split(".")[0] in ("LDL", "STL") for op in ops)
+    m["div"] = sum(op.startswith("I2F") and ".RP" in op for op in ops)
+    m["call"] = sum(op.startswith("CALL") for op in ops)
+    m["bar"] = sum(op.startswith("BAR") for op in ops)
+    m["ffma_share"] = m["ffma"] / m["instr"] if m["instr"] else 0.0
+    return m
+
+
+def occupancy(regs, smem, threads):
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
+    by_regs = (SM_REGS // regs_per_warp) // warps
+    by_smem = SM_SMEM // (smem + SMEM_RESERVED)
+    by_threads = SM_THREADS // (warps * 32)
+    blocks = min(by_regs, by_smem, by_threads, SM_BLOCKS)
+    limiter = min((by_regs, "regs"), (by_smem, "smem"), (by_threads, "threads"), (SM_BLOCKS, "blocks"))[1]
+    return blocks, blocks * warps, limiter
+
+
+def report(arch, files):
+    cuobjdump = find_tool("cuobjdump")
+    nvdisasm = find_tool("nvdisasm")
+    if not cuobjdump or not nvdisasm:
+        raise SystemExit("needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+    os.environ["PATH"] = os.path.dirname(nvdisasm) + os.pathsep + os.environ["PATH"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cu in files:
+            cubin, log = compile_file(cu, arch, tmp)
+            kernels = parse_ptxas(log)
+            threads = parse_max_threads(cuobjdump, cubin)
+            sass = parse_sass(cuobjdump, cubin)
+            names = demangle(list(kernels))
+            for mangled, k in kernels.items():
+                name = short_name(names[mangled])
+                t = threads.get(mangled)
+                row = dict(file=os.path.basename(cu), kernel=name, mangled=mangled, threads=t, **k)
+                row["blocks_per_sm"], row["warps_per_sm"], row["limiter"] = occupancy(k["regs"], k["smem"], t or 256)
+                if ("conv" in name or "gemm" in name) and mangled in sass:
+                    loop = main_loop(sass[mangled])
+                    if loop:
+                        row["main_loop"] = mix(loop[1])
+                        row["main_loop"]["range"] = f"0x{loop[2]:x}-0x{loop[3]:x}"
+                rows.append(row)
+    return rows
+
+
+def fmt_widths(w):
+    return " ".join(f"{n}x{b}" for b, n in sorted(w.items(), key=lambda kv: -int(kv[0]))) or "-"
+
+
+def print_table(rows, md):
+    head = ["file", "kernel", "thr", "regs", "spill st/ld", "smem B", "blocks/SM (warps)", "limit",
+            "FFMA share", "instr", "LDS", "LDG", "STS", "cp.async", "div", "call", "local"]
+    lines = []
+    for r in rows:
+        m = r.get("main_loop")
+        lines.append([r["file"], r["kernel"], str(r["threads"] or "256?"), str(r["regs"]),
+                      f"{r['spill_st']}/{r['spill_ld']}", str(r["smem"]),
+                      f"{r['blocks_per_sm']} ({r['warps_per_sm']})", r["limiter"],
+                      f"{100 * m['ffma_share']:.0f} %" if m else "", str(m["instr"]) if m else "",
+                      fmt_widths(m["lds"]) if m else "", fmt_widths(m["ldg"]) if m else "",
+                      fmt_widths(m["sts"]) if m else "", str(m["ldgsts"]) if m else "",
+                      str(m["div"]) if m else "", str(m["call"]) if m else "", str(m["local"]) if m else ""])
+    if md:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for l in lines:
+            print("| " + " | ".join(x.replace("|", "/") for x in l) + " |")
+    else:
+        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+        for l in lines:
+            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+
+
+# --- time model -----------------------------------------------------------------------------------
+
+# (H, W, C, K, R, S, stride, pad, groups), as benchmarks/bench_conv.py
+CONV_LAYERS = {
+    "2012.conv1": (227, 227, 3, 96, 11, 11, 4, 0, 1),
+    "2012.conv2": (27, 27, 96, 256, 5, 5, 1, 2, 2),
+    "2012.conv3": (13, 13, 256, 384, 3, 3, 1, 1, 1),
+    "2012.conv4": (13, 13, 384, 384, 3, 3, 1, 1, 2),
+    "2012.conv5": (13, 13, 384, 256, 3, 3, 1, 1, 2),
+    "owt.conv1": (224, 224, 3, 64, 11, 11, 4, 2, 1),
+    "owt.conv2": (27, 27, 64, 192, 5, 5, 1, 2, 1),
+    "owt.conv3": (13, 13, 192, 384, 3, 3, 1, 1, 1),
+    "owt.conv4": (13, 13, 384, 256, 3, 3, 1, 1, 1),
+    "owt.conv5": (13, 13, 256, 256, 3, 3, 1, 1, 1),
+}
+FC_LAYERS = {"fc6": (9216, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}
+
+
+def kernel_share(rows, prefix):
+    shares = [r["main_loop"]["ffma_share"] for r in rows if r["kernel"].startswith(prefix) and "main_loop" in r]
+    return min(shares) if shares else None
+
+
+def time_model(rows, batch):
+    share = {"fwd": kernel_share(rows, "conv_forward"), "bwd_data": kernel_share(rows, "conv_backward_data"),
+             "bwd_filter": kernel_share(rows, "conv_backward_filter"), "fc": kernel_share(rows, "gemm_kernel")}
+    out = []
+    for name, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items():
+        P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+        flops = 2.0 * batch * P * Q * K * R * S * (C // g)
+        x, y, w = 4.0 * batch * H * W * C, 4.0 * batch * P * Q * K, 4.0 * K * R * S * (C // g)
+        eff = CUDNN_EFFICIENCY["conv1" if name.endswith("conv1") else "conv"]
+        for pass_, bytes_ in (("fwd", x + w + y), ("bwd_data", y + w + x), ("bwd_filter", x + y + w)):
+            out.append(model_row(name, pass_, flops, bytes_, share[pass_], eff))
+    for name, (cin, cout) in FC_LAYERS.items():
+        flops = 2.0 * batch * cin * cout
+        bytes_ = 4.0 * (batch * cin + cin * cout + batch * cout)
+        for pass_ in ("fwd", "bwd_data", "bwd_filter"):
+            out.append(model_row(name, pass_, flops, bytes_, share["fc"], CUDNN_EFFICIENCY["fc"]))
+    return out
+
+
+def model_row(layer, pass_, flops, bytes_, share, cudnn_eff):
+    t_mem = bytes_ / BANDWIDTH
+    t_ours = max(flops / (PEAK_FP32 * share), t_mem) if share else None
+    t_cudnn = max(flops / (PEAK_FP32 * cudnn_eff), t_mem)
+    return dict(layer=layer, pass_=pass_, gflop=flops / 1e9, mbytes=bytes_ / 1e6, ffma_share=share,
+                ours_ms=t_ours * 1e3 if t_ours else None, cudnn_est_ms=t_cudnn * 1e3,
+                ratio=t_ours / t_cudnn if t_ours else None)
+
+
+def print_model(model, md, batch):
+    head = ["layer", "pass", "GFLOP", "MB", "FFMA share", "model ms", "cuDNN est. ms", "model / cuDNN"]
+    lines = [[m["layer"], m["pass_"], f"{m['gflop']:.1f}", f"{m['mbytes']:.0f}",
+              f"{100 * m['ffma_share']:.0f} %" if m["ffma_share"] else "?",
+              f"{m['ours_ms']:.3f}" if m["ours_ms"] else "?", f"{m['cudnn_est_ms']:.3f}",
+              f"{m['ratio']:.2f}" if m["ratio"] else "?"] for m in model]
+    print(f"\ntime model, batch {batch}, H100 SXM5 (FP32 {PEAK_FP32 / 1e12:.1f} TFLOP/s, {BANDWIDTH / 1e12:.2f} TB/s)")
+    if md:
+        print("\n| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for l in lines:
+            print("| " + " | ".join(l) + " |")
+    else:
+        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+        for l in lines:
+            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+    for net in ("2012", "owt"):
+        rows = [m for m in model if m["layer"].startswith(net + ".") or m["layer"].startswith("fc")]
+        ours = sum(m["ours_ms"] or 0 for m in rows)
+        cudnn = sum(m["cudnn_est_ms"] for m in rows)
+        print(f"{net}: conv+fc, all passes: model {ours:.2f} ms, cuDNN estimate {cudnn:.2f} ms, ratio {ours / cudnn:.2f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="90")
+    ap.add_argument("--files", nargs="*", help="default: every cuda/*.cu")
+    ap.add_argument("--model", action="store_true", help="add the per-layer time model")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    files = args.files or sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu")))
+    rows = report(args.arch, files)
+    print_table(rows, args.markdown)
+    model = time_model(rows, args.batch) if args.model else None
+    if model:
+        print_model(model, args.markdown, args.batch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"arch": args.arch, "kernels": rows, "model": model}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
