@@ -168,7 +168,7 @@ def _lrn_window_sum(v, size):
     """out[..., c] = sum of v[..., c2] for c2 in [c - size//2, c - size//2 + size), inside [0, C)."""
     C, lo = v.shape[-1], size // 2
     out = np.zeros_like(v)
-    for o in range(size):
+    for o in range(max(0, lo - C + 1), min(size, lo + C)):  # taps with |shift| >= C add nothing
         shift = o - lo  # c2 = c + shift
         if abs(shift) >= C:
             continue  # the tap lies outside [0, C) for every channel
@@ -191,7 +191,7 @@ def lrn_backward(x, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     # element i is in the window of j when j = i - shift for each window offset: the transpose sum.
     C, lo = x.shape[-1], size // 2
     back = np.zeros_like(x)
-    for o in range(size):
+    for o in range(max(0, lo - C + 1), min(size, lo + C)):
         shift = o - lo
         if abs(shift) >= C:
             continue
