@@ -5,6 +5,7 @@
 // it calls the cpu:: or cuda:: kernel of backend.h on the tensors' device.
 #include "ops.h"
 
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <sstream>
@@ -491,8 +492,10 @@ void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, c
 namespace {
 LrnParams lrn_params(const char* op, int size, float alpha, float beta, float k, bool alpha_over_size) {
   if (size <= 0) fail(op, "size must be positive, got " + std::to_string(size));
-  if (!(k > 0.0f) || alpha < 0.0f || beta < 0.0f)
-    fail(op, "need k > 0, alpha >= 0 and beta >= 0 (got k=" + std::to_string(k) + ", alpha=" +
+  // Written so that NaN fails every test; infinities would make every output 0 or NaN.
+  if (!(k > 0.0f) || !(alpha >= 0.0f) || !(beta >= 0.0f) || !std::isfinite(k) || !std::isfinite(alpha) ||
+      !std::isfinite(beta))
+    fail(op, "need finite k > 0, alpha >= 0 and beta >= 0 (got k=" + std::to_string(k) + ", alpha=" +
                  std::to_string(alpha) + ", beta=" + std::to_string(beta) + ")");
   return LrnParams{size, alpha_over_size ? alpha / size : alpha, beta, k};
 }
