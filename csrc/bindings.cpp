@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "backend.h"
+#include "cpu/parallel.h"
 #include "ops.h"
 #include "streams.h"
 #include "tensor.h"
@@ -302,6 +303,22 @@ with .numpy(); move it with .to(device).
     const PoolShape s = ops::pool_shape(to_shape(x_shape), window, stride, pad, "pool_output_shape");
     return py::make_tuple(s.N, s.P, s.Q, s.C);
   }, py::arg("x_shape"), py::arg("window"), py::arg("stride"), py::arg("pad") = Pair{0, 0});
+
+  // ---- CPU driver selection: test hooks (csrc/cpu/parallel.h) ---------------------------------
+  m.def("set_cpu_path", [](const std::string& path) {
+    if (path == "auto") cpu::set_forced_path(cpu::ForcedPath::Auto);
+    else if (path == "serial") cpu::set_forced_path(cpu::ForcedPath::Serial);
+    else if (path == "parallel") cpu::set_forced_path(cpu::ForcedPath::Parallel);
+    else throw std::invalid_argument("set_cpu_path: expected 'auto', 'serial' or 'parallel', got '" + path + "'");
+  }, py::arg("path"),
+     "Force the CPU kernels' driver selectors (conv driver, GEMM threads, parallel loops): 'serial', "
+     "'parallel', or 'auto' (by size and thread count, the default). For tests: every path on any machine.");
+  m.def("cpu_path", []() { return std::string(cpu::path_name(cpu::forced_path())); });
+  m.def("set_cpu_threads", [](int threads) {
+    if (threads < 1) throw std::invalid_argument("set_cpu_threads: threads must be >= 1, got " + std::to_string(threads));
+    cpu::set_num_threads(threads);
+  }, py::arg("threads"), "Threads of the CPU kernels from now on (OpenMP); build_info()['cpu_threads'] reads it.");
+  m.def("cpu_threads", &cpu::num_threads);
 
   // ---- ops (contracts in csrc/ops.h) ---------------------------------------------------------
   py::module_ o = m.def_submodule("ops", "Every op of convnet; outputs are passed in and written.");

@@ -5,6 +5,7 @@
 // it calls the cpu:: or cuda:: kernel of backend.h on the tensors' device.
 #include "ops.h"
 
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <sstream>
@@ -76,7 +77,25 @@ float* data_or_null(const OptTensor& t) { return t ? t->f32() : nullptr; }
 
 int to_int(const char* op, const char* what, int64_t v) {
   if (v > 0x7fffffff) fail(op, std::string(what) + " = " + std::to_string(v) + " is too large (over 2^31)");
+  if (v < 0) fail(op, std::string(what) + " = " + std::to_string(v) + " is negative");
   return static_cast<int>(v);
+}
+
+// a * b for sizes that the kernels index with int: ValueError naming `what` when over 2^31 - 1.
+int64_t int_product(const char* op, const char* what, std::initializer_list<int64_t> factors) {
+  int64_t n = 1;
+  for (int64_t f : factors)
+    if (__builtin_mul_overflow(n, f, &n) || n > 0x7fffffff)
+      fail(op, std::string(what) + " is over 2^31 - 1, more than the kernels' 32-bit indices hold");
+  return n;
+}
+
+// Output extent of a window sliding over `in` positions padded by `pad` each side, in int64 so that
+// large pads cannot wrap; -1 when the window does not fit.
+int64_t sliding_extent(int64_t in, int64_t pad, int64_t window, int64_t stride) {
+  const int64_t padded = in + 2 * pad;
+  if (window > padded) return -1;
+  return (padded - window) / stride + 1;
 }
 
 std::string pair_str(Pair p) { return "(" + std::to_string(p.first) + ", " + std::to_string(p.second) + ")"; }
@@ -129,15 +148,23 @@ ConvShape conv_shape(const std::vector<int64_t>& xs, const std::vector<int64_t>&
                  std::to_string(s.C) + " channels in " + std::to_string(groups) + " group(s), so w needs " +
                  std::to_string(s.C / groups) + " (" + geo + ")");
   if (s.R <= 0 || s.S <= 0 || s.K <= 0) fail(op, "filters must be non-empty (" + geo + ")");
-  if (s.R > s.H + 2 * pad.first || s.S > s.W + 2 * pad.second)
-    fail(op, "kernel larger than the padded input (" + geo + ")");
+  const int64_t P = sliding_extent(s.H, pad.first, s.R, stride.first);
+  const int64_t Q = sliding_extent(s.W, pad.second, s.S, stride.second);
+  if (P < 0 || Q < 0) fail(op, "kernel larger than the padded input (" + geo + ")");
+  if (s.H + 2 * int64_t(pad.first) > 0x7fffffff || s.W + 2 * int64_t(pad.second) > 0x7fffffff)
+    fail(op, "padded input over 2^31 - 1 pixels along an axis (" + geo + ")");
   s.stride_h = stride.first;
   s.stride_w = stride.second;
   s.pad_h = pad.first;
   s.pad_w = pad.second;
   s.groups = groups;
-  s.P = (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1;
-  s.Q = (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1;
+  s.P = to_int(op, "output height P", P);
+  s.Q = to_int(op, "output width Q", Q);
+  // The kernels index pixels, patch rows and filter rows with int.
+  int_product(op, ("N*H*W (" + geo + ")").c_str(), {s.N, s.H, s.W});
+  int_product(op, ("N*P*Q (" + geo + ")").c_str(), {s.N, s.P, s.Q});
+  int_product(op, ("R*S*C (" + geo + ")").c_str(), {s.R, s.S, s.C});
+  int_product(op, ("R*S*K (" + geo + ")").c_str(), {s.R, s.S, s.K});
   return s;
 }
 
@@ -157,14 +184,19 @@ PoolShape pool_shape(const std::vector<int64_t>& xs, Pair window, Pair stride, P
   s.C = to_int(op, "C", xs[3]);
   s.R = window.first;
   s.S = window.second;
-  if (s.R > s.H + 2 * pad.first || s.S > s.W + 2 * pad.second)
-    fail(op, "window larger than the padded input (" + geo + ")");
+  const int64_t P = sliding_extent(s.H, pad.first, s.R, stride.first);
+  const int64_t Q = sliding_extent(s.W, pad.second, s.S, stride.second);
+  if (P < 0 || Q < 0) fail(op, "window larger than the padded input (" + geo + ")");
+  if (s.H + 2 * int64_t(pad.first) > 0x7fffffff || s.W + 2 * int64_t(pad.second) > 0x7fffffff)
+    fail(op, "padded input over 2^31 - 1 pixels along an axis (" + geo + ")");
   s.stride_h = stride.first;
   s.stride_w = stride.second;
   s.pad_h = pad.first;
   s.pad_w = pad.second;
-  s.P = (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1;
-  s.Q = (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1;
+  s.P = to_int(op, "output height P", P);
+  s.Q = to_int(op, "output width Q", Q);
+  // argmax holds the flat input index h*W + w as int32.
+  int_product(op, ("H*W (" + geo + ")").c_str(), {s.H, s.W});
   return s;
 }
 
@@ -462,12 +494,15 @@ void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, c
 namespace {
 LrnParams lrn_params(const char* op, int size, float alpha, float beta, float k, bool alpha_over_size) {
   if (size <= 0) fail(op, "size must be positive, got " + std::to_string(size));
-  if (!(k > 0.0f) || alpha < 0.0f || beta < 0.0f)
-    fail(op, "need k > 0, alpha >= 0 and beta >= 0 (got k=" + std::to_string(k) + ", alpha=" +
+  // Written so that NaN fails every test; infinities would make every output 0 or NaN.
+  if (!(k > 0.0f) || !(alpha >= 0.0f) || !(beta >= 0.0f) || !std::isfinite(k) || !std::isfinite(alpha) ||
+      !std::isfinite(beta))
+    fail(op, "need finite k > 0, alpha >= 0 and beta >= 0 (got k=" + std::to_string(k) + ", alpha=" +
                  std::to_string(alpha) + ", beta=" + std::to_string(beta) + ")");
   return LrnParams{size, alpha_over_size ? alpha / size : alpha, beta, k};
 }
-int64_t pixel_rows(const Tensor& x) { return x.dim() ? x.numel() / x.size(-1) : 0; }
+// N*H*W of an (N, H, W, C) tensor; 0 when any dimension is 0 (C = 0 too: no division by it).
+int64_t pixel_rows(const Tensor& x) { return x.numel() ? x.numel() / x.size(-1) : 0; }
 }  // namespace
 
 void lrn_forward(const Tensor& x, const Tensor& y, int size, float alpha, float beta, float k,
@@ -509,7 +544,6 @@ void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax, Pa
   need_defined(op, "argmax", argmax);
   if (argmax.dtype() != DType::Int32) fail(op, "argmax must be int32, got " + argmax.describe());
   const PoolShape s = pool_shape(x.shape(), window, stride, pad, op);
-  if (static_cast<int64_t>(s.H) * s.W > 0x7fffffff) fail(op, "H*W of x " + x.shape_str() + " is over 2^31");
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
   need_shape(op, "argmax", argmax, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
   const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"argmax", &argmax}});

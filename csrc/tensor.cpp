@@ -1,7 +1,6 @@
 // Tensor, Device and Storage: parsing device names, allocating on the right device, shape helpers.
 #include "tensor.h"
 
-#include <algorithm>
 #include <cstdlib>
 #include <sstream>
 
@@ -49,7 +48,7 @@ Storage::Storage(Device device_, size_t bytes_) : device(device_), bytes(bytes_)
     data = cuda::device_alloc(device.index, asked);
   } else {
     // 64-byte alignment: a cache line, and what AVX-512 loads like.
-    data = std::aligned_alloc(64, (asked + 63) / 64 * 64);
+    data = std::aligned_alloc(64, (asked + 63) / 64 * 64);  // Tensor::empty keeps asked <= 2^62
     if (!data) throw OutOfMemoryError("out of host memory: asked for " + std::to_string(asked) + " bytes");
   }
 }
@@ -62,17 +61,38 @@ Storage::~Storage() {
     std::free(data);
 }
 
-Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* what) {
   int64_t n = 1;
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument(std::string(what) + ": negative dimension in shape " + convnet::shape_str(shape));
+  for (int64_t d : shape)
+    if (d == 0) return 0;  // an empty tensor, however large its other dimensions
   for (int64_t d : shape) {
-    if (d < 0) throw std::invalid_argument("Tensor: negative dimension in shape " + convnet::shape_str(shape));
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n))
+      throw std::invalid_argument(std::string(what) + ": shape " + convnet::shape_str(shape) +
+                                  " has more than 2^63 elements");
   }
+  return n;
+}
+
+size_t checked_nbytes(int64_t numel, size_t element_size, const std::vector<int64_t>& shape, const char* what) {
+  size_t bytes = 0;
+  // Beyond 2^62 bytes no machine can hold it, and the allocators' rounding up must not wrap.
+  if (__builtin_mul_overflow(static_cast<size_t>(numel), element_size, &bytes) || bytes > (size_t(1) << 62))
+    throw std::invalid_argument(std::string(what) + ": shape " + convnet::shape_str(shape) + " needs " +
+                                std::to_string(numel) + " x " + std::to_string(element_size) +
+                                " bytes, more than 2^62 bytes");
+  return bytes;
+}
+
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  const int64_t n = checked_numel(shape, "Tensor");
+  const size_t bytes = checked_nbytes(n, dtype_size(dtype), shape, "Tensor");
   Tensor t;
   t.shape_ = shape;
   t.numel_ = n;
   t.dtype_ = dtype;
-  t.storage_ = std::make_shared<Storage>(device, static_cast<size_t>(n) * dtype_size(dtype));
+  t.storage_ = std::make_shared<Storage>(device, bytes);
   return t;
 }
 
@@ -110,9 +130,8 @@ std::string Tensor::describe() const {
 }
 
 Tensor Tensor::reshape(const std::vector<int64_t>& shape) const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  if (n != numel_ || std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
+  const int64_t n = checked_numel(shape, "reshape");
+  if (n != numel_)
     throw std::invalid_argument("reshape: cannot view " + describe() + " as " + convnet::shape_str(shape));
   Tensor t = *this;
   t.shape_ = shape;

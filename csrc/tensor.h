@@ -82,4 +82,10 @@ class Tensor {
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// Elements of `shape`, checked: ValueError (std::invalid_argument, starting with `what`) for a
+// negative dimension or a product over 2^63 - 1.
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* what);
+// numel * element_size, checked: ValueError beyond 2^62 bytes (no machine has that much memory).
+size_t checked_nbytes(int64_t numel, size_t element_size, const std::vector<int64_t>& shape, const char* what);
+
 }  // namespace convnet

@@ -85,5 +85,9 @@ inline unsigned grid_for(int64_t n, int threads) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// max(v, 0) with PyTorch's NaN rule (relu(NaN) = NaN), standalone and fused alike; fmaxf would turn
+// NaN into 0. The CPU kernels use the same comparison.
+__device__ __forceinline__ float relu_value(float v) { return v <= 0.0f ? 0.0f : v; }
+
 }  // namespace cuda
 }  // namespace convnet

@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, con
       float v = acc[i][j];
       if (b) v += b[g * Kg + k];
       if (accumulate) v += yrow[k];
-      yrow[k] = relu ? fmaxf(v, 0.0f) : v;  // fused ReLU: no second pass over y
+      yrow[k] = relu ? relu_value(v) : v;  // fused ReLU: no second pass over y
     }
   }
 }

@@ -38,7 +38,7 @@ __global__ void add_bias_kernel(float* y, const float* b, int64_t n, int cols) {
 // y = max(0, y + b): the fc layer's bias and ReLU in one pass over y (b may be null).
 __global__ void add_bias_relu_kernel(float* y, const float* b, int64_t n, int cols) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = fmaxf(y[i] + (b ? b[i % cols] : 0.0f), 0.0f);
+    y[i] = relu_value(y[i] + (b ? b[i % cols] : 0.0f));
 }
 
 // Pass 1 of the column sums: block (32, 8) sums rows [chunk * rows_per_chunk, ...) of 32 columns.
@@ -71,12 +71,12 @@ __global__ void column_final_kernel(const float* partial, int chunks, int cols, 
 
 __global__ void relu_forward_kernel(const float* x, float* y, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    y[i] = relu_value(x[i]);
 }
 
 __global__ void relu_backward_kernel(const float* y, const float* dy, float* dx, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];  // PyTorch's threshold_backward: NaN passes dy
 }
 
 // One thread per Philox block of 4 elements: the same numbers as the CPU (csrc/philox.h).
@@ -149,7 +149,8 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
   const double log_sum = log(s);
   const float zl = valid ? z[label] : 0.0f;
   int rank = 0;
-  for (int c = threadIdx.x; c < C; c += kThreads) rank += z[c] > zl;
+  // A NaN or Inf logit makes the row no hit: it counts as 5 classes ranked above the label.
+  for (int c = threadIdx.x; c < C; c += kThreads) rank += (z[c] > zl) + (isfinite(z[c]) ? 0 : 5);
   rank = block_reduce(rank, SumOp(), 0, iscratch);
   if (threadIdx.x == 0) {
     row_stats[row * 3 + 0] = valid ? static_cast<float>(log_sum - static_cast<double>(zl - m)) : -logf(1e-30f);

@@ -81,7 +81,8 @@ __global__ void max_pool_forward_kernel(PoolShape s, const float* __restrict__ x
       const float* xr = x + ((o.n * s.H + h) * s.W) * s.C + o.c;
       for (int w = ws.begin; w < ws.end; ++w) {
         const float v = __ldg(xr + static_cast<Index>(w) * s.C);
-        if (arg < 0 || v > best) {  // strict: ties keep the earlier tap
+        // strict: ties keep the earlier tap; NaN propagates (the first NaN wins), as on the CPU
+        if (arg < 0 || (best == best && (v > best || v != v))) {
           best = v;
           arg = h * s.W + w;
         }

@@ -61,11 +61,13 @@ def fc_backward(dy, x, w):
 
 
 def relu_forward(x):
+    """max(x, 0) with PyTorch's NaN rule: relu(NaN) = NaN (np.maximum propagates NaN)."""
     return np.maximum(x, 0.0)
 
 
 def relu_backward(y, dy):
-    return np.where(y > 0, dy, 0.0)
+    """PyTorch's threshold_backward: dy where y is not <= 0, so a NaN output passes its gradient."""
+    return np.where(y <= 0, 0.0, dy)
 
 
 def dropout_mask(shape, p, seed, counter, offset=0):
@@ -90,7 +92,8 @@ def dropout_backward(dy, p, seed, counter, offset=0):
 def softmax_cross_entropy(logits, labels):
     """logits (N, C), labels (N,) -> (mean loss, top-1 hits, top-5 hits, dlogits (N, C)).
 
-    A prediction is a top-k hit when fewer than k classes have a strictly larger logit than the label.
+    A prediction is a top-k hit when fewer than k classes have a strictly larger logit than the label
+    and every logit of its row is finite (a NaN or Inf row is never a hit; its loss is NaN or Inf).
     """
     n = logits.shape[0]
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -98,9 +101,10 @@ def softmax_cross_entropy(logits, labels):
     loss = -log_probs[np.arange(n), labels].mean()
     label_logit = logits[np.arange(n), labels][:, None]
     rank = (logits > label_logit).sum(axis=1)
+    finite = np.isfinite(logits).all(axis=1)
     dlogits = np.exp(log_probs)
     dlogits[np.arange(n), labels] -= 1.0
-    return loss, int((rank < 1).sum()), int((rank < 5).sum()), dlogits / n
+    return loss, int(((rank < 1) & finite).sum()), int(((rank < 5) & finite).sum()), dlogits / n
 
 
 def sgd_update(w, g, v, lr, momentum, weight_decay):
@@ -168,7 +172,7 @@ def _lrn_window_sum(v, size):
     """out[..., c] = sum of v[..., c2] for c2 in [c - size//2, c - size//2 + size), inside [0, C)."""
     C, lo = v.shape[-1], size // 2
     out = np.zeros_like(v)
-    for o in range(size):
+    for o in range(max(0, lo - C + 1), min(size, lo + C)):  # taps with |shift| >= C add nothing
         shift = o - lo  # c2 = c + shift
         if abs(shift) >= C:
             continue  # the tap lies outside [0, C) for every channel
@@ -191,7 +195,7 @@ def lrn_backward(x, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     # element i is in the window of j when j = i - shift for each window offset: the transpose sum.
     C, lo = x.shape[-1], size // 2
     back = np.zeros_like(x)
-    for o in range(size):
+    for o in range(max(0, lo - C + 1), min(size, lo + C)):
         shift = o - lo
         if abs(shift) >= C:
             continue
@@ -222,14 +226,15 @@ def _pool_taps(x, R, S, stride, pad):
 
 def max_pool_forward(x, R=3, S=3, stride=(2, 2), pad=(0, 0)):
     """-> y (N, P, Q, C), argmax (N, P, Q, C) int: flat index h*W + w of the first maximum in
-    row-major window order; -1 (and y = 0) for a window with no valid input."""
+    row-major window order; -1 (and y = 0) for a window with no valid input. NaN propagates as in
+    PyTorch: a window holding a NaN gives NaN, and argmax is its first NaN (np.argmax's rule)."""
     taps = list(_pool_taps(x, R, S, stride, pad))
     vals = np.stack([np.where(valid[None, :, :, None], v, -np.inf) for v, _, valid in taps])
     idx = np.stack([np.where(valid, i, -1) for _, i, valid in taps])
     best = np.argmax(vals, axis=0)  # first occurrence of the maximum
     y = np.take_along_axis(vals, best[None], axis=0)[0]
     argmax = np.take_along_axis(np.broadcast_to(idx[:, None, :, :, None], vals.shape), best[None], axis=0)[0]
-    empty = ~np.isfinite(y)
+    empty = ~np.stack([valid for _, _, valid in taps]).any(axis=0)[None, :, :, None]
     return np.where(empty, 0.0, y), np.where(empty, -1, argmax)
 
 

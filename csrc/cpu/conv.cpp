@@ -66,7 +66,7 @@
 
 #include "backend.h"
 #include "gemm_internal.h"
-#include "gemm_internal.h"
+#include "parallel.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -309,10 +309,20 @@ int threads_here() {
 #endif
 }
 
-bool image_parallel(const ConvShape& s) {
+// The conv's driver selector (the two drivers of the header). Auto: image-parallel when there are
+// several threads and at least two images per thread (backward-filter's 2T slots then hold an image's
+// rows each); forced_path() overrides it for tests, and both drivers are correct for any N and T.
+enum class ConvDriver { ChunkedSerial, ImageParallel };
+ConvDriver select_conv_driver(const ConvShape& s) {
+  switch (forced_path()) {
+    case ForcedPath::Serial: return ConvDriver::ChunkedSerial;
+    case ForcedPath::Parallel: return ConvDriver::ImageParallel;
+    default: break;
+  }
   const int t = threads_here();
-  return t > 1 && s.N >= 2 * t;  // so backward-filter's 2T slots hold at least an image's rows each
+  return t > 1 && s.N >= 2 * t ? ConvDriver::ImageParallel : ConvDriver::ChunkedSerial;
 }
+bool image_parallel(const ConvShape& s) { return select_conv_driver(s) == ConvDriver::ImageParallel; }
 
 // Images per chunk in the image-parallel mode: the byte budget, but small enough that every thread
 // gets at least two chunks (load balance).
@@ -335,7 +345,7 @@ int64_t thread_chunk_rows(const ConvShape& s, const Geo& g) {
 // A per-thread scratch buffer, kept for the thread's life (OpenMP reuses its pool threads).
 float* thread_scratch(size_t n, int slot = 0) {
   thread_local std::vector<float> buf[2];
-  if (buf[slot].size() < n) buf[slot].resize(n);
+  if (buf[slot].size() < n) resize_workspace(buf[slot], n, "conv");
   return buf[slot].data();
 }
 
@@ -405,7 +415,7 @@ float* packed_weight_buffer(int64_t n) {
     buf.cap = 0;
     const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
     buf.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!buf.p) throw std::bad_alloc();
+    if (!buf.p) throw_workspace_oom("conv", bytes);
     buf.cap = n;
   }
   return buf.p;
@@ -496,7 +506,8 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     return;
   }
   const int chunk = chunk_images(s, g);
-  std::vector<float> patches(static_cast<size_t>(chunk * g.PQ * g.ldp));
+  std::vector<float> patches;
+  resize_workspace(patches, static_cast<size_t>(chunk * g.PQ * g.ldp), "conv");
   for (int n0 = 0; n0 < s.N; n0 += chunk) {
     const int n_img = std::min(chunk, s.N - n0);
     const int rows = static_cast<int>(n_img * g.PQ);
@@ -593,7 +604,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
     return;
   }
   const int chunk = chunk_images(s, g);
-  std::vector<float> dpatches(static_cast<size_t>(chunk * g.PQ * g.ldp));
+  std::vector<float> dpatches;
+  resize_workspace(dpatches, static_cast<size_t>(chunk * g.PQ * g.ldp), "conv_backward_data");
   for (int n0 = 0; n0 < s.N; n0 += chunk) {
     const int n_img = std::min(chunk, s.N - n0);
     const int rows = static_cast<int>(n_img * g.PQ);
@@ -657,7 +669,8 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // The partials live in a buffer of the calling thread, kept between calls (no allocation and
     // page faults per call) and never zeroed: each slot's first GEMM writes its partial with beta 0.
     thread_local std::vector<float> partial_buf;
-    if (partial_buf.size() < static_cast<size_t>(S - 1) * dw_size) partial_buf.resize(static_cast<size_t>(S - 1) * dw_size);
+    if (partial_buf.size() < static_cast<size_t>(S - 1) * dw_size)
+      resize_workspace(partial_buf, static_cast<size_t>(S - 1) * dw_size, "conv_backward_filter");
     float* partial = partial_buf.data();
     std::exception_ptr error;
 #ifdef CONVNET_WITH_OPENMP
@@ -670,6 +683,10 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       for (int t = 0; t < S; ++t) {
         const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
         float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
+        if (i0 == i1) {  // fewer rows than slots (a forced driver at a tiny batch): an empty sum
+          if (!(t == 0 && accumulate)) std::fill(mine, mine + dw_size, 0.0f);
+          continue;
+        }
         // the slot's rows in equal chunks of by_bytes to 2 by_bytes rows (no short tail chunk; with
         // the panels packed from x one GEMM per slot measured 5 % slower at batch 128)
         const int64_t nchunks = std::max<int64_t>(1, (i1 - i0) / by_bytes);

@@ -69,6 +69,7 @@
 
 #include "backend.h"
 #include "gemm_internal.h"
+#include "parallel.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -100,6 +101,17 @@ static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole micro-tiles");
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kParallelMultiplyAdds = 1 << 18;
 
+// The GEMM's (and GEMV's) thread-count selector: serial below kParallelMultiplyAdds or inside a
+// parallel region (no nested teams); forced_path() (parallel.h) overrides the size rule for tests.
+int select_gemm_threads(int64_t work, bool nested) {
+  if (nested) return 1;
+  switch (forced_path()) {
+    case ForcedPath::Serial: return 1;
+    case ForcedPath::Parallel: return num_threads();
+    default: return work < kParallelMultiplyAdds ? 1 : num_threads();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // per-thread packing buffers
 
@@ -110,7 +122,7 @@ struct AlignedFree {
 float* aligned_floats(size_t n) {
   const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
+  if (!p) throw_workspace_oom("gemm", bytes);
   return static_cast<float*>(p);
 }
 
@@ -557,7 +569,7 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   std::vector<float> av(static_cast<size_t>(K));  // alpha * v, contiguous
   for (int k = 0; k < K; ++k) av[k] = alpha * v[k * incv];
   const float* w = av.data();
-  const bool parallel = static_cast<int64_t>(R) * K >= kParallelMultiplyAdds;
+  const bool parallel = select_gemm_threads(static_cast<int64_t>(R) * K, false) > 1;
   auto finish = [&](int r, float dot) {
     float* out = y + r * incy;
     *out = beta == 0.0f ? dot : dot + beta * *out;
@@ -679,7 +691,7 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
 #ifdef CONVNET_WITH_OPENMP
   nested = omp_in_parallel() != 0;
 #endif
-  const int threads = (work < kParallelMultiplyAdds || nested) ? 1 : num_threads();
+  const int threads = select_gemm_threads(work, nested);
   int tm = 1, tn = 1;
   choose_grid(M, N, K, threads, &tm, &tn);
   if (tm * tn == 1) {

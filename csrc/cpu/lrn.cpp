@@ -36,6 +36,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <new>
+#include <string>
 #include <vector>
 
 #include "backend.h"
@@ -43,6 +45,9 @@
 
 #if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+#ifdef CONVNET_WITH_OPENMP
+#include <omp.h>
 #endif
 
 namespace convnet {
@@ -114,19 +119,62 @@ void window_sum(const float* padded, float* sum, int C, int before, int after) {
   }
 }
 
-// Per-thread buffers for one pixel.
+// The window [c - lo, c + hi] of channel c, lo = size/2, hi = size - 1 - lo, with lo and hi clipped
+// to C: taps further out than C - 1 channels fall outside [0, C) for every c, so clipping changes
+// no sum and keeps the buffers O(C) for any size (a size of 2^31 - 1 would otherwise overflow them).
+struct Window {
+  int lo, hi;
+};
+Window window_of(int size, int C) {
+  const int lo = size / 2, hi = size - 1 - lo;
+  return Window{std::min(lo, C), std::min(hi, C)};
+}
+
+// Per-thread buffers for one pixel: the squares padded by lo and hi, and the backward pass's t padded
+// by hi and lo.
 struct Workspace {
-  std::vector<float> padded, sum, scale, power;
-  Workspace(int C, int size) : padded(C + size - 1, 0.0f), sum(C), scale(C), power(C) {}
+  std::vector<float> padded, sum, scale, power, t_padded, back;
+  Workspace(int C, Window win, bool backward)
+      : padded(static_cast<size_t>(C) + win.lo + win.hi, 0.0f), sum(C), scale(C), power(C) {
+    if (backward) {
+      t_padded.assign(static_cast<size_t>(C) + win.lo + win.hi, 0.0f);
+      back.resize(C);
+    }
+  }
 };
 
+// One Workspace per thread of the coming parallel region, allocated before it (an exception must not
+// escape an OpenMP region: it would abort the process); MemoryError naming the bytes if it fails.
+std::vector<Workspace> make_workspaces(int threads, int C, Window win, bool backward) {
+  try {
+    std::vector<Workspace> out;
+    out.reserve(threads);
+    for (int t = 0; t < threads; ++t) out.emplace_back(C, win, backward);
+    return out;
+  } catch (const std::bad_alloc&) {
+    const size_t per_thread = (static_cast<size_t>(C) + win.lo + win.hi + 3 * static_cast<size_t>(C)) *
+                              (backward ? 2 : 1) * sizeof(float);
+    throw_workspace_oom("lrn", per_thread * threads);
+  }
+}
+
+// The LRN's selector: threads for the pixel loop (one workspace each).
+int select_lrn_threads(int64_t rows, int C) { return select_parallel_loop(rows * C) ? num_threads() : 1; }
+
+int thread_index() {
+#ifdef CONVNET_WITH_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // For one pixel x (C): ws.scale = k + alpha * window sum of x^2, ws.power = scale^-beta.
-void scale_and_power(const float* x, int C, const LrnParams& p, Workspace& ws) {
-  const int lo = p.size / 2, hi = p.size - 1 - lo;
-  float* sq = ws.padded.data() + lo;  // padded[0 .. lo) and padded[lo + C ..) stay zero
+void scale_and_power(const float* x, int C, const LrnParams& p, Window win, Workspace& ws) {
+  float* sq = ws.padded.data() + win.lo;  // padded[0 .. lo) and padded[lo + C ..) stay zero
 #pragma omp simd
   for (int c = 0; c < C; ++c) sq[c] = x[c] * x[c];
-  window_sum(ws.padded.data(), ws.sum.data(), C, lo, hi);
+  window_sum(ws.padded.data(), ws.sum.data(), C, win.lo, win.hi);
   float* scale = ws.scale.data();
   const float* sum = ws.sum.data();
 #pragma omp simd
@@ -139,14 +187,18 @@ void scale_and_power(const float* x, int C, const LrnParams& p, Workspace& ws) {
 // ---------------------------------------------------------------------------------------------
 
 void lrn_forward(const float* x, float* y, int64_t rows, int C, const LrnParams& p) {
-#pragma omp parallel if (rows * C > kParallelGrain)
+  if (rows == 0 || C == 0) return;
+  const Window win = window_of(p.size, C);
+  const int threads = select_lrn_threads(rows, C);
+  std::vector<Workspace> workspaces = make_workspaces(threads, C, win, false);
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    Workspace ws(C, p.size);
+    Workspace& ws = workspaces[thread_index()];
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
-      scale_and_power(xr, C, p, ws);
+      scale_and_power(xr, C, p, win, ws);
       const float* power = ws.power.data();
 #pragma omp simd
       for (int c = 0; c < C; ++c) yr[c] = xr[c] * power[c];
@@ -156,28 +208,29 @@ void lrn_forward(const float* x, float* y, int64_t rows, int C, const LrnParams&
 
 void lrn_backward(const float* x, const float* /*y: unused, see the header*/, const float* dy, float* dx,
                   int64_t rows, int C, const LrnParams& p) {
-  const int lo = p.size / 2, hi = p.size - 1 - lo;
+  if (rows == 0 || C == 0) return;
+  const Window win = window_of(p.size, C);
   const float coeff = 2.0f * p.alpha * p.beta;
-#pragma omp parallel if (rows * C > kParallelGrain)
+  const int threads = select_lrn_threads(rows, C);
+  std::vector<Workspace> workspaces = make_workspaces(threads, C, win, true);
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    Workspace ws(C, p.size);
+    Workspace& ws = workspaces[thread_index()];
     // t = dy x scale^(-beta-1), zero-padded with hi in front and lo behind: the transposed window of c
     // is [c - hi, c + lo].
-    std::vector<float> t_padded(C + p.size - 1, 0.0f);
-    std::vector<float> back(C);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       const float* dyr = dy + r * C;
       float* dxr = dx + r * C;
-      scale_and_power(xr, C, p, ws);
+      scale_and_power(xr, C, p, win, ws);
       const float* scale = ws.scale.data();
       const float* power = ws.power.data();
-      float* t = t_padded.data() + hi;
+      float* t = ws.t_padded.data() + win.hi;
 #pragma omp simd
       for (int c = 0; c < C; ++c) t[c] = dyr[c] * xr[c] * power[c] / scale[c];
-      window_sum(t_padded.data(), back.data(), C, hi, lo);
-      const float* b = back.data();
+      window_sum(ws.t_padded.data(), ws.back.data(), C, win.hi, win.lo);
+      const float* b = ws.back.data();
 #pragma omp simd
       for (int c = 0; c < C; ++c) dxr[c] = std::fma(dyr[c], power[c], -(coeff * xr[c] * b[c]));
     }

@@ -14,7 +14,8 @@
 // bit-identical gradients.
 //
 // Max: ties go to the first maximum in row-major window order (r, then s), i.e. a later tap replaces
-// the running best only when strictly greater. argmax is the flat input index h*W + w.
+// the running best only when strictly greater. NaN propagates as in PyTorch: a window holding a NaN
+// outputs NaN and its argmax is the first NaN. argmax is the flat input index h*W + w.
 // Average: y = (sum of the valid taps in (r, s) order) / count, a true division (not a reciprocal
 // multiply) so the CUDA kernels, which divide too, round identically.
 //
@@ -59,7 +60,7 @@ inline Span output_span(int i, int stride, int pad, int window, int out) {
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) {
   const int C = s.C;
   const int64_t out_rows = static_cast<int64_t>(s.N) * s.P;
-#pragma omp parallel for schedule(static) if (out_rows * s.Q * C > kParallelGrain)
+#pragma omp parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C))
   for (int64_t row = 0; row < out_rows; ++row) {
     const int n = static_cast<int>(row / s.P), p = static_cast<int>(row % s.P);
     const Span hs = window_span(p, s.stride_h, s.pad_h, s.R, s.H);
@@ -90,7 +91,9 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* arg
           } else {
 #pragma omp simd
             for (int c = 0; c < C; ++c) {
-              const bool better = xi[c] > yo[c];  // strict: ties keep the earlier tap
+              // strict: ties keep the earlier tap; NaN propagates (PyTorch): the first NaN wins and
+              // is kept, so backward routes the gradient to it
+              const bool better = yo[c] == yo[c] && (xi[c] > yo[c] || xi[c] != xi[c]);
               yo[c] = better ? xi[c] : yo[c];
               ao[c] = better ? idx : ao[c];
             }
@@ -104,7 +107,7 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* arg
 void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) {
   const int C = s.C;
   const int64_t in_rows = static_cast<int64_t>(s.N) * s.H;
-#pragma omp parallel for schedule(static) if (in_rows * s.W * C > kParallelGrain)
+#pragma omp parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C))
   for (int64_t row = 0; row < in_rows; ++row) {
     const int n = static_cast<int>(row / s.H), h = static_cast<int>(row % s.H);
     const Span ps = output_span(h, s.stride_h, s.pad_h, s.R, s.P);
@@ -133,7 +136,7 @@ void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argma
 void avg_pool_forward(const PoolShape& s, const float* x, float* y) {
   const int C = s.C;
   const int64_t out_rows = static_cast<int64_t>(s.N) * s.P;
-#pragma omp parallel for schedule(static) if (out_rows * s.Q * C > kParallelGrain)
+#pragma omp parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C))
   for (int64_t row = 0; row < out_rows; ++row) {
     const int n = static_cast<int>(row / s.P), p = static_cast<int>(row % s.P);
     const Span hs = window_span(p, s.stride_h, s.pad_h, s.R, s.H);
@@ -170,7 +173,7 @@ void avg_pool_backward(const PoolShape& s, const float* dy, float* dx) {
     cols_of[q] = std::max(sq.end - sq.begin, 0);
   }
   const int64_t in_rows = static_cast<int64_t>(s.N) * s.H;
-#pragma omp parallel for schedule(static) if (in_rows * s.W * C > kParallelGrain)
+#pragma omp parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C))
   for (int64_t row = 0; row < in_rows; ++row) {
     const int n = static_cast<int>(row / s.H), h = static_cast<int>(row % s.H);
     const Span ps = output_span(h, s.stride_h, s.pad_h, s.R, s.P);

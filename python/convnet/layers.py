@@ -169,6 +169,17 @@ class Layer:
 
     def buffers(self, n: int):
         """Allocate any per-batch buffers (e.g. max-pool argmax) for batch size n."""
+        self.commit_buffers(self.new_buffers(n))
+
+    def new_buffers(self, n: int) -> dict:
+        """The per-batch buffers for batch size n, allocated but not installed: {attribute: Tensor}
+        (only those that change). Net allocates every layer's before installing any, so a
+        MemoryError leaves the layers as they were."""
+        return {}
+
+    def commit_buffers(self, buffers: dict):
+        for name, value in buffers.items():
+            setattr(self, name, value)
 
     @property
     def num_params(self) -> int:
@@ -452,11 +463,12 @@ class MaxPool(_Pool):
     the last forward pass for the backward pass."""
     type = "maxpool"
 
-    def buffers(self, n):
+    def new_buffers(self, n):
         shape = (n,) + tuple(self.out_shape)
         if getattr(self, "_argmax", None) is None or self._argmax.shape != shape \
                 or self._argmax.device != self.device:
-            self._argmax = _C.Tensor.empty(shape, self.device, "int32")
+            return {"_argmax": _C.Tensor.empty(shape, self.device, "int32")}
+        return {}
 
     def forward(self, xs, y, ctx):
         self.buffers(xs[0].shape[0])
@@ -535,15 +547,15 @@ class Copy(Layer):
     def setup(self, in_shapes):
         return tuple(in_shapes[0])
 
-    def buffers(self, n):
+    def new_buffers(self, n):
         # Allocated with the other per-batch buffers, before a pass starts: a block reused here is
         # then safe for the copy stream and the source tower's stream alike (see Net).
         shape = (n,) + tuple(self.out_shape)
         if self.needs_recv:
             if self._recv is None or tuple(self._recv.shape) != shape or self._recv.device != self.src_device:
-                self._recv = _C.Tensor.empty(shape, self.src_device, "float32")
-        else:
-            self._recv = None
+                return {"_recv": _C.Tensor.empty(shape, self.src_device, "float32")}
+            return {}
+        return {"_recv": None}
 
     def forward(self, xs, y, ctx):
         _C.copy_between(y, self.tower, xs[0], self.src_tower)

@@ -44,6 +44,7 @@ from . import _C
 from ._C import ops
 from .data.loader import PIXEL_SCALE
 from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_config
+from .tensor import as_labels
 
 __all__ = ["Net", "load_config"]
 
@@ -349,17 +350,22 @@ class Net:
 
     # -- passes -------------------------------------------------------------------------------------
     def _allocate(self, n: int):
+        """Every per-batch buffer for batch size n. Allocate all first, then commit: a MemoryError
+        (a batch too large) leaves the net exactly as it was, usable at its earlier batch size."""
         if self._n == n:
             return
-        self._out, self._grad = {}, {}
+        out, grad, layer_buffers = {}, {}, []
         for l in self.layers:
             if isinstance(l, Data):
                 continue
-            self._out[l.name] = _C.Tensor.empty((n,) + l.out_shape if not isinstance(l, SoftmaxCrossEntropy)
-                                                else l.out_shape, l.device, "float32")
+            out[l.name] = _C.Tensor.empty((n,) + l.out_shape if not isinstance(l, SoftmaxCrossEntropy)
+                                          else l.out_shape, l.device, "float32")
             if self.needs_grad[l.name] and self.consumers[l.name]:
-                self._grad[l.name] = _C.Tensor.empty((n,) + l.out_shape, l.device, "float32")
-            l.buffers(n)
+                grad[l.name] = _C.Tensor.empty((n,) + l.out_shape, l.device, "float32")
+            layer_buffers.append((l, l.new_buffers(n)))
+        for l, buffers in layer_buffers:
+            l.commit_buffers(buffers)
+        self._out, self._grad = out, grad
         self._n = n
 
     def forward(self, x, labels=None, train: bool = False, step: int = 0, seed: int = 0,
@@ -382,9 +388,13 @@ class Net:
         self._allocate(n)
         self._out[data.name] = x
         if labels is not None and self.cost_layer is not None:
-            if isinstance(labels, np.ndarray) or isinstance(labels, (list, tuple)):
-                labels = _C.Tensor.from_numpy(np.ascontiguousarray(labels, dtype=np.int32), self.cost_layer.device)
-            elif labels.device != self.cost_layer.device:
+            if isinstance(labels, _C.Tensor):
+                if labels.dtype != "int32" or labels.shape != (n,):
+                    raise ValueError(f"Net.forward: labels must be int32 ({n},), got {labels!r}")
+            else:
+                labels = _C.Tensor.from_numpy(as_labels(labels, self.cost_layer.num_classes, "Net.forward"),
+                                              self.cost_layer.device)
+            if labels.device != self.cost_layer.device:
                 labels = labels.to(self.cost_layer.device)
         backward = train if backward is None else backward
         if backward and (labels is None or self.cost_layer is None):

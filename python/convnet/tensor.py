@@ -10,13 +10,33 @@ import numpy as np
 
 from ._C import Tensor
 
-__all__ = ["Tensor", "from_numpy", "empty", "zeros", "full",
+__all__ = ["Tensor", "from_numpy", "as_labels", "empty", "zeros", "full",
            "nchw_to_nhwc", "nhwc_to_nchw", "kcrs_to_krsc", "krsc_to_kcrs"]
 
 
 def from_numpy(array, device: str = "cpu") -> Tensor:
     """Copy a float32 or int32 NumPy array onto `device` ("cpu", "cuda:0", ...)."""
     return Tensor.from_numpy(np.asarray(array), device)
+
+
+def as_labels(labels, classes: int | None = None, what: str = "labels") -> np.ndarray:
+    """Class labels (N,) as int32, checked: any integer dtype (int32, int64, ...) whose values are in
+    [0, classes) (or in int32 range when classes is None). Floats, bools and out-of-range values raise
+    ValueError naming `what` -- never a silent cast (int64 2**32 + 3 would become 3, float 0.9 become 0)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{what}: labels must be integers (int32 or int64), got dtype {arr.dtype}"
+                         + (" (a float label is refused, not rounded)" if arr.dtype.kind == "f" else ""))
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: labels must be 1-D (N,), got shape {arr.shape}")
+    hi = classes if classes is not None else 2**31
+    if arr.size:
+        lo_v, hi_v = arr.min(), arr.max()
+        if lo_v < 0 or hi_v >= hi:
+            bad = int(np.flatnonzero((arr < 0) | (arr >= hi))[0])
+            raise ValueError(f"{what}: label {int(arr[bad])} at row {bad} is outside [0, {hi})"
+                             + (f" for {classes} classes" if classes is not None else ""))
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def empty(shape, device: str = "cpu", dtype: str = "float32") -> Tensor:

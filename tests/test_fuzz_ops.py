@@ -1,0 +1,230 @@
+"""Property-based fuzzing of the ops' arguments (issue 12): whatever the shapes, strides, pads, groups,
+windows and LRN parameters, an op either raises a clean ValueError / MemoryError or returns what
+tests/reference.py computes. Never a crash, a hang or a silently wrong number.
+
+Each test is bounded: at most FUZZ_EXAMPLES examples and FUZZ_SECONDS of wall time (later examples
+return at once), so the default suite stays fast. CONVNET_FUZZ_EXAMPLES / CONVNET_FUZZ_SECONDS raise
+both for a long run. Arguments mix small valid values with the edges that used to break things:
+0, -1, 2**31 - 1, 2**62.
+"""
+import os
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import convnet
+import reference as R
+from conftest import poisoned, to_device
+from convnet import _C, ops
+from gradcheck import assert_close
+
+FUZZ_EXAMPLES = int(os.environ.get("CONVNET_FUZZ_EXAMPLES", "150"))
+FUZZ_SECONDS = float(os.environ.get("CONVNET_FUZZ_SECONDS", "2"))
+fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
+
+EDGES = [0, -1, 2**31 - 1, 2**62]
+small = st.integers(0, 5)
+arg = st.one_of(st.integers(-1, 4), st.sampled_from(EDGES))
+
+
+class Budget:
+    """Wall-time bound of one fuzz test: `spent()` is True once FUZZ_SECONDS have passed."""
+
+    def __init__(self):
+        self.end = None
+
+    def spent(self):
+        now = time.monotonic()
+        if self.end is None:
+            self.end = now + FUZZ_SECONDS
+        return now > self.end
+
+
+def clean_call(fn):
+    """-> True when fn ran, False when it raised a clean ValueError, MemoryError or TypeError."""
+    try:
+        fn()
+        return True
+    except (ValueError, MemoryError, TypeError) as e:  # TypeError: pybind11 refuses an int over 32 bits
+        assert str(e), "an exception without a message"
+        return False
+
+
+def out_size(n, k, s, p):
+    """Reference output extent, or None when the geometry is invalid."""
+    if n < 0 or k <= 0 or s <= 0 or p < 0 or k > n + 2 * p or n + 2 * p > 2**31 - 1:
+        return None
+    return R.conv_output_size(n, k, s, p)
+
+
+_conv_budget = Budget()
+
+
+@fuzz
+@given(N=small, H=small, W=small, C=st.integers(0, 6), K=st.integers(-1, 5), Rk=arg, Sk=arg,
+       sh=arg, sw=arg, ph=arg, pw=arg, groups=st.integers(-1, 3), relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_conv(N, H, W, C, K, Rk, Sk, sh, sw, ph, pw, groups, relu, seed):
+    if _conv_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    P, Q = out_size(H, Rk, sh, ph), out_size(W, Sk, sw, pw)
+    valid = (P is not None and Q is not None and groups > 0 and K > 0 and C % groups == 0 and K % groups == 0
+             and Rk * Sk <= 64)
+    # the shape-only helper over the same arguments, including the ones no tensor can have
+    ran = clean_call(lambda: _C.conv_output_shape((N, H, W, C), (K, Rk, Sk, max(C // max(groups, 1), 0)),
+                                                  (sh, sw), (ph, pw), groups))
+    if not valid:
+        if Rk * Sk <= 64 or not ran:
+            assert not ran or (P is not None and Q is not None and groups > 0 and K > 0), \
+                "conv_output_shape accepted an invalid geometry"
+        # tensors of the would-be shapes (when they are small enough to make) must be refused too
+        if 0 <= K <= 5 and 0 <= Rk <= 4 and 0 <= Sk <= 4 and groups > 0 and C % groups == 0:
+            x = to_device(rng.standard_normal((N, H, W, C)), "cpu")
+            w = to_device(rng.standard_normal((K, Rk, Sk, C // groups)), "cpu")
+            y = poisoned((N, max(P or 1, 1), max(Q or 1, 1), K), "cpu")
+            assert not clean_call(lambda: ops.conv_forward(x, w, None, y, (sh, sw), (ph, pw), groups)), \
+                "conv_forward accepted an invalid geometry"
+        return
+    assert ran
+    x = rng.standard_normal((N, H, W, C))
+    w = rng.standard_normal((K, Rk, Sk, C // groups))
+    b = rng.standard_normal(K)
+    y = poisoned((N, P, Q, K), "cpu")
+    ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, (sh, sw), (ph, pw),
+                     groups, False, relu)
+    ref = R.conv_forward(x, w, b, (sh, sw), (ph, pw), groups)
+    if relu:
+        ref = R.relu_forward(ref)
+    assert_close(y.numpy(), ref, 1e-5)
+    if y.numel:
+        dy = rng.standard_normal(ref.shape)
+        dx, dw = poisoned(x.shape, "cpu"), poisoned(w.shape, "cpu")
+        ops.conv_backward_data(to_device(dy, "cpu"), to_device(w, "cpu"), dx, (sh, sw), (ph, pw), groups)
+        ops.conv_backward_filter(to_device(dy, "cpu"), to_device(x, "cpu"), dw, None, (sh, sw), (ph, pw), groups)
+        rdx, rdw, _ = R.conv_backward(dy, x, w, (sh, sw), (ph, pw), groups)
+        assert_close(dx.numpy(), rdx, 1e-5)
+        assert_close(dw.numpy(), rdw, 1e-5)
+
+
+_pool_budget = Budget()
+
+
+@fuzz
+@given(N=small, H=small, W=small, C=small, Rw=arg, Sw=arg, sh=arg, sw=arg, ph=arg, pw=arg,
+       kind=st.sampled_from(["max", "avg"]), specials=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_pool(N, H, W, C, Rw, Sw, sh, sw, ph, pw, kind, specials, seed):
+    if _pool_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    P, Q = out_size(H, Rw, sh, ph), out_size(W, Sw, sw, pw)
+    valid = P is not None and Q is not None and ph < Rw and pw < Sw and Rw * Sw <= 64
+    ran = clean_call(lambda: _C.pool_output_shape((N, H, W, C), (Rw, Sw), (sh, sw), (ph, pw)))
+    if not valid:
+        if Rw * Sw <= 64:
+            assert not ran, "pool_output_shape accepted an invalid geometry"
+        return
+    assert ran
+    x = rng.standard_normal((N, H, W, C))
+    if specials and x.size:
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -np.inf]
+    y = poisoned((N, P, Q, C), "cpu")
+    if kind == "max":
+        am = poisoned((N, P, Q, C), "cpu", "int32")
+        ops.max_pool_forward(to_device(x, "cpu"), y, am, (Rw, Sw), (sh, sw), (ph, pw))
+        ry, ram = R.max_pool_forward(x, Rw, Sw, (sh, sw), (ph, pw))
+        got = y.numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(ry))
+        np.testing.assert_array_equal(am.numpy(), ram)
+        fin = ~np.isnan(ry)
+        np.testing.assert_allclose(got[fin], ry[fin], rtol=1e-6)
+    else:
+        if specials:
+            return  # the average of an inf and a -inf is NaN in any order: nothing to pin
+        ops.avg_pool_forward(to_device(x, "cpu"), y, (Rw, Sw), (sh, sw), (ph, pw))
+        assert_close(y.numpy(), R.avg_pool_forward(x, Rw, Sw, (sh, sw), (ph, pw)), 1e-5)
+
+
+_lrn_budget = Budget()
+
+
+@fuzz
+@given(shape=st.lists(small, min_size=4, max_size=4), size=st.one_of(st.integers(-1, 12), st.sampled_from(EDGES[:3])),
+       alpha=st.sampled_from([-1.0, 0.0, 1e-4, 0.5, float("nan")]),
+       beta=st.sampled_from([-0.5, 0.0, 0.75, 1.3, float("inf")]),
+       k=st.sampled_from([-1.0, 0.0, 0.5, 2.0, float("nan")]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_lrn(shape, size, alpha, beta, k, seed):
+    if _lrn_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    y = poisoned(shape, "cpu")
+    valid = size > 0 and 0 < k < np.inf and 0 <= alpha < np.inf and 0 <= beta < np.inf
+    ran = clean_call(lambda: ops.lrn_forward(to_device(x, "cpu"), y, size, alpha, beta, k))
+    assert ran == valid, f"lrn ran={ran} with size={size} alpha={alpha} beta={beta} k={k}"
+    if not ran:
+        return
+    ref = R.lrn_forward(x, size, alpha, beta, k)
+    got = y.numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    fin = np.isfinite(ref)
+    assert_close(got[fin], ref[fin], 1e-5)
+
+
+_loss_budget = Budget()
+
+
+@fuzz
+@given(N=st.integers(0, 6), C=st.integers(0, 9), label_shift=st.sampled_from([0, 0, 0, -1, 1, 2**31 - 1]),
+       specials=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_softmax_cross_entropy(N, C, label_shift, specials, seed):
+    if _loss_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((N, C)) * 3
+    labels = rng.integers(0, max(C, 1), N)
+    if N and label_shift:
+        labels[0] = (C if label_shift > 0 else -1) if label_shift != 2**31 - 1 else 2**31 - 1
+    if specials and logits.size:
+        logits.reshape(-1)[rng.integers(0, logits.size, 2)] = [np.nan, np.inf]
+    stats = poisoned((3,), "cpu")
+    valid = N > 0 and C > 0 and not label_shift
+    ran = clean_call(lambda: ops.softmax_cross_entropy(to_device(logits, "cpu"), to_device(labels, "cpu", np.int32),
+                                                       None, stats))
+    assert ran == valid, f"ran={ran} for N={N} C={C} label_shift={label_shift}"
+    if ran:
+        with np.errstate(invalid="ignore", over="ignore"):
+            loss, t1, t5, _ = R.softmax_cross_entropy(logits, labels)
+        s = stats.numpy()
+        assert (s[1], s[2]) == (t1, t5)
+        if np.isfinite(loss):
+            assert abs(s[0] - loss) <= 1e-5 * max(1.0, abs(loss))
+
+
+_shape_budget = Budget()
+
+
+@fuzz
+@given(shape=st.lists(st.one_of(st.integers(-2, 4), st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1])),
+                      min_size=0, max_size=4),
+       view=st.lists(st.one_of(st.integers(-2, 4), st.sampled_from([2**32, 2**62])), min_size=0, max_size=4))
+def test_fuzz_tensor_shapes(shape, view):
+    if _shape_budget.spent():
+        return
+    numel = int(np.prod([d for d in shape], dtype=object)) if shape else 1
+    makeable = all(d >= 0 for d in shape) and (numel == 0 or numel * 4 <= 1 << 26)
+    ran = clean_call(lambda: _C.Tensor.zeros(tuple(shape)))
+    if makeable:
+        assert ran
+        t = _C.Tensor.zeros(tuple(shape))
+        assert t.numel == numel and t.nbytes == 4 * numel
+        if all(d < 2**31 for d in shape):  # NumPy itself refuses bigger arrays, even empty ones
+            assert not np.any(t.numpy())
+        vn = int(np.prod([d for d in view], dtype=object)) if view else 1
+        ok = clean_call(lambda: t.reshape(tuple(view)))
+        assert ok == (all(d >= 0 for d in view) and vn == numel and (vn == 0 or vn < 2**63))
+    elif any(d < 0 for d in shape) or numel * 4 > 2**62:
+        assert not ran, f"a tensor of shape {shape} was made"
