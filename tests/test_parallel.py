@@ -14,7 +14,7 @@ import pytest
 import convnet
 from convnet import models
 from convnet.net import Net
-from convnet.train import load_checkpoint, save_checkpoint
+from convnet.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import _skip_reason
 from gradcheck import assert_close, rel_error
@@ -200,7 +200,7 @@ def test_checkpoint_across_placements(devices, tmp_path, rng):
     assert_close(one.forward(x).numpy(), logits, what="logits on one device")
     # ... and back onto the two towers' devices
     path1 = save_checkpoint(tmp_path / "one.npz", one, {"epoch": 1})
-    from convnet.train import read_checkpoint, _restore
+    from convnet.checkpoint import read_checkpoint, restore as _restore
     meta, arrays = read_checkpoint(path1)
     two = Net(meta["config"], devices=devices)
     _restore(two, arrays, path1)
@@ -264,5 +264,7 @@ def test_train_and_cli_with_devices(tmp_path):
     path = tmp_path / "tt.json"
     path.write_text(json.dumps(cfg))
     from convnet.__main__ import main
-    assert main(["train", "--model", str(path), "--data", "builtin", "--epochs", "0", "--devices", "cpu,cpu",
-                 "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    # The CLI builds the config file's net over --devices and checks it against the checkpoint (a
+    # finished run: nothing more to train).
+    assert main(["train", "--model", str(path), "--data", "builtin", "--epochs", "2", "--devices", "cpu,cpu",
+                 "--resume", r2.checkpoint, "--no-progress"]) == 0

@@ -8,6 +8,8 @@ import pytest
 import convnet
 import importlib
 trainmod = importlib.import_module("convnet.train")  # the module (convnet.train is the function)
+ckptmod = importlib.import_module("convnet.checkpoint")
+plotsmod = importlib.import_module("convnet.plots")
 from convnet.data import ArrayDataset, augment, builtin
 from convnet.net import Net, softmax
 
@@ -102,12 +104,12 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_data, monkeypatch):
         real_savez(f, **{k: arrays[k] for k in list(arrays)[:2]})  # half a file, then the "kill"
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(trainmod.np, "savez", crash)
+    monkeypatch.setattr(ckptmod.np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
         convnet.train(data=tiny_data, epochs=2, resume=path, progress=False)
-    monkeypatch.setattr(trainmod.np, "savez", real_savez)
+    monkeypatch.setattr(ckptmod.np, "savez", real_savez)
     assert open(path, "rb").read() == before
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "log.jsonl"]  # no temp file left
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "checkpoint.npz", "log.jsonl", "train.log"]  # no temp, no lock
     net = convnet.load_checkpoint(path)
     states_equal(net, r.net)
     assert net.checkpoint["epoch"] == 1
@@ -209,5 +211,5 @@ def test_cli_train_eval_and_plots(tmp_path, tiny_data, monkeypatch, capsys):
 
 def test_filter_grid():
     w = np.random.default_rng(0).standard_normal((10, 5, 5, 3))
-    g = trainmod.filter_grid(w)
+    g = plotsmod.filter_grid(w)
     assert g.shape == (3 * 6 + 1, 4 * 6 + 1, 3) and g.min() >= 0 and g.max() <= 1

@@ -17,11 +17,14 @@ from . import data, layers
 from .net import Net
 from . import models
 from .models import alexnet, get_model
-from .train import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .hparams import HParams
+from .train import TrainResult, train
 
 __version__ = build_info()["version"]
 
 __all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
            "full", "memory_stats", "ops", "synchronize", "zeros",
            "Net", "data", "layers", "models", "alexnet", "get_model",
-           "train", "evaluate", "TrainResult", "load_checkpoint", "save_checkpoint"]
+           "train", "evaluate", "TrainResult", "HParams", "load_checkpoint", "save_checkpoint"]

@@ -1,98 +1,201 @@
-"""Command line: python -m convnet {train, eval, info, summary} (also the `convnet` console script).
+"""Command line: python -m convnet {train, eval, predict, plot, info, summary} (also the `convnet` script).
 
     python -m convnet train                          # small default net, built-in data, ./runs/...
     python -m convnet train --data cifar10:~/data --epochs 30 --plot
     python -m convnet train --resume runs/small-20260101-120000
     python -m convnet train --model 2012 --data imagenet:~/data --devices cuda:0,cuda:1
-    python -m convnet eval --checkpoint runs/.../checkpoint.npz --views 10
+    python -m convnet eval --checkpoint runs/small-20260101-120000 --views 10
+    python -m convnet predict --checkpoint runs/small-20260101-120000 cat.jpg dog.png
+    python -m convnet plot runs/small-20260101-120000
     python -m convnet info
     python -m convnet summary --model 2012
+
+Every user error (a bad flag, value, file or config) is one line "convnet <command>: error: ..." on
+stderr and exit status 2; a diverged run (non-finite loss) exits with 3.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+
+from .hparams import HParams, parse_lr_steps
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: "convnet <command>: error: ...", exit 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a number, got {text!r}") from None
+
+
+def _hparam_flags(t):
+    """One flag per HParams field; the help shows the record's default (one place for each)."""
+    types = {"epochs": _int_at_least(1), "batch_size": _int_at_least(1), "seed": _int_at_least(0),
+             "patience": _int_at_least(1), "save_every": _int_at_least(1), "lr": _float, "momentum": _float,
+             "weight_decay": _float, "lighting": _float, "lr_steps": str}
+    for f in dataclasses.fields(HParams):
+        flag = "--" + f.name.replace("_", "-")
+        extra = {}
+        if f.name == "schedule":
+            extra["choices"] = ["step", "plateau"]
+        elif f.name == "eval_views":
+            extra = {"choices": [1, 10], "type": int}
+        else:
+            extra["type"] = types[f.name]
+        shown = f" (default: {f.default})" if f.default is not None else ""  # else the help says it
+        t.add_argument(flag, default=None, help=f.metadata["help"] + shown, **extra)
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="convnet", description="AlexNet from scratch: train, evaluate, inspect.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+    p = _Parser(prog="convnet", description="AlexNet from scratch: train, evaluate, predict, inspect.")
+    p.add_argument("--version", action="version", version=f"convnet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a net (default: the small net on the built-in data)")
-    t.add_argument("--model", default=None, help="default | 2012 | owt | a net config file (.json/.ini)")
-    t.add_argument("--data", default=None, help="builtin | cifar10:<path> | cifar100:<path> | imagenet:<path>")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--momentum", type=float, default=None)
-    t.add_argument("--weight-decay", type=float, default=None)
-    t.add_argument("--schedule", choices=["step", "plateau"], default=None)
-    t.add_argument("--lr-steps", default=None, help="epochs at which lr /= 10, comma separated, e.g. 6,9")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda:0 ...")
+    t.add_argument("--model", default=None, help="default | 2012 | owt | a net config file (.json/.ini) "
+                   "(default: the small net for images <= 64 px, else 2012)")
+    t.add_argument("--data", default=None, help="builtin | cifar10:<path> | cifar100:<path> | imagenet:<path> "
+                   "(default: builtin)")
+    t.add_argument("--input-size", type=_int_at_least(1), default=None,
+                   help="input side of a named model (default: the model's: 28 small, 227 2012, 224 owt)")
+    t.add_argument("--num-classes", type=_int_at_least(1), default=None,
+                   help="output classes of a named model (default: the data set's)")
+    _hparam_flags(t)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda:0 ... (default: auto)")
     t.add_argument("--devices", default=None,
                    help="one device per tower, e.g. cuda:0,cuda:1 (model 2012: the paper's two-GPU split)")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--workers", type=_int_at_least(0), default=2, help="loader threads (default: 2)")
     t.add_argument("--resume", default=None, help="a checkpoint file or a run folder")
-    t.add_argument("--out", default=None, help="output folder (default runs/<model>-<time>)")
+    t.add_argument("--out", default=None, help="the run folder (default runs/<model>-<time>); an existing "
+                   "run is refused unless --resume")
     t.add_argument("--plot", action="store_true", help="write curves.png and conv1_filters.png (matplotlib)")
-    t.add_argument("--eval-views", type=int, choices=[1, 10], default=1)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 error")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
     e.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
-    e.add_argument("--views", type=int, choices=[1, 10], default=1)
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--device", default=None)
+    e.add_argument("--views", type=int, choices=[1, 10], default=1, help="(default: 1)")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=128, help="(default: 128)")
+    e.add_argument("--device", default=None, help="(default: the best one here)")
+
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
+    pr.add_argument("--top", type=_int_at_least(1), default=5, help="classes per image (default: 5)")
+    pr.add_argument("--device", default=None, help="(default: the best one here)")
+    pr.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+
+    pl = sub.add_parser("plot", help="draw an existing run: curves.png, conv1_filters.png")
+    pl.add_argument("run", help="a run folder")
 
     sub.add_parser("info", help="build information and devices")
 
     s = sub.add_parser("summary", help="print a model's layers, shapes, parameters and FLOPs")
-    s.add_argument("--model", default="2012")
-    s.add_argument("--num-classes", type=int, default=None)
-    s.add_argument("--input-size", type=int, default=None)
+    s.add_argument("--model", default="2012", help="(default: 2012)")
+    s.add_argument("--num-classes", type=_int_at_least(1), default=None)
+    s.add_argument("--input-size", type=_int_at_least(1), default=None)
     return p
+
+
+def _load_image(path, net):
+    from PIL import Image
+    import numpy as np
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            H, W, _ = net.input_shape
+            scale = max(H / im.height, W / im.width)  # shorter side to the input size, then centre crop
+            if scale != 1.0:
+                im = im.resize((max(W, round(im.width * scale)), max(H, round(im.height * scale))),
+                               Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise ValueError(f"image {path}: cannot be read ({e})") from None
+
+
+def _run(args):
+    import convnet
+    if args.command == "info":
+        print(json.dumps(convnet.build_info(), indent=2))
+        print("devices:", ", ".join(convnet.devices()))
+    elif args.command == "summary":
+        if os.path.exists(args.model):
+            net = convnet.Net(args.model, allocate=False)
+        else:
+            default_classes = 10 if args.model.lower() in ("default", "small") else 1000
+            net = convnet.get_model(args.model, num_classes=args.num_classes or default_classes,
+                                    input_size=args.input_size, allocate=False)
+        net.summary()
+    elif args.command == "train":
+        hp = {f.name: getattr(args, f.name) for f in dataclasses.fields(HParams)}
+        if hp["lr_steps"] is not None:
+            hp["lr_steps"] = parse_lr_steps(hp["lr_steps"])
+        HParams(**{k: v for k, v in hp.items() if v is not None}).validate(flags=True)
+        r = convnet.train(model=args.model, data=args.data, device=args.device, out_dir=args.out,
+                          resume=args.resume, workers=args.workers, progress=not args.no_progress,
+                          plot=args.plot, devices=args.devices, input_size=args.input_size,
+                          num_classes=args.num_classes, **hp)
+        if r.history:
+            h = r.history[-1]
+            print(f"final: test top-1 accuracy {100 * (1 - h['val_top1_err']):.2f}% "
+                  f"(top-5 error {100 * h['val_top5_err']:.2f}%) after {h['epoch']} epochs, "
+                  f"{r.seconds:.1f} s; checkpoint {r.checkpoint}")
+    elif args.command == "eval":
+        net = convnet.load_checkpoint(args.checkpoint, device=args.device)
+        data = args.data or net.checkpoint.get("data") or "builtin"
+        r = convnet.evaluate(net, data, views=args.views, batch_size=args.batch_size)
+        print(f"{args.checkpoint} on {data} ({r['n']} images, {r['views']} view(s)): "
+              f"top-1 error {100 * r['top1_err']:.2f}%, top-5 error {100 * r['top5_err']:.2f}%, "
+              f"loss {r['loss']:.4f}")
+    elif args.command == "predict":
+        from .evaluate import predict_topk
+        net = convnet.load_checkpoint(args.checkpoint, device=args.device)
+        names = net.checkpoint.get("class_names")
+        for path in args.images:
+            top = predict_topk(net, _load_image(path, net)[None], args.top, names)[0]
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for _, name, p in top))
+    elif args.command == "plot":
+        from .plots import plot_run
+        for path in plot_run(args.run):
+            print(path)
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    import convnet
+    from .checkpoint import RunLockedError
+    from .train import NonFiniteLossError
     try:
-        if args.command == "info":
-            print(json.dumps(convnet.build_info(), indent=2))
-            print("devices:", ", ".join(convnet.devices()))
-        elif args.command == "summary":
-            import os
-            if os.path.exists(args.model):
-                net = convnet.Net(args.model, allocate=False)
-            else:
-                default_classes = 10 if args.model.lower() in ("default", "small") else 1000
-                net = convnet.get_model(args.model, num_classes=args.num_classes or default_classes,
-                                        input_size=args.input_size, allocate=False)
-            net.summary()
-        elif args.command == "train":
-            steps = [int(s) for s in args.lr_steps.split(",") if s.strip()] if args.lr_steps else None
-            r = convnet.train(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                              lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                              device=args.device, seed=args.seed, schedule=args.schedule, lr_steps=steps,
-                              out_dir=args.out, resume=args.resume, workers=args.workers,
-                              progress=not args.no_progress, plot=args.plot, eval_views=args.eval_views,
-                              devices=args.devices)
-            if r.history:
-                h = r.history[-1]
-                print(f"final: test top-1 accuracy {100 * (1 - h['val_top1_err']):.2f}% "
-                      f"(top-5 error {100 * h['val_top5_err']:.2f}%) after {h['epoch']} epochs, "
-                      f"{r.seconds:.1f} s; checkpoint {r.checkpoint}")
-        elif args.command == "eval":
-            net = convnet.load_checkpoint(args.checkpoint, device=args.device)
-            data = args.data or net.checkpoint.get("data") or "builtin"
-            r = convnet.evaluate(net, data, views=args.views, batch_size=args.batch_size)
-            print(f"{args.checkpoint} on {data} ({r['n']} images, {r['views']} view(s)): "
-                  f"top-1 error {100 * r['top1_err']:.2f}%, top-5 error {100 * r['top5_err']:.2f}%, "
-                  f"loss {r['loss']:.4f}")
-    except (ValueError, FileNotFoundError, ImportError) as err:
+        _run(args)
+    except NonFiniteLossError as err:
+        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError, ImportError, RunLockedError) as err:
+        # User errors: bad values, files, configs (CheckpointError is a ValueError), a held run folder.
         print(f"convnet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

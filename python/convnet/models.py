@@ -344,3 +344,39 @@ def get_model(name: str, num_classes: int = 10, input_size: int | None = None, d
         return alexnet(key, num_classes, input_size, device=device, devices=devices, seed=seed, allocate=allocate)
     raise ValueError(f"unknown model {name!r}; known models: " +
                      ", ".join(f"{k!r} ({v})" for k, v in MODELS.items()))
+
+
+def canonical_name(name: str) -> str | None:
+    """A model name or alias -> its key in MODELS ("default", "2012", "owt"); None if unknown."""
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    return key if key in MODELS else None
+
+
+def build_model(model, num_classes: int, image_shape, device=None, seed: int = 0, devices=None,
+                input_size: int | None = None) -> Net:
+    """The one builder for every kind of `model` argument: None (the small default net for images
+    <= 64 px, else AlexNet 2012), a name or alias, a Net (returned as is), a layer-config list/dict
+    or a config file path. image_shape (H, W, C) of the data picks the default net and its input
+    size (the default net: min(28, H, W)); input_size overrides it. devices: one per tower."""
+    import os
+    from .checkpoint import placement
+    if isinstance(model, Net):
+        return model
+    if model is None:
+        model = "2012" if devices is not None or max(image_shape[:2]) > 64 else "default"
+    if isinstance(model, str) and not os.path.exists(model):
+        key = canonical_name(model)
+        if key is None:
+            get_model(model)  # raises: unknown model, naming the known ones
+        size = input_size
+        if size is None and key == "default":
+            size = min(28, *image_shape[:2])
+        if devices is not None and key != "2012":
+            raise ValueError(f"devices={list(devices)!r}: model {model!r} has no towers; use '2012' or a "
+                             f"config with towers")
+        return get_model(key, num_classes=num_classes, input_size=size, device=device, seed=seed, devices=devices)
+    if input_size is not None:
+        raise ValueError(f"input_size={input_size}: a net config fixes its own input size (its data layer)")
+    if devices is not None:
+        return Net(model, devices=devices, seed=seed)
+    return Net(model, device=placement(model, device), seed=seed)

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import _C
 from ._C import ops
-from .data.loader import PIXEL_SCALE
+from .preprocess import PIXEL_SCALE, check_pixel_range, test_input
 from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_config
 from .tensor import as_labels
 
@@ -491,11 +491,25 @@ class Net:
         self.update(lr, momentum, weight_decay)
         return stats
 
+    def first_nonfinite_output(self, x, labels=None, step: int = 0, seed: int = 0):
+        """The name of the first layer (topological order) whose training-mode forward output on x
+        is not finite, or None: a diagnosis for a diverged run (reads every activation back)."""
+        try:
+            self.forward(x, labels, train=True, step=step, seed=seed)
+            for l in self.layers:
+                out = self._out.get(l.name)
+                if out is not None and not np.isfinite(out.numpy()).all():
+                    return l.name
+        except Exception:  # a diagnosis only: never hide the real error behind a second one
+            return None
+        return None
+
     # -- inference ----------------------------------------------------------------------------------
     def preprocess(self, images) -> np.ndarray:
-        """Images (N, H, W, C) uint8 (pixels 0..255) or float in pixel units -> the net's input: the
-        centre crop of the net's size, minus the training mean (`net.mean`, cropped the same way),
-        times `net.input_scale` (1/64 by default), exactly as the test-time loader does."""
+        """Images (N, H, W, C) uint8 (pixels 0..255) or float in pixel units [0, 255] -> the net's input:
+        the centre crop of the net's size, minus the training mean (`net.mean`, cropped the same way),
+        times `net.input_scale` (1/64 by default), exactly as the test-time loader does
+        (preprocess.test_input). Float images in [0, 1] and values outside [0, 255] are refused."""
         x = np.asarray(images)
         if x.ndim == 3:
             x = x[None]
@@ -503,16 +517,8 @@ class Net:
         if x.ndim != 4 or x.shape[3] != C or x.shape[1] < H or x.shape[2] < W:
             raise ValueError(f"predict: images of shape {x.shape} do not fit the net's input (N, {H}, {W}, {C}): "
                              f"need (N, >={H}, >={W}, {C})")
-        y0, x0 = (x.shape[1] - H) // 2, (x.shape[2] - W) // 2
-        x = x[:, y0:y0 + H, x0:x0 + W, :].astype(np.float32)
-        if self.mean is not None:
-            m = np.asarray(self.mean, dtype=np.float32)
-            if m.ndim == 3:
-                my, mx = (m.shape[0] - H) // 2, (m.shape[1] - W) // 2
-                m = m[my:my + H, mx:mx + W, :]
-            x -= m
-        x *= np.float32(self.input_scale)
-        return np.ascontiguousarray(x)
+        check_pixel_range(x, "predict")
+        return test_input(x, self.mean, H, self.input_scale)[0]
 
     def logits(self, x, batch_size: int = 256) -> np.ndarray:
         """Logits (N, classes) of already preprocessed inputs x (N, H, W, C) float32."""

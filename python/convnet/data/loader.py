@@ -26,7 +26,7 @@ import numpy as np
 from . import BadImageError
 from . import augment
 
-PIXEL_SCALE = 1.0 / 64.0
+from ..preprocess import PIXEL_SCALE  # noqa: E402  (one constant, shared with the graph's input scale)
 MAX_REPLACEMENTS = 100  # bad images in a row before a batch gives up (a folder of bad files)
 
 

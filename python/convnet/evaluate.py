@@ -1,0 +1,161 @@
+"""evaluate() (1 and 10 views), top-k prediction, and the data-name resolution train() shares.
+
+    >>> convnet.evaluate(net, "builtin", views=10)
+    {'top1_err': ..., 'top5_err': ..., 'loss': ..., 'top1_acc': ..., 'n': ..., 'views': 10}
+
+Images are preprocessed by `preprocess.test_input`, the one test-time path (also Net.predict's).
+A row whose logits are not all finite is never counted as a hit (NaN compares false, so a naive
+rank would call it correct)."""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import sys
+import time
+
+import numpy as np
+
+from .net import Net, softmax
+from .preprocess import test_input
+
+__all__ = ["evaluate", "resolve_data", "check_fit", "predict_topk"]
+
+
+def resolve_data(data, seed: int = 0):
+    """(train, test) splits and a name for: None or "builtin", "cifar10:<path>", "cifar100:<path>",
+    "imagenet:<path>", or a (train, test) pair of datasets (convnet.data.Dataset). The name holds the
+    path made absolute, so a checkpoint's data name works from any folder."""
+    from . import data as datamod
+    if data is None:
+        data = "builtin"
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1], None
+    if not isinstance(data, str):
+        raise ValueError(f"data: want a name like 'builtin', 'cifar10:<path>' or a (train, test) pair, got {data!r}")
+    kind, _, path = data.partition(":")
+    kind = kind.lower()
+    if kind == "builtin":
+        try:
+            n = int(path) if path else 0
+        except ValueError:
+            raise ValueError(f"data {data!r}: want 'builtin' or 'builtin:<seed>'") from None
+        train, test = datamod.builtin(n)
+        return train, test, data
+    if kind in ("cifar10", "cifar100", "imagenet"):
+        if not path:
+            raise ValueError(f"data {data!r}: give the folder, e.g. '{kind}:/data/{kind}'")
+        full = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(full):
+            raise FileNotFoundError(f"data folder not found: {full} (from data={data!r})")
+        load = {"cifar10": datamod.cifar10, "cifar100": datamod.cifar100, "imagenet": datamod.imagenet_folder}[kind]
+        train, test = load(full)
+        return train, test, f"{kind}:{full}"
+    raise ValueError(f"unknown data {data!r}; known: 'builtin', 'cifar10:<path>', 'cifar100:<path>', "
+                     f"'imagenet:<path>', or a (train, test) pair of datasets")
+
+
+def check_fit(net: Net, ds, what: str):
+    """ValueError unless the data set's images and classes fit the net."""
+    H, W, C = net.input_shape
+    h, w, c = tuple(ds.image_shape)
+    if h < H or w < W or c != C:
+        raise ValueError(f"{what}: the model takes images of {H}x{W}x{C} (N, H, W, C) = (N, {H}, {W}, {C}) "
+                         f"but the data set's images are {h}x{w}x{c} {tuple(ds.image_shape)}: use "
+                         f"--input-size {min(h, w)} (input_size=) or larger images")
+    if ds.num_classes > net.num_classes:
+        raise ValueError(f"{what}: the data set has {ds.num_classes} classes, the model only {net.num_classes}")
+
+
+def _prefetch_map(fn, items, workers):
+    """fn over items, in order, `workers` threads, a few items ahead (bounded memory)."""
+    if workers <= 0:
+        for it in items:
+            yield fn(it)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque()
+        it = iter(items)
+        for _ in range(workers + 2):
+            try:
+                pending.append(pool.submit(fn, next(it)))
+            except StopIteration:
+                break
+        while pending:
+            out = pending.popleft().result()
+            try:
+                pending.append(pool.submit(fn, next(it)))
+            except StopIteration:
+                pass
+            yield out
+
+
+def _errors(probs, labels, finite):
+    """(summed loss, top-1 hits, top-5 hits) of probs (n, classes); rows not `finite` never hit."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    p_label = probs[np.arange(n), labels][:, None]
+    rank = (probs > p_label).sum(axis=1)
+    loss = -np.log(np.maximum(p_label[:, 0], 1e-30))
+    return loss.sum(), int(((rank < 1) & finite).sum()), int(((rank < 5) & finite).sum())
+
+
+def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers: int = 2,
+             limit: int | None = None, progress: bool = False) -> dict:
+    """Top-1 and top-5 error of `net` on a split: the centre crop (views=1) or the paper's 10 views
+    (views=10: 4 corners + centre and their mirror images, softmax averaged).
+
+    data: a Dataset split, a (train, test) pair or a data name (the test split is used). Images are
+    preprocessed like the test loader: crop of the net's input size, minus the training mean
+    (`net.mean` if set, else the split's), times net.input_scale. progress: a line on stderr now and
+    then. Returns {"top1_err", "top5_err", "loss", "top1_acc", "n", "views"}; a row with a NaN/Inf
+    logit counts as an error (and makes the loss NaN).
+    """
+    if views not in (1, 10):
+        raise ValueError(f"evaluate: views must be 1 or 10, got {views}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be an integer >= 1, got {batch_size!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"evaluate: limit must be >= 1 or None, got {limit!r}")
+    if data is None or isinstance(data, (str, tuple, list)):
+        _, ds, _ = resolve_data(data)
+    else:
+        ds = data
+    check_fit(net, ds, "evaluate")
+    size = net.input_shape[0]
+    mean = net.mean if net.mean is not None else ds.mean
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if n == 0:
+        raise ValueError("evaluate: the split has no images")
+    chunks = [np.arange(k, min(k + batch_size, n)) for k in range(0, n, batch_size)]
+
+    def prepare(idx):
+        images, labels = ds.get_batch(idx)
+        return test_input(images, mean, size, net.input_scale, views), labels
+
+    loss = top1 = top5 = 0.0
+    done, last = 0, time.time()
+    for x, labels in _prefetch_map(prepare, chunks, workers):
+        probs, finite = 0.0, np.ones(len(labels), dtype=bool)
+        for v in range(views):
+            logits = net.forward(x[v]).numpy()
+            finite &= np.isfinite(logits).all(axis=1)
+            probs = probs + softmax(logits)
+        l, h1, h5 = _errors(probs / views, labels, finite)
+        loss, top1, top5 = loss + l, top1 + h1, top5 + h5
+        done += len(labels)
+        if progress and time.time() - last > 5.0:
+            last = time.time()
+            print(f"  validating {done}/{n} images", file=sys.stderr, flush=True)
+    return {"top1_err": 1.0 - top1 / n, "top5_err": 1.0 - top5 / n, "loss": loss / n,
+            "top1_acc": top1 / n, "n": n, "views": views}
+
+
+def predict_topk(net: Net, images, k: int = 5, class_names=None):
+    """[(index, name, probability) * k] per image, best first. images (N, H, W, C) pixel units."""
+    probs = net.predict(images)
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    names = list(class_names) if class_names else None
+    return [[(int(c), names[c] if names and c < len(names) else str(int(c)), float(p[c])) for c in row]
+            for row, p in zip(order, probs)]
