@@ -166,11 +166,13 @@ def restore(net: Net, arrays: dict, path, velocities=True):
         net.mean = arrays["mean"]
 
 
-def net_from_meta(meta, path, device=None, devices=None) -> Net:
+def net_from_meta(meta, path, device=None, devices=None, keep_pinned=True) -> Net:
+    """The Net of a checkpoint's config on `devices` (a tower list), else on `device`; with
+    `keep_pinned`, layers pinned to devices that exist here stay there (see placement)."""
     try:
         if devices is not None:
             return Net(meta["config"], devices=devices)
-        return Net(meta["config"], device=placement(meta["config"], device))
+        return Net(meta["config"], device=placement(meta["config"], device) if keep_pinned else device)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: its net config does not build: {e}") from e
 
@@ -181,7 +183,11 @@ def load_checkpoint(path, device: str | None = None) -> Net:
     `checkpoint` attribute holds the meta (epoch, hyper-parameters, class names, history)."""
     path = find_checkpoint(path)
     meta, arrays = read_checkpoint(path)
-    net = net_from_meta(meta, path, best_device("auto") if device is None else best_device(device))
+    # An explicit device moves every layer there (a two-tower checkpoint loads onto one device).
+    if device is None:
+        net = net_from_meta(meta, path, best_device("auto"))
+    else:
+        net = net_from_meta(meta, path, best_device(device), keep_pinned=False)
     restore(net, arrays, path)
     net.checkpoint = meta
     return net
