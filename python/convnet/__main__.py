@@ -185,6 +185,10 @@ def _run(args):
             print(path)
 
 
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .checkpoint import RunLockedError
@@ -192,11 +196,11 @@ def main(argv=None) -> int:
     try:
         _run(args)
     except NonFiniteLossError as err:
-        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 3
     except (ValueError, OSError, ImportError, RunLockedError) as err:
         # User errors: bad values, files, configs (CheckpointError is a ValueError), a held run folder.
-        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convnet: interrupted (the last checkpoint written is complete)", file=sys.stderr)
