@@ -208,10 +208,13 @@ def test_last_and_best_checkpoints_and_save_every(small_data, tmp_path, monkeypa
 
 
 def test_resuming_a_finished_run_says_so(small_data, finished_run, capsys):
-    r = convnet.train(data=small_data, resume=str(finished_run), epochs=2, workers=0)
-    err = capsys.readouterr().err
-    assert "is a finished run (2/2 epochs)" in err and "--epochs" in err
-    assert [h["epoch"] for h in r.history] == [1, 2]
+    before = (finished_run / "checkpoint.npz").read_bytes()
+    for progress in (True, False):
+        r = convnet.train(data=small_data, resume=str(finished_run), epochs=2, workers=0, progress=progress)
+        err = capsys.readouterr().err
+        assert "is a finished run (2/2 epochs)" in err and "--epochs" in err
+        assert [h["epoch"] for h in r.history] == [1, 2]
+    assert (finished_run / "checkpoint.npz").read_bytes() == before
 
 
 def test_eval_takes_a_run_folder_or_a_file(small_data, finished_run, monkeypatch, capsys):

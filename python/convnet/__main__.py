@@ -127,20 +127,19 @@ def _parser():
 
 
 def _load_image(path, net):
-    from PIL import Image
-    import numpy as np
+    """An image file -> uint8 (size, size, 3) as the net saw its training images: the shorter side
+    resized to the side of the run's training images (checkpoint meta image_shape; else
+    data.folder_image_size: 32 for the small net's 28 crops, 256 for AlexNet), the centre square;
+    predict then takes the centre crop of the net's input size."""
+    from .data import folder_image_size
+    from .data.imagenet import load_image
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
+    trained_on = net.checkpoint.get("image_shape")
+    size = int(min(trained_on[:2])) if trained_on else folder_image_size(net.input_shape[0])
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            H, W, _ = net.input_shape
-            scale = max(H / im.height, W / im.width)  # shorter side to the input size, then centre crop
-            if scale != 1.0:
-                im = im.resize((max(W, round(im.width * scale)), max(H, round(im.height * scale))),
-                               Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except OSError as e:
+        return load_image(path, size)
+    except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from None
 
 

@@ -187,8 +187,8 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
             f.writelines(json.dumps(h) + "\n" for h in history)
         text_log = open(os.path.join(out_dir, TEXT_LOG_NAME), "a")
 
-    def say(line, err=False):
-        if progress:
+    def say(line, err=False, always=False):
+        if progress or always:
             print(line, file=sys.stderr if err else sys.stdout, flush=True)
         if text_log:
             text_log.write(line + "\n")
@@ -198,7 +198,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
     where = f", writing to {out_dir}" if out_dir else ""
     if meta_in and start_epoch >= hp.epochs:
         say(f"convnet: {ckpt_path} is a finished run ({start_epoch}/{hp.epochs} epochs): nothing to train; "
-            f"give more epochs (--epochs) to continue it", err=True)
+            f"give more epochs (--epochs) to continue it", err=True, always=True)
     else:
         what = f"resuming {ckpt_path} at epoch {start_epoch + 1}" if meta_in else "training"
         say(f"convnet: {what}: {net.meta.get('name', 'net')} ({net.num_params:,} params) on {device}, "
@@ -259,7 +259,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         if out_dir:
             meta = {"epoch": epoch + 1, "step": step, "hparams": hp.to_dict(), "schedule": sched.state(),
                     "history": history, "data": data_name, "class_names": list(train_ds.class_names),
-                    "image_size": getattr(train_ds, "size", None),
+                    "image_size": getattr(train_ds, "size", None), "image_shape": list(train_ds.image_shape),
                     "loader": {"seed": hp.seed, "next_epoch": epoch + 1}, "dropout_seed": str(drop_seed),
                     "device": device}
             if val["top1_err"] < best_err:
