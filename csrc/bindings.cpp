@@ -358,18 +358,28 @@ with .numpy(); move it with .to(device).
   o.def("conv_backward_filter", &ops::conv_backward_filter, py::arg("dy"), py::arg("x"), py::arg("dw"),
         py::arg("db"), py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
         py::arg("accumulate") = false, GIL());
-  o.def("lrn_forward", &ops::lrn_forward, py::arg("x"), py::arg("y"), py::arg("size") = 5,
-        py::arg("alpha") = 1e-4f, py::arg("beta") = 0.75f, py::arg("k") = 2.0f, py::arg("alpha_over_size") = false,
+  using Lrn = ops::LrnDefaults;
+  using Pool = ops::PoolDefaults;
+  // The layers' defaults (layers.py LRN, MaxPool, AvgPool) come from the same constants.
+  m.attr("lrn_defaults") = py::dict(py::arg("size") = Lrn::size, py::arg("alpha") = Lrn::alpha,
+                                    py::arg("beta") = Lrn::beta, py::arg("k") = Lrn::k);
+  m.attr("pool_defaults") = py::dict(py::arg("size") = Pool::window, py::arg("stride") = Pool::stride,
+                                     py::arg("pad") = Pool::pad);
+  const Pair pool_window{Pool::window, Pool::window}, pool_stride{Pool::stride, Pool::stride},
+      pool_pad{Pool::pad, Pool::pad};
+  o.def("lrn_forward", &ops::lrn_forward, py::arg("x"), py::arg("y"), py::arg("size") = Lrn::size,
+        py::arg("alpha") = float(Lrn::alpha), py::arg("beta") = float(Lrn::beta), py::arg("k") = float(Lrn::k),
+        py::arg("alpha_over_size") = false,
         GIL(), "y = x / (k + alpha sum_window x^2)^beta across channels (alpha / size if alpha_over_size)");
   o.def("lrn_backward", &ops::lrn_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("dx"),
-        py::arg("size") = 5, py::arg("alpha") = 1e-4f, py::arg("beta") = 0.75f, py::arg("k") = 2.0f,
-        py::arg("alpha_over_size") = false, GIL());
+        py::arg("size") = Lrn::size, py::arg("alpha") = float(Lrn::alpha), py::arg("beta") = float(Lrn::beta),
+        py::arg("k") = float(Lrn::k), py::arg("alpha_over_size") = false, GIL());
   o.def("max_pool_forward", &ops::max_pool_forward, py::arg("x"), py::arg("y"), py::arg("argmax"),
-        py::arg("window") = Pair{3, 3}, py::arg("stride") = Pair{2, 2}, py::arg("pad") = Pair{0, 0}, GIL());
+        py::arg("window") = pool_window, py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
   o.def("max_pool_backward", &ops::max_pool_backward, py::arg("dy"), py::arg("argmax"), py::arg("dx"),
-        py::arg("window") = Pair{3, 3}, py::arg("stride") = Pair{2, 2}, py::arg("pad") = Pair{0, 0}, GIL());
-  o.def("avg_pool_forward", &ops::avg_pool_forward, py::arg("x"), py::arg("y"), py::arg("window") = Pair{3, 3},
-        py::arg("stride") = Pair{2, 2}, py::arg("pad") = Pair{0, 0}, GIL());
-  o.def("avg_pool_backward", &ops::avg_pool_backward, py::arg("dy"), py::arg("dx"), py::arg("window") = Pair{3, 3},
-        py::arg("stride") = Pair{2, 2}, py::arg("pad") = Pair{0, 0}, GIL());
+        py::arg("window") = pool_window, py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
+  o.def("avg_pool_forward", &ops::avg_pool_forward, py::arg("x"), py::arg("y"), py::arg("window") = pool_window,
+        py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
+  o.def("avg_pool_backward", &ops::avg_pool_backward, py::arg("dy"), py::arg("dx"), py::arg("window") = pool_window,
+        py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
 }

@@ -78,6 +78,17 @@ void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pai
 void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,
                           Pair stride, Pair pad, int groups, bool accumulate);
 
+// The paper's LRN and pooling settings: the defaults of these ops' bindings and of the Python layers
+// (layers.py reads them as convnet._C.lrn_defaults / pool_defaults), stated here once. Doubles, so
+// Python sees 1e-4, not its float32 rounding.
+struct LrnDefaults {
+  static constexpr int size = 5;
+  static constexpr double alpha = 1e-4, beta = 0.75, k = 2.0;
+};
+struct PoolDefaults {
+  static constexpr int window = 3, stride = 2, pad = 0;  // overlapping max-pool 3/2
+};
+
 // Local response normalisation across channels of x (..., C): b = a / (k + alpha' sum_window a^2)^beta
 // with alpha' = alpha (the paper) or alpha / size (cuda-convnet, PyTorch) when alpha_over_size.
 void lrn_forward(const Tensor& x, const Tensor& y, int size, float alpha, float beta, float k,

@@ -196,7 +196,9 @@ def test_plateau_schedule():
 def test_cli_train_eval_and_plots(tmp_path, tiny_data, monkeypatch, capsys):
     from convnet.__main__ import main
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(trainmod, "resolve_data", lambda data, seed=0: (*tiny_data, "tiny"))
+    fake_open = lambda data, *a, **k: (*tiny_data, "tiny")  # noqa: E731
+    monkeypatch.setattr(trainmod, "open_data", fake_open)
+    monkeypatch.setattr(convnet.data, "open_data", fake_open)  # evaluate() opens names through it
     cfg = tmp_path / "net.json"
     cfg.write_text(json.dumps(tiny_conv(8)))
     out = tmp_path / "run"

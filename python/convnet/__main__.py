@@ -84,14 +84,19 @@ def _parser():
                    help="input side of a named model (default: the model's: 28 small, 227 2012, 224 owt)")
     t.add_argument("--num-classes", type=_int_at_least(1), default=None,
                    help="output classes of a named model (default: the data set's)")
+    t.add_argument("--image-size", type=_int_at_least(1), default=None,
+                   help="imagenet:<path> only: resize each image's shorter side to this and keep the centre "
+                   "square (default: 256 for the AlexNets, input size x 8/7 for smaller nets)")
     _hparam_flags(t)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda:0 ... (default: auto)")
     t.add_argument("--devices", default=None,
-                   help="one device per tower, e.g. cuda:0,cuda:1 (model 2012: the paper's two-GPU split)")
+                   help="one device per tower, e.g. cuda:0,cuda:1 (model 2012: the paper's two-GPU split) "
+                   "(default: all on --device)")
     t.add_argument("--workers", type=_int_at_least(0), default=2, help="loader threads (default: 2)")
-    t.add_argument("--resume", default=None, help="a checkpoint file or a run folder")
-    t.add_argument("--out", default=None, help="the run folder (default runs/<model>-<time>); an existing "
-                   "run is refused unless --resume")
+    t.add_argument("--resume", default=None, help="continue a run: a checkpoint file or a run folder (default: "
+                   "a new run)")
+    t.add_argument("--out", default=None, help="the run folder (default: runs/<model>-<time>, or the "
+                   "--resume folder); an existing run is refused unless --resume")
     t.add_argument("--plot", action="store_true", help="write curves.png and conv1_filters.png (matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
@@ -115,26 +120,26 @@ def _parser():
 
     s = sub.add_parser("summary", help="print a model's layers, shapes, parameters and FLOPs")
     s.add_argument("--model", default="2012", help="(default: 2012)")
-    s.add_argument("--num-classes", type=_int_at_least(1), default=None)
-    s.add_argument("--input-size", type=_int_at_least(1), default=None)
+    s.add_argument("--num-classes", type=_int_at_least(1), default=None,
+                   help="(default: 10 for the small net, 1000 for AlexNet)")
+    s.add_argument("--input-size", type=_int_at_least(1), default=None, help="(default: the model's)")
     return p
 
 
 def _load_image(path, net):
-    from PIL import Image
-    import numpy as np
+    """An image file -> uint8 (size, size, 3) as the net saw its training images: the shorter side
+    resized to the side of the run's training images (checkpoint meta image_shape; else
+    data.folder_image_size: 32 for the small net's 28 crops, 256 for AlexNet), the centre square;
+    predict then takes the centre crop of the net's input size."""
+    from .data import folder_image_size
+    from .data.imagenet import load_image
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
+    trained_on = net.checkpoint.get("image_shape")
+    size = int(min(trained_on[:2])) if trained_on else folder_image_size(net.input_shape[0])
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            H, W, _ = net.input_shape
-            scale = max(H / im.height, W / im.width)  # shorter side to the input size, then centre crop
-            if scale != 1.0:
-                im = im.resize((max(W, round(im.width * scale)), max(H, round(im.height * scale))),
-                               Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except OSError as e:
+        return load_image(path, size)
+    except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from None
 
 
@@ -147,7 +152,8 @@ def _run(args):
         if os.path.exists(args.model):
             net = convnet.Net(args.model, allocate=False)
         else:
-            default_classes = 10 if args.model.lower() in ("default", "small") else 1000
+            from .models import canonical_name
+            default_classes = 10 if canonical_name(args.model) == "default" else 1000
             net = convnet.get_model(args.model, num_classes=args.num_classes or default_classes,
                                     input_size=args.input_size, allocate=False)
         net.summary()
@@ -159,7 +165,7 @@ def _run(args):
         r = convnet.train(model=args.model, data=args.data, device=args.device, out_dir=args.out,
                           resume=args.resume, workers=args.workers, progress=not args.no_progress,
                           plot=args.plot, devices=args.devices, input_size=args.input_size,
-                          num_classes=args.num_classes, **hp)
+                          num_classes=args.num_classes, image_size=args.image_size, **hp)
         if r.history:
             h = r.history[-1]
             print(f"final: test top-1 accuracy {100 * (1 - h['val_top1_err']):.2f}% "
@@ -168,7 +174,9 @@ def _run(args):
     elif args.command == "eval":
         net = convnet.load_checkpoint(args.checkpoint, device=args.device)
         data = args.data or net.checkpoint.get("data") or "builtin"
-        r = convnet.evaluate(net, data, views=args.views, batch_size=args.batch_size)
+        size = None if args.data else net.checkpoint.get("image_size")  # the training run's folder size
+        r = convnet.evaluate(net, data, views=args.views, batch_size=args.batch_size, image_size=size,
+                             progress=True)
         print(f"{args.checkpoint} on {data} ({r['n']} images, {r['views']} view(s)): "
               f"top-1 error {100 * r['top1_err']:.2f}%, top-5 error {100 * r['top5_err']:.2f}%, "
               f"loss {r['loss']:.4f}")
@@ -185,6 +193,10 @@ def _run(args):
             print(path)
 
 
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .checkpoint import RunLockedError
@@ -192,11 +204,11 @@ def main(argv=None) -> int:
     try:
         _run(args)
     except NonFiniteLossError as err:
-        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 3
     except (ValueError, OSError, ImportError, RunLockedError) as err:
         # User errors: bad values, files, configs (CheckpointError is a ValueError), a held run folder.
-        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convnet: interrupted (the last checkpoint written is complete)", file=sys.stderr)

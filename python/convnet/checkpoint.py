@@ -2,7 +2,8 @@
 
 A checkpoint is a plain .npz file: "param/<layer>.<name>" and "velocity/<layer>.<name>" arrays,
 "mean" (the preprocessing mean) and "meta", a JSON string with the net config (data, never a path),
-hyper-parameters, epoch, step, schedule state, seed, class names, the data name (absolute path) and
+hyper-parameters, epoch, step, schedule state, seed, class names, the data name (absolute path),
+image_size (an image folder's resize side, else None), image_shape (of the training images) and
 history. Loading never unpickles anything.
 
 A run folder holds checkpoint.npz (the last epoch written), best.npz (the lowest validation top-1

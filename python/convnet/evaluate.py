@@ -1,4 +1,4 @@
-"""evaluate() (1 and 10 views), top-k prediction, and the data-name resolution train() shares.
+"""evaluate() (1 and 10 views) and top-k prediction. Data names are parsed by data.open_data.
 
     >>> convnet.evaluate(net, "builtin", views=10)
     {'top1_err': ..., 'top5_err': ..., 'loss': ..., 'top1_acc': ..., 'n': ..., 'views': 10}
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
 import sys
 import time
 
@@ -19,51 +18,21 @@ import numpy as np
 from .net import Net, softmax
 from .preprocess import test_input
 
-__all__ = ["evaluate", "resolve_data", "check_fit", "predict_topk"]
+__all__ = ["evaluate", "check_fit", "predict_topk"]
+
+PROGRESS_SECONDS = 5.0  # evaluate(progress=True): a "validating i/n images" line at most this often
 
 
-def resolve_data(data, seed: int = 0):
-    """(train, test) splits and a name for: None or "builtin", "cifar10:<path>", "cifar100:<path>",
-    "imagenet:<path>", or a (train, test) pair of datasets (convnet.data.Dataset). The name holds the
-    path made absolute, so a checkpoint's data name works from any folder."""
-    from . import data as datamod
-    if data is None:
-        data = "builtin"
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1], None
-    if not isinstance(data, str):
-        raise ValueError(f"data: want a name like 'builtin', 'cifar10:<path>' or a (train, test) pair, got {data!r}")
-    kind, _, path = data.partition(":")
-    kind = kind.lower()
-    if kind == "builtin":
-        try:
-            n = int(path) if path else 0
-        except ValueError:
-            raise ValueError(f"data {data!r}: want 'builtin' or 'builtin:<seed>'") from None
-        train, test = datamod.builtin(n)
-        return train, test, data
-    if kind in ("cifar10", "cifar100", "imagenet"):
-        if not path:
-            raise ValueError(f"data {data!r}: give the folder, e.g. '{kind}:/data/{kind}'")
-        full = os.path.abspath(os.path.expanduser(path))
-        if not os.path.exists(full):
-            raise FileNotFoundError(f"data folder not found: {full} (from data={data!r})")
-        load = {"cifar10": datamod.cifar10, "cifar100": datamod.cifar100, "imagenet": datamod.imagenet_folder}[kind]
-        train, test = load(full)
-        return train, test, f"{kind}:{full}"
-    raise ValueError(f"unknown data {data!r}; known: 'builtin', 'cifar10:<path>', 'cifar100:<path>', "
-                     f"'imagenet:<path>', or a (train, test) pair of datasets")
-
-
-def check_fit(net: Net, ds, what: str):
-    """ValueError unless the data set's images and classes fit the net."""
-    H, W, C = net.input_shape
+def check_fit(net: Net, ds, what: str, input_shape=None):
+    """ValueError unless the data set's images and classes fit the net (or a net of `input_shape`
+    (H, W, C), checked before a net is built)."""
+    H, W, C = input_shape or net.input_shape
     h, w, c = tuple(ds.image_shape)
     if h < H or w < W or c != C:
         raise ValueError(f"{what}: the model takes images of {H}x{W}x{C} (N, H, W, C) = (N, {H}, {W}, {C}) "
                          f"but the data set's images are {h}x{w}x{c} {tuple(ds.image_shape)}: use "
                          f"--input-size {min(h, w)} (input_size=) or larger images")
-    if ds.num_classes > net.num_classes:
+    if net is not None and ds.num_classes > net.num_classes:
         raise ValueError(f"{what}: the data set has {ds.num_classes} classes, the model only {net.num_classes}")
 
 
@@ -101,11 +70,12 @@ def _errors(probs, labels, finite):
 
 
 def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers: int = 2,
-             limit: int | None = None, progress: bool = False) -> dict:
+             limit: int | None = None, progress: bool = False, image_size: int | None = None) -> dict:
     """Top-1 and top-5 error of `net` on a split: the centre crop (views=1) or the paper's 10 views
     (views=10: 4 corners + centre and their mirror images, softmax averaged).
 
-    data: a Dataset split, a (train, test) pair or a data name (the test split is used). Images are
+    data: a Dataset split, a (train, test) pair or a data name (the test split is used; an image
+    folder is resized to `image_size`, default data.folder_image_size of the net's input). Images are
     preprocessed like the test loader: crop of the net's input size, minus the training mean
     (`net.mean` if set, else the split's), times net.input_scale. progress: a line on stderr now and
     then. Returns {"top1_err", "top5_err", "loss", "top1_acc", "n", "views"}; a row with a NaN/Inf
@@ -118,7 +88,8 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
     if limit is not None and limit < 1:
         raise ValueError(f"evaluate: limit must be >= 1 or None, got {limit!r}")
     if data is None or isinstance(data, (str, tuple, list)):
-        _, ds, _ = resolve_data(data)
+        from .data import open_data
+        _, ds, _ = open_data(data, input_size=net.input_shape[0], image_size=image_size)
     else:
         ds = data
     check_fit(net, ds, "evaluate")
@@ -144,9 +115,9 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
         l, h1, h5 = _errors(probs / views, labels, finite)
         loss, top1, top5 = loss + l, top1 + h1, top5 + h5
         done += len(labels)
-        if progress and time.time() - last > 5.0:
+        if progress and time.time() - last >= PROGRESS_SECONDS:
             last = time.time()
-            print(f"  validating {done}/{n} images", file=sys.stderr, flush=True)
+            print(f"  validating {done}/{n} images ({views} view(s))", file=sys.stderr, flush=True)
     return {"top1_err": 1.0 - top1 / n, "top5_err": 1.0 - top5 / n, "loss": loss / n,
             "top1_acc": top1 / n, "n": n, "views": views}
 

@@ -202,8 +202,10 @@ class Data(Layer):
     _options = {"shape": None}
 
     def setup(self, in_shapes):
-        if self.shape is None or len(self.shape) != 3:
-            self._fail(f"needs shape=[H, W, C], got {self.shape!r}")
+        ok = isinstance(self.shape, (list, tuple)) and len(self.shape) == 3 and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in self.shape)
+        if not ok:
+            self._fail(f"needs shape=[H, W, C] of whole numbers >= 1, got {self.shape!r}")
         self.shape = tuple(int(s) for s in self.shape)
         return self.shape
 
@@ -416,7 +418,7 @@ class LRN(Layer):
     net, where each tower's LRN sees only its own channels): the (N, H, W, C) tensor is viewed as
     (N, H, W * g, C / g), no copy."""
     type = "lrn"
-    _options = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False, "groups": 1}
+    _options = {**_C.lrn_defaults, "alpha_over_size": False, "groups": 1}  # csrc/ops.h LrnDefaults
 
     def setup(self, in_shapes):
         if len(in_shapes[0]) != 3:
@@ -445,7 +447,7 @@ class LRN(Layer):
 
 
 class _Pool(Layer):
-    _options = {"size": 3, "stride": 2, "pad": 0}
+    _options = dict(_C.pool_defaults)  # csrc/ops.h PoolDefaults: the paper's overlapping 3/2
 
     def setup(self, in_shapes):
         self.size, self.stride, self.pad = _pair(self.size), _pair(self.stride), _pair(self.pad)

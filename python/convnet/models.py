@@ -11,10 +11,13 @@ dicts) so it can be edited, saved as JSON, or re-pinned to devices.
 """
 from __future__ import annotations
 
-from .net import DEFAULT_INPUT_SCALE, Net
+from .net import DEFAULT_INPUT_SCALE, Net, load_config
+
+# Each named model's default input side, in one place (the configs' defaults and get_model use it).
+INPUT_SIZES = {"default": 28, "2012": 227, "owt": 224}
 
 __all__ = ["alexnet", "alexnet_2012_config", "two_tower_config", "merge_towers", "split_towers", "alexnet_owt_config", "small_config", "small",
-           "get_model", "MODELS"]
+           "get_model", "build_model", "canonical_name", "input_side", "MODELS", "INPUT_SIZES"]
 
 
 def _conv(name, inputs, filters, size, stride=1, pad=0, relu=True, device="cpu", **kw):
@@ -41,7 +44,7 @@ def _conv_paper_std(init):
 
 
 def two_tower_config(widths=(96, 256, 384, 384, 256), hidden=(4096, 4096), num_classes: int = 1000,
-                     input_size: int = 227, conv1=(11, 4, 0), lrn: bool = True, dropout: float = 0.5,
+                     input_size: int = INPUT_SIZES["2012"], conv1=(11, 4, 0), lrn: bool = True, dropout: float = 0.5,
                      towers: int = 2, devices=None, init_std=0.01) -> list:
     """The paper's architecture as data, for any widths: conv1 (size, stride, pad of `conv1`) ->
     [LRN] -> max-pool 3/2 -> conv2 5x5 pad 2 -> [LRN] -> pool -> conv3, conv4, conv5 3x3 pad 1 -> pool
@@ -144,7 +147,7 @@ def two_tower_config(widths=(96, 256, 384, 384, 256), hidden=(4096, 4096), num_c
     return layers
 
 
-def alexnet_2012_config(num_classes: int = 1000, input_size: int = 227, devices=("cpu", "cpu"),
+def alexnet_2012_config(num_classes: int = 1000, input_size: int = INPUT_SIZES["2012"], devices=("cpu", "cpu"),
                         init: str = "paper", towers: int = 2) -> list:
     """The paper's network (`two_tower_config` with AlexNet's widths), as two towers a and b as on its
     two GPUs (towers=2), or as one grouped single-device net computing the same function (towers=1).
@@ -244,7 +247,7 @@ def split_towers(state: dict) -> dict:
     return out
 
 
-def alexnet_owt_config(num_classes: int = 1000, input_size: int = 224) -> list:
+def alexnet_owt_config(num_classes: int = 1000, input_size: int = INPUT_SIZES["owt"]) -> list:
     """Single tower, "one weird trick" (Krizhevsky 2014) as torchvision has it: conv1 64 11x11/4 pad 2,
     pool 3/2, conv2 192 5x5 pad 2, pool, conv3 384, conv4 256, conv5 256 3x3 pad 1, pool,
     dropout -> fc6 4096 -> dropout -> fc7 4096 -> fc8; no LRN. Weights N(0, 1/(3 fan_in)) (the std of
@@ -268,7 +271,7 @@ def alexnet_owt_config(num_classes: int = 1000, input_size: int = 224) -> list:
     ]
 
 
-def small_config(num_classes: int = 10, input_size: int = 28, width: int = 32) -> list:
+def small_config(num_classes: int = 10, input_size: int = INPUT_SIZES["default"], width: int = 32) -> list:
     """The default net for the built-in 32x32 data (random 28x28 crops): AlexNet's family in small.
 
     conv1 width 5x5 pad 2 + ReLU -> LRN -> max-pool 3/2 -> conv2 2*width 5x5 pad 2 + ReLU -> LRN ->
@@ -302,21 +305,21 @@ def alexnet(version: str = "2012", num_classes: int = 1000, input_size: int | No
     tower b on d1 (model parallelism with explicit copies; the same device twice runs the same graph on
     one device); `device` puts everything on one device, keeping the towers and their copies.
     towers=1 is the same function as one grouped single-device net (see `two_tower_config`)."""
-    v = str(version).lower().replace("alexnet", "").strip("-_ ")
-    if v in ("2012", "paper", ""):
-        cfg = alexnet_2012_config(num_classes, input_size or 227, tuple(devices or ("cpu", "cpu")), init,
-                                  towers=towers)
+    v = canonical_name(version)
+    if v == "2012":
+        cfg = alexnet_2012_config(num_classes, input_size or INPUT_SIZES[v], tuple(devices or ("cpu", "cpu")),
+                                  init, towers=towers)
         meta = {"name": "alexnet-2012" if towers == 2 else "alexnet-2012-grouped",
                 "input_scale": 1.0 if init == "paper" else DEFAULT_INPUT_SCALE}
-    elif v in ("owt", "2014"):
-        cfg = alexnet_owt_config(num_classes, input_size or 224)
+    elif v == "owt":
+        cfg = alexnet_owt_config(num_classes, input_size or INPUT_SIZES[v])
         meta = {"name": "alexnet-owt", "input_scale": DEFAULT_INPUT_SCALE}
     else:
         raise ValueError(f"alexnet: unknown version {version!r}; known: '2012', 'owt'")
     return Net(cfg, device=device, seed=seed, meta=meta, allocate=allocate)
 
 
-def small(num_classes: int = 10, input_size: int = 28, device: str | None = None, seed: int = 0,
+def small(num_classes: int = 10, input_size: int = INPUT_SIZES["default"], device: str | None = None, seed: int = 0,
           allocate: bool = True) -> Net:
     return Net(small_config(num_classes, input_size), device=device, seed=seed,
                meta={"name": "small", "input_scale": DEFAULT_INPUT_SCALE}, allocate=allocate)
@@ -327,8 +330,10 @@ MODELS = {
     "2012": "AlexNet as in the 2012 paper, two towers, 227x227",
     "owt": "AlexNet 'one weird trick' single tower (torchvision), 224x224",
 }
+# Every other spelling of a model name, in one place (get_model, alexnet(), build_model, the CLI).
 _ALIASES = {"small": "default", "alexnet": "2012", "alexnet-2012": "2012", "alexnet2012": "2012",
-            "paper": "2012", "alexnet-owt": "owt"}
+            "alexnet_2012": "2012", "paper": "2012", "alexnet-owt": "owt", "alexnet_owt": "owt",
+            "alexnetowt": "owt", "2014": "owt", "alexnet-2014": "owt"}
 
 
 def get_model(name: str, num_classes: int = 10, input_size: int | None = None, device: str | None = None,
@@ -339,7 +344,7 @@ def get_model(name: str, num_classes: int = 10, input_size: int | None = None, d
     if devices is not None and key != "2012":
         raise ValueError(f"devices={list(devices)!r}: only the two-tower '2012' model splits over devices")
     if key == "default":
-        return small(num_classes, input_size or 28, device, seed, allocate)
+        return small(num_classes, input_size or INPUT_SIZES[key], device, seed, allocate)
     if key in ("2012", "owt"):
         return alexnet(key, num_classes, input_size, device=device, devices=devices, seed=seed, allocate=allocate)
     raise ValueError(f"unknown model {name!r}; known models: " +
@@ -348,8 +353,30 @@ def get_model(name: str, num_classes: int = 10, input_size: int | None = None, d
 
 def canonical_name(name: str) -> str | None:
     """A model name or alias -> its key in MODELS ("default", "2012", "owt"); None if unknown."""
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    key = _ALIASES.get(str(name).lower().strip(), str(name).lower().strip())
     return key if key in MODELS else None
+
+
+def input_side(model, input_size: int | None = None, image_shape=None) -> int | None:
+    """The input side of the net `model` (any build_model argument) will build, without building it:
+    input_size if given, a named model's default (INPUT_SIZES; the small net takes smaller images
+    whole: min(28, H, W) of `image_shape`), a Net's or a config's data layer; None for model None
+    (the default model depends on the data)."""
+    import os
+    if input_size is not None:
+        return int(input_size)
+    if model is None:
+        return None
+    if isinstance(model, Net):
+        return int(model.input_shape[0])
+    if isinstance(model, str) and not os.path.exists(model):
+        key = canonical_name(model)
+        if key == "default" and image_shape is not None:
+            return min(INPUT_SIZES[key], *image_shape[:2])
+        return INPUT_SIZES[key] if key else None  # unknown: build_model names the known ones
+    layers, _ = load_config(model)
+    shapes = [d.get("shape") for d in layers if isinstance(d, dict) and d.get("type") in ("data", "input")]
+    return int(shapes[0][0]) if shapes and isinstance(shapes[0], (list, tuple)) and shapes[0] else None
 
 
 def build_model(model, num_classes: int, image_shape, device=None, seed: int = 0, devices=None,
@@ -368,9 +395,7 @@ def build_model(model, num_classes: int, image_shape, device=None, seed: int = 0
         key = canonical_name(model)
         if key is None:
             get_model(model)  # raises: unknown model, naming the known ones
-        size = input_size
-        if size is None and key == "default":
-            size = min(28, *image_shape[:2])
+        size = input_side(key, input_size, image_shape)
         if devices is not None and key != "2012":
             raise ValueError(f"devices={list(devices)!r}: model {model!r} has no towers; use '2012' or a "
                              f"config with towers")

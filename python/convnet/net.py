@@ -71,6 +71,7 @@ def _parse_ini_value(text: str):
 def load_config(source):
     """A net description -> (list of layer dicts, meta dict). `source`: a list of dicts, a dict with
     "layers" (and optional "meta"), or a path to a .json or .ini/.cfg file."""
+    path = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -102,9 +103,19 @@ def load_config(source):
                     d[key] = v
                 layers.append(d)
             return layers, {}
+    where = f"net config {path}" if path else "net config"
+    meta = {}
     if isinstance(source, dict):
-        return [dict(d) for d in source["layers"]], dict(source.get("meta", {}))
-    return [dict(d) if isinstance(d, dict) else d for d in source], {}
+        if not isinstance(source.get("layers"), list) or not isinstance(source.get("meta", {}), dict):
+            raise ValueError(f"{where}: want {{\"layers\": [layer dicts], \"meta\": {{...}}}}, got keys "
+                             f"{sorted(source)!r} with layers of type {type(source.get('layers')).__name__}")
+        source, meta = source["layers"], dict(source.get("meta", {}))
+    if not isinstance(source, (list, tuple)):
+        raise ValueError(f"{where}: want a list of layer dicts, got {type(source).__name__}")
+    for i, d in enumerate(source):
+        if not isinstance(d, (dict, Layer)):
+            raise ValueError(f"{where}: layer {i} is a {type(d).__name__} ({d!r}), not a dict")
+    return [dict(d) if isinstance(d, dict) else d for d in source], meta
 
 
 class Net:

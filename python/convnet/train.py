@@ -1,6 +1,6 @@
 """train(): the SGD loop, the learning-rate schedule and progress. The pieces live in their own
 modules: hparams.py (the hyper-parameter record and its defaults), checkpoint.py (atomic save, load,
-resume, the run-folder lock), evaluate.py (evaluation, data names), plots.py, models.build_model.
+resume, the run-folder lock), evaluate.py, plots.py, models.build_model, data.open_data (data names).
 
     >>> import convnet
     >>> result = convnet.train()                  # the small default net on the built-in data
@@ -25,12 +25,13 @@ from ._C import ops
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, LOG_NAME, TEXT_LOG_NAME, CheckpointError, RunLock,
                          best_device, clean_stale_temps, find_checkpoint, load_checkpoint, net_from_meta,
                          read_checkpoint, restore, save_checkpoint)
-from .evaluate import check_fit, evaluate, resolve_data
+from .data import open_data
+from .evaluate import check_fit, evaluate
 from .hparams import DEFAULT_EPOCHS, HParams, Schedule
 from .net import Net
 
 __all__ = ["train", "evaluate", "TrainResult", "Schedule", "save_checkpoint", "load_checkpoint",
-           "read_checkpoint", "resolve_data", "CheckpointError", "NonFiniteLossError", "DEFAULT_EPOCHS"]
+           "read_checkpoint", "open_data", "CheckpointError", "NonFiniteLossError", "DEFAULT_EPOCHS"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,12 +71,14 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           patience: int | None = None, out_dir=None, resume=None, workers: int = 2, progress: bool = True,
           plot: bool = False, lighting: float | None = None, eval_views: int | None = None, log_every: int = 10,
           log_seconds: float = 60.0, save_every: int | None = None, devices=None, input_size: int | None = None,
-          num_classes: int | None = None) -> TrainResult:
+          num_classes: int | None = None, image_size: int | None = None) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model       None (the small default net for <= 64 px images, else AlexNet 2012), a name ("default",
                 "2012", "owt"), a Net, a layer-config list or a config file path (models.build_model)
     data        None/"builtin", "cifar10:<path>", "cifar100:<path>", "imagenet:<path>" or (train, test)
+                (data.open_data); image_size: the side image folders are resized to (default 256 for
+                the AlexNets, input x 8/7 for smaller nets: data.folder_image_size)
     epochs, batch_size, lr, momentum, weight_decay, seed, schedule, lr_steps, patience, lighting,
     eval_views, save_every   see hparams.HParams (None: from the checkpoint when resuming, else the
                 default there; lr defaults to 0.01 x batch_size / 128)
@@ -89,7 +92,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     plot        write curves.png and conv1_filters.png (needs matplotlib; checked before training)
     """
     from .data import BatchLoader
-    from .models import build_model
+    from .models import build_model, input_side
     t_start = time.time()
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  seed=seed, schedule=schedule, lr_steps=list(lr_steps) if lr_steps is not None else None,
@@ -107,7 +110,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         meta_in, arrays = read_checkpoint(ckpt_path)
         if out_dir is None:
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
-    elif out_dir and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
+    elif out_dir and any(os.path.exists(os.path.join(out_dir, f))
+                         for f in (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)):
         raise ValueError(f"out_dir {out_dir} holds an earlier run: resume it (--resume {out_dir}) or "
                          f"choose another folder")
     hp_in = dict((meta_in or {}).get("hparams", {}))
@@ -119,7 +123,12 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
 
     if data is None and meta_in and isinstance(meta_in.get("data"), str):
         data = meta_in["data"]
-    train_ds, test_ds, data_name = resolve_data(data)
+        image_size = image_size or meta_in.get("image_size")
+    arch = meta_in["config"] if meta_in and model is None else model  # what the net is built from
+    train_ds, test_ds, data_name = open_data(data, input_side(arch, input_size), image_size)
+    side = input_side(arch, input_size, train_ds.image_shape)
+    if side:  # before building a big net
+        check_fit(None, train_ds, "train", (side, side, train_ds.image_shape[2]))
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     if devices is not None:
@@ -178,8 +187,8 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
             f.writelines(json.dumps(h) + "\n" for h in history)
         text_log = open(os.path.join(out_dir, TEXT_LOG_NAME), "a")
 
-    def say(line, err=False):
-        if progress:
+    def say(line, err=False, always=False):
+        if progress or always:
             print(line, file=sys.stderr if err else sys.stdout, flush=True)
         if text_log:
             text_log.write(line + "\n")
@@ -189,7 +198,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
     where = f", writing to {out_dir}" if out_dir else ""
     if meta_in and start_epoch >= hp.epochs:
         say(f"convnet: {ckpt_path} is a finished run ({start_epoch}/{hp.epochs} epochs): nothing to train; "
-            f"give more epochs (--epochs) to continue it", err=True)
+            f"give more epochs (--epochs) to continue it", err=True, always=True)
     else:
         what = f"resuming {ckpt_path} at epoch {start_epoch + 1}" if meta_in else "training"
         say(f"convnet: {what}: {net.meta.get('name', 'net')} ({net.num_params:,} params) on {device}, "
@@ -250,6 +259,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         if out_dir:
             meta = {"epoch": epoch + 1, "step": step, "hparams": hp.to_dict(), "schedule": sched.state(),
                     "history": history, "data": data_name, "class_names": list(train_ds.class_names),
+                    "image_size": getattr(train_ds, "size", None), "image_shape": list(train_ds.image_shape),
                     "loader": {"seed": hp.seed, "next_epoch": epoch + 1}, "dropout_seed": str(drop_seed),
                     "device": device}
             if val["top1_err"] < best_err:

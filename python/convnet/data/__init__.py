@@ -7,6 +7,10 @@ Every data set is a pair of splits built by one constructor::
     train, test = cifar100("~/data", label="fine")    # or label="coarse"
     train, val = imagenet_folder("~/data/imagenet", size=256)
 
+or by name, the one data-name parser (names.py), which train(), evaluate() and the CLI use:
+
+    train, test, name = open_data("cifar10:~/data/cifar-10-batches-py")
+
 and every split follows the small `Dataset` protocol defined here:
 
     len(ds)                 number of images
@@ -184,9 +188,10 @@ from .builtin import builtin  # noqa: E402
 from .cifar import cifar10, cifar100  # noqa: E402
 from .imagenet import ImageFolder, imagenet_folder  # noqa: E402
 from .loader import PIXEL_SCALE, BatchLoader  # noqa: E402
+from .names import folder_image_size, open_data  # noqa: E402
 
 __all__ = [
     "Dataset", "ArrayDataset", "ImageFolder", "BadImageError", "rgb_stats",
     "builtin", "cifar10", "cifar100", "imagenet_folder",
-    "BatchLoader", "PIXEL_SCALE", "augment",
+    "BatchLoader", "PIXEL_SCALE", "augment", "open_data", "folder_image_size",
 ]
