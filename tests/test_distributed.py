@@ -21,6 +21,7 @@ import pytest
 import convnet
 from convnet import distributed as dist
 from convnet.data import builtin
+from convnet.checkpoint import read_checkpoint
 from convnet.models import small_config
 
 HERE = Path(__file__).resolve().parent
@@ -265,12 +266,14 @@ def _tiny_cifar(folder):
     return folder
 
 
-def _train_cli(k, data, out, *extra, timeout=120, check=True, worker=None):
-    """`convnet train` on the tiny data: one plain process (k = 1) or mpiexec -n k ... -m convnet."""
+def _train_cli(k, data, out, *extra, timeout=120, check=True, worker=None, env_extra=None):
+    """`convnet train` on the tiny data: one plain process (k = 1) or mpiexec -n k ... -m convnet
+    (worker: [script, fault]: tests/dp_train_worker.py's CLI with a planted fault instead)."""
     args = ["train", "--data", f"cifar10:{data}", "--model", str(data / "net.json"), "--batch-size", "16",
             "--workers", "0", "--no-progress", "--seed", "3", "--out", str(out), *extra]
     env = {key: v for key, v in os.environ.items() if not key.startswith(("PMI_", "OMPI_", "PMIX_"))}
-    program = [str(worker), "--"] if worker else ["-m", "convnet"]
+    env.update(env_extra or {})
+    program = [*worker, "--"] if worker else ["-m", "convnet"]
     if k == 1:
         cmd = [sys.executable, *program, *args]
     else:
@@ -346,3 +349,67 @@ def test_train_errors_of_rank_0_reach_every_rank(tmp_path):
     run = _train_cli(2, data, tmp_path / "y", "--micro-batch", "16", check=False, timeout=60)
     assert run.returncode != 0
     assert run.stderr.count("multiple of processes x micro_batch = 2 x 16") == 2, run.stderr
+
+
+TRAIN_WORKER = HERE / "dp_train_worker.py"
+
+
+@pytest.mark.parametrize("kind", ["kill", pytest.param("raise", marks=pytest.mark.slow)])
+def test_train_a_failing_rank_ends_the_job_and_loses_no_checkpoint(tmp_path, kind):
+    # Rank 1 dies (SIGKILL) or raises at step 7 (epoch 2 of 3): the job ends in seconds, the failing
+    # rank is named (an exception by the rank itself, a kill by the launcher's PID, which rank 1
+    # announced), epoch 1's checkpoint is whole, and resuming it on ONE process (micro-batches of 4)
+    # ends with the bytes of an uninterrupted one-process run.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    t0 = time.monotonic()
+    run = _train_cli(2, data, tmp_path / "run", "--epochs", "3", "--micro-batch", "4", check=False, timeout=90,
+                     worker=[str(TRAIN_WORKER), f"1:7:{kind}"])
+    took = time.monotonic() - t0
+    assert run.returncode != 0 and took < 60, (took, run.stdout, run.stderr)
+    out = run.stdout + run.stderr
+    if kind == "raise":
+        assert "convnet: rank 1/2" in out and "failed: RuntimeError: planted failure" in out, out
+    else:
+        pid = dict(re.findall(r"convnet: rank (\d+)/2 is pid (\d+)", out))["1"]
+        assert "signal 9" in out and f"PID {pid}" in out, out
+    meta, _ = read_checkpoint(str(tmp_path / "run"))
+    assert meta["epoch"] == 1 and meta["step"] == 5
+    _train_cli(1, data, tmp_path / "whole", "--epochs", "3", "--micro-batch", "4")
+    _train_cli(1, data, tmp_path / "run", "--resume", str(tmp_path / "run"))
+    _assert_same_bytes(_run_folder(tmp_path / "whole")[0], _run_folder(tmp_path / "run")[0], "resumed on K=1")
+
+
+@pytest.mark.parametrize("kind", ["stop", pytest.param("hang", marks=pytest.mark.slow)])
+def test_watchdog_ends_the_job_naming_a_silent_or_stuck_rank(tmp_path, kind):
+    # What the launcher cannot see: rank 1 stopped (SIGSTOP: alive, silent) or stuck (sleeping: its
+    # heartbeat goes on, it never enters the step's collective). Rank 0's watchdog ends the job after
+    # $CONVNET_DP_SILENCE / $CONVNET_DP_TIMEOUT seconds and says which rank and why.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    t0 = time.monotonic()
+    run = _train_cli(2, data, tmp_path / "run", "--epochs", "3", "--micro-batch", "4", check=False, timeout=90,
+                     worker=[str(TRAIN_WORKER), f"1:7:{kind}"],
+                     env_extra={"CONVNET_DP_TIMEOUT": "4", "CONVNET_DP_SILENCE": "3"})
+    took = time.monotonic() - t0
+    assert run.returncode != 0 and took < 60, (took, run.stdout, run.stderr)
+    if kind == "stop":
+        assert re.search(r"convnet: rank 0/2 .* has heard nothing from 1 rank\(s\) .* in collective #\d+ "
+                         r"\(alltoallv, step 7\).* rank 1: no heartbeat for \d+ s", run.stderr), run.stderr
+    else:
+        assert re.search(r"convnet: rank 0/2 .* has waited \d+ s \(\$CONVNET_DP_TIMEOUT=4\) .*step 7.* rank 1: "
+                         r"alive but has not entered it \(at collective #\d+, step 6, computing\)", run.stderr), \
+            run.stderr
+    meta, _ = read_checkpoint(str(tmp_path / "run"))
+    assert meta["epoch"] == 1
+
+
+def test_watchdog_settings_are_checked(monkeypatch):
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"CONVNET_DP_TIMEOUT='soon': want seconds"):
+        dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0)
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "-1")
+    with pytest.raises(ValueError, match=">= 0"):
+        dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0)
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "")
+    assert dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0) == 600.0

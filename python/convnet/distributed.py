@@ -85,6 +85,7 @@ class Comm:
     rank = 0
     size = 1
     name = "local"
+    phase = ""  # what the job is doing ("step 12", "evaluation"), for error messages
 
     def alltoallv(self, send: np.ndarray, bounds: np.ndarray, recv: np.ndarray):
         """send (n,): piece [bounds[k], bounds[k+1]) goes to rank k; recv (size, c_rank) gets rank
@@ -118,6 +119,9 @@ class Comm:
         """End every rank of the job now."""
         os._exit(code)
 
+    def close(self):
+        pass
+
 
 class LocalComm(Comm):
     """One process: the collectives are copies."""
@@ -144,44 +148,200 @@ class LocalComm(Comm):
 class MPIComm(Comm):
     """An mpi4py communicator (a duplicate of COMM_WORLD by default, so our traffic never matches a
     user's). MPI must provide MPI_THREAD_MULTIPLE when DataParallel runs its communication thread
-    (mpi4py asks for it by default; MPICH and Open MPI provide it)."""
+    (mpi4py asks for it by default; MPICH and Open MPI provide it).
+
+    Every collective runs under a watchdog (see _Watchdog): a rank that waits longer than
+    `timeout_s` for the others, or stops hearing a rank for `silence_s`, ends the job naming the
+    ranks that are missing. Defaults: $CONVNET_DP_TIMEOUT (600 s) and $CONVNET_DP_SILENCE (60 s);
+    0 turns that check off."""
     name = "mpi"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, timeout_s: float | None = None, silence_s: float | None = None):
         from mpi4py import MPI
         self.MPI = MPI
         self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.thread_level = MPI.Query_thread()
+        self.phase = "start-up"  # what the job is doing, for the watchdog's message (DataParallel sets it)
+        timeout_s = _env_seconds("CONVNET_DP_TIMEOUT", 600.0) if timeout_s is None else float(timeout_s)
+        silence_s = _env_seconds("CONVNET_DP_SILENCE", 60.0) if silence_s is None else float(silence_s)
+        self.watchdog = None
+        if self.size > 1 and (timeout_s > 0 or silence_s > 0) and self.thread_level >= MPI.THREAD_MULTIPLE:
+            self.watchdog = _Watchdog(self, timeout_s, silence_s)
+
+    def _watch(self, what):
+        return self.watchdog.waiting(what) if self.watchdog is not None else _NO_WATCH
 
     def alltoallv(self, send, bounds, recv):
         counts = np.diff(bounds)
         c = int(counts[self.rank])
-        self.comm.Alltoallv([send, (counts, bounds[:-1]), self.MPI.FLOAT],
-                            [recv, ([c] * self.size, [k * c for k in range(self.size)]), self.MPI.FLOAT])
+        with self._watch("alltoallv"):
+            self.comm.Alltoallv([send, (counts, bounds[:-1]), self.MPI.FLOAT],
+                                [recv, ([c] * self.size, [k * c for k in range(self.size)]), self.MPI.FLOAT])
 
     def allgatherv(self, mine, bounds, out):
         counts = np.diff(bounds)
-        self.comm.Allgatherv([mine, self.MPI.FLOAT], [out, (counts, bounds[:-1]), self.MPI.FLOAT])
+        with self._watch("allgatherv"):
+            self.comm.Allgatherv([mine, self.MPI.FLOAT], [out, (counts, bounds[:-1]), self.MPI.FLOAT])
 
     def allreduce_sum(self, buf):
-        self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.FLOAT], op=self.MPI.SUM)
+        with self._watch("allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.FLOAT], op=self.MPI.SUM)
 
     def bcast(self, buf, root=0):
-        self.comm.Bcast(buf, root=root)
+        with self._watch("bcast"):
+            self.comm.Bcast(buf, root=root)
 
     def allgather_obj(self, obj):
-        return self.comm.allgather(obj)
+        with self._watch("allgather"):
+            return self.comm.allgather(obj)
 
     def bcast_obj(self, obj, root=0):
-        return self.comm.bcast(obj, root=root)
+        with self._watch("bcast"):
+            return self.comm.bcast(obj, root=root)
 
     def barrier(self):
-        self.comm.Barrier()
+        with self._watch("barrier"):
+            self.comm.Barrier()
 
     def abort(self, code=1):
         self.MPI.COMM_WORLD.Abort(code)
+
+    def close(self):
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+
+
+def _env_seconds(name, default):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r}: want seconds (0 turns the check off)") from None
+    if not v >= 0:
+        raise ValueError(f"${name}={text!r}: want seconds >= 0")
+    return v
+
+
+class _NoWatch:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_WATCH = _NoWatch()
+
+
+class _Watchdog:
+    """Ends a job whose collectives stopped matching, naming the ranks that are missing.
+
+    A thread sends every other rank a heartbeat once a second on a communicator of its own: this
+    rank's count of collectives entered, the one it waits in, and the job phase. It ends the job
+    (prints, then MPI_Abort) when a collective of this rank has waited more than `timeout_s`, or
+    when this rank waits and has not heard a rank for `silence_s` (killed and not reaped by the
+    launcher, stopped, or frozen). The message names every rank behind this one: silent ones
+    ("no heartbeat for 12 s") and live ones that have not entered this collective ("at collective
+    #41, step 20, in allgather"). The cost is K - 1 tiny messages a second per rank."""
+
+    TAG = 0x7C0
+
+    def __init__(self, comm: MPIComm, timeout_s: float, silence_s: float, beat_s: float = 1.0):
+        import atexit
+        self.comm = comm
+        self.hb = comm.comm.Dup()
+        self.timeout_s, self.silence_s, self.beat_s = timeout_s, silence_s, beat_s
+        self.lock = threading.Lock()
+        self.entered = 0             # collectives this rank has entered
+        self.waits = {}              # token -> (collective number, what, phase, since)
+        now = time.monotonic()
+        self.heard = {k: now for k in range(comm.size) if k != comm.rank}
+        self.their = {k: (0, None, "start-up") for k in self.heard}
+        self.ever = set()            # the ranks heard at least once
+        self.sends = []
+        self.stopping = threading.Event()
+        self.t = threading.Thread(target=self._loop, name="convnet-dp-watchdog", daemon=True)
+        self.t.start()
+        atexit.register(self.stop)   # before mpi4py's MPI_Finalize (atexit runs last-registered first)
+
+    def waiting(self, what):
+        wd = self
+
+        class _Wait:
+            def __enter__(self):
+                with wd.lock:
+                    wd.entered += 1
+                    self.token = object()
+                    wd.waits[self.token] = (wd.entered, what, wd.comm.phase, time.monotonic())
+
+            def __exit__(self, *exc):
+                with wd.lock:
+                    wd.waits.pop(self.token, None)
+                return False
+        return _Wait()
+
+    def stop(self):
+        if not self.stopping.is_set():
+            self.stopping.set()
+            if self.t is not threading.current_thread():
+                self.t.join(timeout=5)
+
+    def _loop(self):
+        MPI = self.comm.MPI
+        while not self.stopping.wait(self.beat_s):
+            try:
+                self._beat(MPI)
+            except Exception as e:  # noqa: BLE001 - a broken watchdog must not take the job down
+                print(f"convnet: rank {self.comm.rank}: the data-parallel watchdog stopped ({e})", file=sys.stderr)
+                return
+
+    def _beat(self, MPI):
+        with self.lock:
+            oldest = min(self.waits.values(), key=lambda w: w[0], default=None)
+            entered, phase = self.entered, self.comm.phase
+        note = (entered, oldest[1] if oldest else None, oldest[2] if oldest else phase)
+        self.sends = [r for r in self.sends if not r.Test()]
+        for k in self.heard:
+            if len(self.sends) < 64 * len(self.heard):  # a silent peer: do not pile up messages
+                self.sends.append(self.hb.isend(note, dest=k, tag=self.TAG))
+        status = MPI.Status()
+        now = time.monotonic()
+        while self.hb.iprobe(source=MPI.ANY_SOURCE, tag=self.TAG, status=status):
+            src = status.Get_source()
+            self.their[src] = self.hb.recv(source=src, tag=self.TAG)
+            self.heard[src] = now
+            self.ever.add(src)
+        if oldest is None:
+            return
+        number, what, wphase, since = oldest
+        waited = now - since
+        silent = {k: now - t for k, t in self.heard.items() if now - t > self.silence_s} if self.silence_s else {}
+        if silent or (self.timeout_s and waited > self.timeout_s):
+            self._end(number, what, wphase, waited, silent, now)
+
+    def _end(self, number, what, phase, waited, silent, now):
+        r, K = self.comm.rank, self.comm.size
+        behind = []
+        for k in sorted(self.heard):
+            n, w, ph = self.their[k]
+            if k in silent:
+                last = f"last at collective #{n}, {ph}" if k in self.ever else "never heard"
+                behind.append(f"rank {k}: no heartbeat for {silent[k]:.0f} s (killed, stopped or frozen; {last})")
+            elif n < number:
+                behind.append(f"rank {k}: alive but has not entered it (at collective #{n}, {ph}"
+                              f"{', waiting in ' + w if w else ', computing'})")
+        why = (f"has heard nothing from {len(silent)} rank(s) for {max(silent.values()):.0f} s "
+               f"($CONVNET_DP_SILENCE={self.silence_s:g})" if silent else
+               f"has waited {waited:.0f} s ($CONVNET_DP_TIMEOUT={self.timeout_s:g})")
+        print(f"convnet: rank {r}/{K} (pid {os.getpid()} on {_host()}) {why} in collective #{number} ({what}, "
+              f"{phase}); ending the job. " + ("; ".join(behind) if behind else "every rank is at it or past it"),
+              file=sys.stderr, flush=True)
+        self.comm.abort(3)
 
 
 def world(distributed="auto") -> Comm:
@@ -432,6 +592,7 @@ class DataParallel:
     # -- replicas ---------------------------------------------------------------------------------
     def broadcast(self, root: int = 0):
         """Every rank takes rank `root`'s parameters and momentum, then the digests are compared."""
+        self.comm.phase = "the parameter broadcast"
         for _, p in self.net.named_params():
             for attr in ("value", "velocity"):
                 t = getattr(p, attr)
@@ -465,6 +626,7 @@ class DataParallel:
             raise ValueError(f"data parallel step: rank {self.rank} of {self.size} got {n} samples; its slice "
                              f"of a global batch of {B} is rows [{lo}, {hi}) = {hi - lo}")
         L, M = n // m, B // m
+        self.comm.phase = f"step {step}"
         self._start_step(L)
         stats = np.empty((L, 3), np.float64)
         t0 = time.perf_counter()
@@ -703,6 +865,7 @@ class TrainingRun:
     def close(self):
         if self.dp is not None:
             self.dp.close()
+        self.comm.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -766,6 +929,7 @@ def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, view
         if progress and time.time() - last > 5.0:
             last = time.time()
             print(f"  validating batch {len(mine)}/{len(chunks)}", file=sys.stderr, flush=True)
+    comm.phase = "evaluation"
     pieces = comm.allgather_obj(mine) if comm.size > 1 else [mine]
     rows = np.concatenate([pieces[r][c] for c in range(len(chunks)) for r in range(comm.size)])
     top1, top5 = float(rows[:, 1].sum()), float(rows[:, 2].sum())
