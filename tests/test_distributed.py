@@ -21,6 +21,7 @@ import pytest
 import convnet
 from convnet import distributed as dist
 from convnet.data import builtin
+from convnet.checkpoint import read_checkpoint
 from convnet.models import small_config
 
 HERE = Path(__file__).resolve().parent
@@ -238,3 +239,177 @@ def test_sharded_evaluation_does_not_depend_on_the_number_of_shards():
     assert one == three and one["n"] == 37
     ref = convnet.evaluate(net, test, batch_size=10, workers=0)
     assert abs(ref["loss"] - one["loss"]) < 1e-5 and abs(ref["top1_err"] - one["top1_err"]) < 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# convnet train under mpiexec (the CLI and train(distributed="auto"))
+
+def _tiny_cifar(folder):
+    """A CIFAR-10 folder of 5 x 16 train and 16 test images (32x32, 10 classes) and net.json, the
+    small net at a 12x12 input (width 8, dropout 0.5): an epoch is 5 steps of a global batch of 16."""
+    import json
+    import pickle
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (10, 3072))
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        data = np.clip(base[labels] * 0.6 + rng.integers(0, 100, (n, 3072)), 0, 255).astype(np.uint8)
+        return {b"data": data, b"labels": [int(v) for v in labels]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch(16), f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
+    (folder / "net.json").write_text(json.dumps(small_config(num_classes=10, input_size=12, width=8)))
+    return folder
+
+
+def _train_cli(k, data, out, *extra, timeout=120, check=True, worker=None, env_extra=None):
+    """`convnet train` on the tiny data: one plain process (k = 1) or mpiexec -n k ... -m convnet
+    (worker: [script, fault]: tests/dp_train_worker.py's CLI with a planted fault instead)."""
+    args = ["train", "--data", f"cifar10:{data}", "--model", str(data / "net.json"), "--batch-size", "16",
+            "--workers", "0", "--no-progress", "--seed", "3", "--out", str(out), *extra]
+    env = {key: v for key, v in os.environ.items() if not key.startswith(("PMI_", "OMPI_", "PMIX_"))}
+    env.update(env_extra or {})
+    program = [*worker, "--"] if worker else ["-m", "convnet"]
+    if k == 1:
+        cmd = [sys.executable, *program, *args]
+    else:
+        exe = _need_mpi()
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+        over = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+        cmd = [exe, "-n", str(k), *over, sys.executable, "-m", "mpi4py", *program, *args]
+        env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert run.returncode == 0, f"{cmd} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
+    return run
+
+
+def _run_folder(out):
+    import json
+    state = _state(out / "checkpoint.npz")
+    meta = json.loads(str(state.pop("meta")))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for h in log + meta["history"]:  # the timings differ, every number learnt must not
+        h.pop("images_per_s")
+        h.pop("seconds")
+    return state, meta, log
+
+
+def test_train_on_2_ranks_equals_1_process_at_the_same_micro_batch(tmp_path):
+    # `mpiexec -n 2 python -m mpi4py -m convnet train --micro-batch 4` and the one-process run with
+    # the same micro-batches: the same checkpoint bytes (parameters, momentum), the same history
+    # (training loss, sharded validation), one run folder written by rank 0 alone.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    one = _train_cli(1, data, tmp_path / "k1", "--epochs", "2", "--micro-batch", "4")
+    two = _train_cli(2, data, tmp_path / "k2", "--epochs", "2", "--micro-batch", "4")
+    s1, m1, log1 = _run_folder(tmp_path / "k1")
+    s2, m2, log2 = _run_folder(tmp_path / "k2")
+    _assert_same_bytes(s1, s2, "K=2 vs K=1")
+    assert log1 == log2 == m2["history"] and len(log2) == 2 and m2["step"] == 10
+    assert m2["hparams"]["micro_batch"] == 4 and m2["hparams"]["batch_size"] == 16
+    assert two.stdout.count("final: test top-1 accuracy") == 1, two.stdout  # rank 0 speaks
+    text = (tmp_path / "k2" / "train.log").read_text()
+    assert text.count("epoch 2/2") == 1 and "data parallel over 2 processes" in text, text
+    assert "convnet: rank 1/2 is pid" in two.stderr
+    assert one.stdout.count("final:") == 1
+
+
+def test_train_one_process_in_one_micro_batch_is_the_plain_step(tmp_path):
+    # micro_batch = batch_size on one process goes through DataParallel and must give the bytes of
+    # the plain net.train_step path (the data-parallel path adds nothing to the arithmetic).
+    from convnet.evaluate import resolve_data
+    data = _tiny_cifar(tmp_path / "data")
+    splits = resolve_data(f"cifar10:{data}")[:2]
+    kw = dict(model=small_config(num_classes=10, input_size=12, width=8), data=splits, epochs=1, batch_size=16,
+              seed=3, out_dir=False, progress=False, workers=0)
+    plain = convnet.train(**kw)
+    folded = convnet.train(micro_batch=16, **kw)
+    _assert_same_bytes(plain.net.state(), folded.net.state(), "micro_batch = batch_size vs plain")
+    quarters = convnet.train(micro_batch=4, **kw)  # four micro-batches: trains, other bytes
+    assert quarters.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-3)
+    with pytest.raises(ValueError, match="micro_batch=5: must be a divisor of the batch size 16"):
+        convnet.train(micro_batch=5, **kw)
+    with pytest.raises(ValueError, match="reduction='tree'"):
+        convnet.train(reduction="tree", **kw)
+
+
+def test_train_errors_of_rank_0_reach_every_rank(tmp_path):
+    # What only rank 0 does (read the checkpoint to resume) fails on every rank with the same message,
+    # and a batch that does not split into whole micro-batches per rank is refused: exit 2, at once.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    run = _train_cli(2, data, tmp_path / "x", "--resume", str(tmp_path / "nowhere"), check=False, timeout=60)
+    assert run.returncode != 0
+    assert run.stderr.count("convnet train: error: checkpoint not found") == 2, run.stderr
+    run = _train_cli(2, data, tmp_path / "y", "--micro-batch", "16", check=False, timeout=60)
+    assert run.returncode != 0
+    assert run.stderr.count("multiple of processes x micro_batch = 2 x 16") == 2, run.stderr
+
+
+TRAIN_WORKER = HERE / "dp_train_worker.py"
+
+
+@pytest.mark.parametrize("kind", ["kill", pytest.param("raise", marks=pytest.mark.slow)])
+def test_train_a_failing_rank_ends_the_job_and_loses_no_checkpoint(tmp_path, kind):
+    # Rank 1 dies (SIGKILL) or raises at step 7 (epoch 2 of 3): the job ends in seconds, the failing
+    # rank is named (an exception by the rank itself, a kill by the launcher's PID, which rank 1
+    # announced), epoch 1's checkpoint is whole, and resuming it on ONE process (micro-batches of 4)
+    # ends with the bytes of an uninterrupted one-process run.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    t0 = time.monotonic()
+    run = _train_cli(2, data, tmp_path / "run", "--epochs", "3", "--micro-batch", "4", check=False, timeout=90,
+                     worker=[str(TRAIN_WORKER), f"1:7:{kind}"])
+    took = time.monotonic() - t0
+    assert run.returncode != 0 and took < 60, (took, run.stdout, run.stderr)
+    out = run.stdout + run.stderr
+    if kind == "raise":
+        assert "convnet: rank 1/2" in out and "failed: RuntimeError: planted failure" in out, out
+    else:
+        pid = dict(re.findall(r"convnet: rank (\d+)/2 is pid (\d+)", out))["1"]
+        assert "signal 9" in out and f"PID {pid}" in out, out
+    meta, _ = read_checkpoint(str(tmp_path / "run"))
+    assert meta["epoch"] == 1 and meta["step"] == 5
+    _train_cli(1, data, tmp_path / "whole", "--epochs", "3", "--micro-batch", "4")
+    _train_cli(1, data, tmp_path / "run", "--resume", str(tmp_path / "run"))
+    _assert_same_bytes(_run_folder(tmp_path / "whole")[0], _run_folder(tmp_path / "run")[0], "resumed on K=1")
+
+
+@pytest.mark.parametrize("kind", ["stop", pytest.param("hang", marks=pytest.mark.slow)])
+def test_watchdog_ends_the_job_naming_a_silent_or_stuck_rank(tmp_path, kind):
+    # What the launcher cannot see: rank 1 stopped (SIGSTOP: alive, silent) or stuck (sleeping: its
+    # heartbeat goes on, it never enters the step's collective). Rank 0's watchdog ends the job after
+    # $CONVNET_DP_SILENCE / $CONVNET_DP_TIMEOUT seconds and says which rank and why.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    t0 = time.monotonic()
+    run = _train_cli(2, data, tmp_path / "run", "--epochs", "3", "--micro-batch", "4", check=False, timeout=90,
+                     worker=[str(TRAIN_WORKER), f"1:7:{kind}"],
+                     env_extra={"CONVNET_DP_TIMEOUT": "4", "CONVNET_DP_SILENCE": "3"})
+    took = time.monotonic() - t0
+    assert run.returncode != 0 and took < 60, (took, run.stdout, run.stderr)
+    if kind == "stop":
+        assert re.search(r"convnet: rank 0/2 .* has heard nothing from 1 rank\(s\) .* in collective #\d+ "
+                         r"\(alltoallv, step 7\).* rank 1: no heartbeat for \d+ s", run.stderr), run.stderr
+    else:
+        assert re.search(r"convnet: rank 0/2 .* has waited \d+ s \(\$CONVNET_DP_TIMEOUT=4\) .*step 7.* rank 1: "
+                         r"alive but has not entered it \(at collective #\d+, step 6, computing\)", run.stderr), \
+            run.stderr
+    meta, _ = read_checkpoint(str(tmp_path / "run"))
+    assert meta["epoch"] == 1
+
+
+def test_watchdog_settings_are_checked(monkeypatch):
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"CONVNET_DP_TIMEOUT='soon': want seconds"):
+        dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0)
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "-1")
+    with pytest.raises(ValueError, match=">= 0"):
+        dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0)
+    monkeypatch.setenv("CONVNET_DP_TIMEOUT", "")
+    assert dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0) == 600.0

@@ -4,6 +4,7 @@
     python -m convnet train --data cifar10:~/data --epochs 30 --plot
     python -m convnet train --resume runs/small-20260101-120000
     python -m convnet train --model 2012 --data imagenet:~/data --devices cuda:0,cuda:1
+    mpiexec -n 4 python -m mpi4py -m convnet train --data cifar10:~/data --batch-size 128 --micro-batch 32
     python -m convnet eval --checkpoint runs/small-20260101-120000 --views 10
     python -m convnet predict --checkpoint runs/small-20260101-120000 cat.jpg dog.png
     python -m convnet plot runs/small-20260101-120000
@@ -55,7 +56,7 @@ def _hparam_flags(t):
     """One flag per HParams field; the help shows the record's default (one place for each)."""
     types = {"epochs": _int_at_least(1), "batch_size": _int_at_least(1), "seed": _int_at_least(0),
              "patience": _int_at_least(1), "save_every": _int_at_least(1), "lr": _float, "momentum": _float,
-             "weight_decay": _float, "lighting": _float, "lr_steps": str}
+             "weight_decay": _float, "lighting": _float, "lr_steps": str, "micro_batch": _int_at_least(1)}
     for f in dataclasses.fields(HParams):
         flag = "--" + f.name.replace("_", "-")
         extra = {}
@@ -63,6 +64,8 @@ def _hparam_flags(t):
             extra["choices"] = ["step", "plateau"]
         elif f.name == "eval_views":
             extra = {"choices": [1, 10], "type": int}
+        elif f.name == "reduction":
+            extra["choices"] = ["ordered", "fast"]
         else:
             extra["type"] = types[f.name]
         shown = f" (default: {f.default})" if f.default is not None else ""  # else the help says it
@@ -166,7 +169,7 @@ def _run(args):
                           resume=args.resume, workers=args.workers, progress=not args.no_progress,
                           plot=args.plot, devices=args.devices, input_size=args.input_size,
                           num_classes=args.num_classes, image_size=args.image_size, **hp)
-        if r.history:
+        if r.history and r.rank == 0:  # data parallel: rank 0 speaks
             h = r.history[-1]
             print(f"final: test top-1 accuracy {100 * (1 - h['val_top1_err']):.2f}% "
                   f"(top-5 error {100 * h['val_top5_err']:.2f}%) after {h['epoch']} epochs, "

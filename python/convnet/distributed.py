@@ -55,7 +55,7 @@ from . import _C
 from ._C import ops
 
 __all__ = ["Comm", "LocalComm", "MPIComm", "world", "launched_by_mpi", "DataParallel", "ReplicaDriftError",
-           "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
+           "TrainingRun", "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
 
 # Environment variables a launcher sets in every rank (MPICH/hydra and Intel MPI: PMI_*; Open MPI:
 # OMPI_*; PMIx launchers: PMIX_RANK; MVAPICH: MV2_*). Without one of them we do not import mpi4py
@@ -85,6 +85,7 @@ class Comm:
     rank = 0
     size = 1
     name = "local"
+    phase = ""  # what the job is doing ("step 12", "evaluation"), for error messages
 
     def alltoallv(self, send: np.ndarray, bounds: np.ndarray, recv: np.ndarray):
         """send (n,): piece [bounds[k], bounds[k+1]) goes to rank k; recv (size, c_rank) gets rank
@@ -107,12 +108,19 @@ class Comm:
         """[rank 0's obj, rank 1's, ...] (small picklable objects)."""
         raise NotImplementedError
 
+    def bcast_obj(self, obj, root: int = 0):
+        """root's obj on every rank (a small picklable object)."""
+        raise NotImplementedError
+
     def barrier(self):
         pass
 
     def abort(self, code: int = 1):
         """End every rank of the job now."""
         os._exit(code)
+
+    def close(self):
+        pass
 
 
 class LocalComm(Comm):
@@ -133,45 +141,207 @@ class LocalComm(Comm):
     def allgather_obj(self, obj):
         return [obj]
 
+    def bcast_obj(self, obj, root=0):
+        return obj
+
 
 class MPIComm(Comm):
     """An mpi4py communicator (a duplicate of COMM_WORLD by default, so our traffic never matches a
     user's). MPI must provide MPI_THREAD_MULTIPLE when DataParallel runs its communication thread
-    (mpi4py asks for it by default; MPICH and Open MPI provide it)."""
+    (mpi4py asks for it by default; MPICH and Open MPI provide it).
+
+    Every collective runs under a watchdog (see _Watchdog): a rank that waits longer than
+    `timeout_s` for the others, or stops hearing a rank for `silence_s`, ends the job naming the
+    ranks that are missing. Defaults: $CONVNET_DP_TIMEOUT (600 s) and $CONVNET_DP_SILENCE (60 s);
+    0 turns that check off."""
     name = "mpi"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, timeout_s: float | None = None, silence_s: float | None = None):
         from mpi4py import MPI
         self.MPI = MPI
         self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.thread_level = MPI.Query_thread()
+        self.phase = "start-up"  # what the job is doing, for the watchdog's message (DataParallel sets it)
+        timeout_s = _env_seconds("CONVNET_DP_TIMEOUT", 600.0) if timeout_s is None else float(timeout_s)
+        silence_s = _env_seconds("CONVNET_DP_SILENCE", 60.0) if silence_s is None else float(silence_s)
+        self.watchdog = None
+        if self.size > 1 and (timeout_s > 0 or silence_s > 0) and self.thread_level >= MPI.THREAD_MULTIPLE:
+            self.watchdog = _Watchdog(self, timeout_s, silence_s)
+
+    def _watch(self, what):
+        return self.watchdog.waiting(what) if self.watchdog is not None else _NO_WATCH
 
     def alltoallv(self, send, bounds, recv):
         counts = np.diff(bounds)
         c = int(counts[self.rank])
-        self.comm.Alltoallv([send, (counts, bounds[:-1]), self.MPI.FLOAT],
-                            [recv, ([c] * self.size, [k * c for k in range(self.size)]), self.MPI.FLOAT])
+        with self._watch("alltoallv"):
+            self.comm.Alltoallv([send, (counts, bounds[:-1]), self.MPI.FLOAT],
+                                [recv, ([c] * self.size, [k * c for k in range(self.size)]), self.MPI.FLOAT])
 
     def allgatherv(self, mine, bounds, out):
         counts = np.diff(bounds)
-        self.comm.Allgatherv([mine, self.MPI.FLOAT], [out, (counts, bounds[:-1]), self.MPI.FLOAT])
+        with self._watch("allgatherv"):
+            self.comm.Allgatherv([mine, self.MPI.FLOAT], [out, (counts, bounds[:-1]), self.MPI.FLOAT])
 
     def allreduce_sum(self, buf):
-        self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.FLOAT], op=self.MPI.SUM)
+        with self._watch("allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.FLOAT], op=self.MPI.SUM)
 
     def bcast(self, buf, root=0):
-        self.comm.Bcast(buf, root=root)
+        with self._watch("bcast"):
+            self.comm.Bcast(buf, root=root)
 
     def allgather_obj(self, obj):
-        return self.comm.allgather(obj)
+        with self._watch("allgather"):
+            return self.comm.allgather(obj)
+
+    def bcast_obj(self, obj, root=0):
+        with self._watch("bcast"):
+            return self.comm.bcast(obj, root=root)
 
     def barrier(self):
-        self.comm.Barrier()
+        with self._watch("barrier"):
+            self.comm.Barrier()
 
     def abort(self, code=1):
         self.MPI.COMM_WORLD.Abort(code)
+
+    def close(self):
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+
+
+def _env_seconds(name, default):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r}: want seconds (0 turns the check off)") from None
+    if not v >= 0:
+        raise ValueError(f"${name}={text!r}: want seconds >= 0")
+    return v
+
+
+class _NoWatch:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_WATCH = _NoWatch()
+
+
+class _Watchdog:
+    """Ends a job whose collectives stopped matching, naming the ranks that are missing.
+
+    A thread sends every other rank a heartbeat once a second on a communicator of its own: this
+    rank's count of collectives entered, the one it waits in, and the job phase. It ends the job
+    (prints, then MPI_Abort) when a collective of this rank has waited more than `timeout_s`, or
+    when this rank waits and has not heard a rank for `silence_s` (killed and not reaped by the
+    launcher, stopped, or frozen). The message names every rank behind this one: silent ones
+    ("no heartbeat for 12 s") and live ones that have not entered this collective ("at collective
+    #41, step 20, in allgather"). The cost is K - 1 tiny messages a second per rank."""
+
+    TAG = 0x7C0
+
+    def __init__(self, comm: MPIComm, timeout_s: float, silence_s: float, beat_s: float = 1.0):
+        import atexit
+        self.comm = comm
+        self.hb = comm.comm.Dup()
+        self.timeout_s, self.silence_s, self.beat_s = timeout_s, silence_s, beat_s
+        self.lock = threading.Lock()
+        self.entered = 0             # collectives this rank has entered
+        self.waits = {}              # token -> (collective number, what, phase, since)
+        now = time.monotonic()
+        self.heard = {k: now for k in range(comm.size) if k != comm.rank}
+        self.their = {k: (0, None, "start-up") for k in self.heard}
+        self.ever = set()            # the ranks heard at least once
+        self.sends = []
+        self.stopping = threading.Event()
+        self.t = threading.Thread(target=self._loop, name="convnet-dp-watchdog", daemon=True)
+        self.t.start()
+        atexit.register(self.stop)   # before mpi4py's MPI_Finalize (atexit runs last-registered first)
+
+    def waiting(self, what):
+        wd = self
+
+        class _Wait:
+            def __enter__(self):
+                with wd.lock:
+                    wd.entered += 1
+                    self.token = object()
+                    wd.waits[self.token] = (wd.entered, what, wd.comm.phase, time.monotonic())
+
+            def __exit__(self, *exc):
+                with wd.lock:
+                    wd.waits.pop(self.token, None)
+                return False
+        return _Wait()
+
+    def stop(self):
+        if not self.stopping.is_set():
+            self.stopping.set()
+            if self.t is not threading.current_thread():
+                self.t.join(timeout=5)
+
+    def _loop(self):
+        MPI = self.comm.MPI
+        while not self.stopping.wait(self.beat_s):
+            try:
+                self._beat(MPI)
+            except Exception as e:  # noqa: BLE001 - a broken watchdog must not take the job down
+                print(f"convnet: rank {self.comm.rank}: the data-parallel watchdog stopped ({e})", file=sys.stderr)
+                return
+
+    def _beat(self, MPI):
+        with self.lock:
+            oldest = min(self.waits.values(), key=lambda w: w[0], default=None)
+            entered, phase = self.entered, self.comm.phase
+        note = (entered, oldest[1] if oldest else None, oldest[2] if oldest else phase)
+        self.sends = [r for r in self.sends if not r.Test()]
+        for k in self.heard:
+            if len(self.sends) < 64 * len(self.heard):  # a silent peer: do not pile up messages
+                self.sends.append(self.hb.isend(note, dest=k, tag=self.TAG))
+        status = MPI.Status()
+        now = time.monotonic()
+        while self.hb.iprobe(source=MPI.ANY_SOURCE, tag=self.TAG, status=status):
+            src = status.Get_source()
+            self.their[src] = self.hb.recv(source=src, tag=self.TAG)
+            self.heard[src] = now
+            self.ever.add(src)
+        if oldest is None:
+            return
+        number, what, wphase, since = oldest
+        waited = now - since
+        silent = {k: now - t for k, t in self.heard.items() if now - t > self.silence_s} if self.silence_s else {}
+        if silent or (self.timeout_s and waited > self.timeout_s):
+            self._end(number, what, wphase, waited, silent, now)
+
+    def _end(self, number, what, phase, waited, silent, now):
+        r, K = self.comm.rank, self.comm.size
+        behind = []
+        for k in sorted(self.heard):
+            n, w, ph = self.their[k]
+            if k in silent:
+                last = f"last at collective #{n}, {ph}" if k in self.ever else "never heard"
+                behind.append(f"rank {k}: no heartbeat for {silent[k]:.0f} s (killed, stopped or frozen; {last})")
+            elif n < number:
+                behind.append(f"rank {k}: alive but has not entered it (at collective #{n}, {ph}"
+                              f"{', waiting in ' + w if w else ', computing'})")
+        why = (f"has heard nothing from {len(silent)} rank(s) for {max(silent.values()):.0f} s "
+               f"($CONVNET_DP_SILENCE={self.silence_s:g})" if silent else
+               f"has waited {waited:.0f} s ($CONVNET_DP_TIMEOUT={self.timeout_s:g})")
+        print(f"convnet: rank {r}/{K} (pid {os.getpid()} on {_host()}) {why} in collective #{number} ({what}, "
+              f"{phase}); ending the job. " + ("; ".join(behind) if behind else "every rank is at it or past it"),
+              file=sys.stderr, flush=True)
+        self.comm.abort(3)
 
 
 def world(distributed="auto") -> Comm:
@@ -208,16 +378,25 @@ class guard:
     "convnet: rank r/K (pid P on host) failed: ..." with its traceback and ends the whole job at once
     (MPI_Abort), instead of leaving the other ranks blocked in a collective. A rank killed by a
     signal cannot say anything; the launcher reports its PID, which `announce` has printed with the
-    rank at start-up (Open MPI's mpirun also names the rank)."""
+    rank at start-up (Open MPI's mpirun also names the rank), and the other ranks' watchdog (see
+    DataParallel's `timeout_s`) names the ranks that stopped answering.
 
-    def __init__(self, comm: Comm):
+    collective  exception types that every rank raises together (the same global numbers gave the
+                same verdict, e.g. a non-finite global loss), and exceptions marked `all_ranks`
+                (`TrainingRun.on_root` re-raises rank 0's errors so): they propagate as usual, since
+                no rank is left waiting."""
+
+    def __init__(self, comm: Comm, collective: tuple = ()):
         self.comm = comm
+        self.collective = tuple(collective)
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, exc, tb):
         if exc is None or self.comm.size == 1 or kind in (KeyboardInterrupt, SystemExit):
+            return False
+        if isinstance(exc, self.collective) or getattr(exc, "all_ranks", False):
             return False
         import traceback
         print(f"convnet: rank {self.comm.rank}/{self.comm.size} (pid {os.getpid()} on {_host()}) failed: "
@@ -413,6 +592,7 @@ class DataParallel:
     # -- replicas ---------------------------------------------------------------------------------
     def broadcast(self, root: int = 0):
         """Every rank takes rank `root`'s parameters and momentum, then the digests are compared."""
+        self.comm.phase = "the parameter broadcast"
         for _, p in self.net.named_params():
             for attr in ("value", "velocity"):
                 t = getattr(p, attr)
@@ -446,6 +626,7 @@ class DataParallel:
             raise ValueError(f"data parallel step: rank {self.rank} of {self.size} got {n} samples; its slice "
                              f"of a global batch of {B} is rows [{lo}, {hi}) = {hi - lo}")
         L, M = n // m, B // m
+        self.comm.phase = f"step {step}"
         self._start_step(L)
         stats = np.empty((L, 3), np.float64)
         t0 = time.perf_counter()
@@ -536,40 +717,221 @@ class DataParallel:
 
 
 # ---------------------------------------------------------------------------------------------------
+# convnet.train() on K ranks
+
+class TrainingRun:
+    """The data-parallel side of convnet.train(distributed=...): train.py calls these few hooks and
+    keeps one loop for one process and for K.
+
+    Active (`dp` is a DataParallel) when there is more than one rank or `micro_batch` is set (one
+    process folding its batches in micro-batches gives the same bytes as K ranks); otherwise every
+    hook is the one-process behaviour (net.train_step, evaluate.evaluate) and nothing changes.
+
+    Only rank 0 touches the run folder: it reads the checkpoint being resumed (the others receive
+    meta and arrays by broadcast, so the file need not be on their machines), writes checkpoints,
+    logs and plots, and holds the lock. Errors of what only rank 0 does (a missing checkpoint, a
+    held folder) are raised on every rank (`on_root`), so the job ends with the same message
+    everywhere instead of leaving the others waiting."""
+
+    def __init__(self, distributed="auto"):
+        self.comm = world(distributed)
+        self.dp = None
+        self.global_batch = None
+        if self.comm.size > 1:
+            announce(self.comm)
+
+    @property
+    def size(self) -> int:
+        return self.comm.size
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def is_root(self) -> bool:
+        return self.comm.rank == 0
+
+    @property
+    def shard(self):
+        """BatchLoader(shard=...): this rank's (index, count), None for one process."""
+        return (self.rank, self.size) if self.size > 1 else None
+
+    def describe(self) -> str:
+        if self.dp is None:
+            return ""
+        return (f", data parallel over {self.size} process{'es' if self.size > 1 else ''} ({self.comm.name}), "
+                f"micro-batches of {self.dp.micro_batch}, {self.dp.reduction} reduction")
+
+    # -- what only rank 0 does ----------------------------------------------------------------------
+    def on_root(self, fn, *args, share: bool = False, **kwargs):
+        """fn(*args, **kwargs) on rank 0. Its exception is raised on every rank (marked `all_ranks`);
+        its value is returned on rank 0, and on the others too when `share` (it must pickle), else None."""
+        if self.size == 1:
+            return fn(*args, **kwargs)
+        value, error = None, None
+        if self.is_root:
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - sent to every rank
+                error = e
+        if self.is_root:
+            try:
+                sent = self.comm.bcast_obj(("error", error) if error is not None else ("ok", value if share else None))
+            except Exception:  # an exception or value that does not pickle: its text
+                sent = self.comm.bcast_obj(("error", RuntimeError(f"{type(error).__name__}: {error}"))
+                                           if error is not None else ("ok", None))
+        else:
+            sent = self.comm.bcast_obj(None)
+        kind, payload = sent
+        if kind == "error":
+            err = error if self.is_root else payload
+            try:
+                err.all_ranks = True
+            except AttributeError:
+                pass
+            raise err
+        return value if self.is_root else payload
+
+    def read_checkpoint(self, path):
+        """(meta, arrays) of a checkpoint, read by rank 0 and broadcast (arrays as raw bytes)."""
+        from .checkpoint import read_checkpoint
+        got = self.on_root(read_checkpoint, path)
+        if self.size == 1:
+            return got
+        meta, arrays = got if self.is_root else (None, None)
+        layout = self.comm.bcast_obj((meta, [(k, a.shape, a.dtype.str) for k, a in arrays.items()])
+                                     if self.is_root else None)
+        meta, names = layout
+        if not self.is_root:
+            arrays = {k: np.empty(shape, np.dtype(dtype)) for k, shape, dtype in names}
+        for k, _, _ in names:
+            a = np.ascontiguousarray(arrays[k])
+            if a.nbytes:
+                self.comm.bcast(a.reshape(-1).view(np.uint8))
+            arrays[k] = a
+        return meta, arrays
+
+    def local_out_dir(self, out_dir):
+        """The run folder on rank 0; False (write nothing) on the others."""
+        return out_dir if self.is_root else False
+
+    # -- the replicas -------------------------------------------------------------------------------
+    def attach(self, net, hp, bucket_bytes: int = 4 << 20, check_every: int = 100):
+        """Make `net` this rank's replica for hp.batch_size (the global batch) in micro-batches of
+        hp.micro_batch (default: batch / ranks): rank 0's parameters, momentum and preprocessing mean
+        go to every rank and the replicas' digests are compared. One process without micro_batch:
+        nothing to do. ValueError (on every rank) when the batch does not split evenly."""
+        micro = getattr(hp, "micro_batch", None)
+        reduction = getattr(hp, "reduction", "ordered")
+        if self.size == 1 and micro is None:
+            return None
+        B = int(hp.batch_size)
+        m = int(micro) if micro is not None else B // self.size
+        if m < 1 or B % (self.size * m):
+            raise ValueError(f"data parallel: batch_size {B} must be a multiple of processes x micro_batch = "
+                             f"{self.size} x {micro if micro is not None else 'batch_size / processes'} "
+                             f"(every process computes the same number of whole micro-batches)")
+        self.dp = DataParallel(net, self.comm, micro_batch=m, reduction=reduction, bucket_bytes=bucket_bytes,
+                               check_every=check_every)
+        self.global_batch = B
+        if self.size > 1:
+            mean = self.comm.bcast_obj(None if net.mean is None else np.asarray(net.mean, np.float32))
+            if not self.is_root:
+                net.mean = mean
+        self.dp.broadcast()
+        return self.dp
+
+    def train_step(self, net, x, y, lr, momentum, weight_decay, step=0, seed=0):
+        """net.train_step, or its data-parallel form: (3,) [mean loss, top-1 hits, top-5 hits] over
+        the global batch, a Tensor on the cost layer's device (as net.train_step returns)."""
+        if self.dp is None:
+            return net.train_step(x, y, lr, momentum, weight_decay, step=step, seed=seed)
+        stats = self.dp.step(x, y, lr, momentum, weight_decay, step=step, seed=seed, global_batch=self.global_batch)
+        return _C.Tensor.from_numpy(stats.astype(np.float32), net.cost_layer.device)
+
+    def evaluate(self, net, dataset, views=1, batch_size=128, workers=2, progress=False):
+        """evaluate.evaluate, or the sharded fixed-order one (the same numbers for any K)."""
+        if self.dp is None:
+            from .evaluate import evaluate as evaluate_one
+            return evaluate_one(net, dataset, views=views, batch_size=batch_size, workers=workers,
+                                progress=progress)
+        return evaluate(net, dataset, self.comm, batch_size=batch_size, views=views, workers=workers,
+                        progress=progress and self.is_root)
+
+    def guard(self, collective=()):
+        return guard(self.comm, collective)
+
+    def close(self):
+        if self.dp is not None:
+            self.dp.close()
+        self.comm.close()
+
+
+# ---------------------------------------------------------------------------------------------------
 # Sharded evaluation
 
-def per_sample_stats(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """float64 (n, 3): cross-entropy, top-1 hit, top-5 hit of each row of logits (n, C), row by row
-    (a row's numbers do not depend on the other rows, so any sharding gives the same ones)."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1))
-    zl = z[np.arange(len(labels)), labels]
-    rank = (z > zl[:, None]).sum(axis=1)
-    return np.stack([lse - zl, rank < 1, rank < 5], axis=1).astype(np.float64)
+def per_sample_stats(probs: np.ndarray, labels: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
+    """float64 (n, 3): cross-entropy, top-1 hit, top-5 hit of each row of the class probabilities
+    probs (n, C), as evaluate.evaluate counts them (a row with a non-finite logit never hits), row by
+    row: a row's numbers do not depend on the other rows, so any sharding gives the same ones."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    p_label = probs[np.arange(n), labels][:, None]
+    rank = (probs > p_label).sum(axis=1)
+    finite = np.ones(n, bool) if finite is None else finite
+    loss = -np.log(np.maximum(p_label[:, 0].astype(np.float64), 1e-30))
+    return np.stack([loss, (rank < 1) & finite, (rank < 5) & finite], axis=1).astype(np.float64)
 
 
-def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, crop=None, workers: int = 2) -> dict:
-    """Sharded evaluation (centre crop): each rank runs its rows of every batch, the per-sample
-    losses and hits are gathered in sample order and summed in that order, so every rank returns
-    the same {"loss", "top1_err", "top5_err", "n"} for any number of ranks."""
-    from .data import BatchLoader
+def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, views: int = 1, workers: int = 2,
+             progress: bool = False) -> dict:
+    """Sharded evaluate.evaluate (centre crop, or the paper's 10 views): each rank preprocesses and
+    runs only its rows [lo, hi) of every batch of `batch_size`, the per-sample losses and hits are
+    gathered in sample order and summed in that order, so every rank returns the same
+    {"loss", "top1_err", "top5_err", "top1_acc", "n", "views"} for any number of ranks."""
+    from .evaluate import _prefetch_map, check_fit
+    from .net import softmax
+    from .preprocess import test_input
+    if views not in (1, 10):
+        raise ValueError(f"evaluate: views must be 1 or 10, got {views}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be an integer >= 1, got {batch_size!r}")
     comm = comm if comm is not None else LocalComm()
-    H = net.input_shape[0]
-    if crop is None:
-        crop = H if (H, net.input_shape[1]) != tuple(dataset.image_shape[:2]) else None
-    loader = BatchLoader(dataset, batch_size, train=False, crop=crop, workers=workers, drop_last=False,
-                         scale=net.input_scale, shard=(comm.rank, comm.size))
-    if net.mean is not None:  # preprocess with the training mean, as training did
-        loader._mean = np.asarray(net.mean, dtype=np.float32)
-    mine = []
-    for x, y in loader:
-        if len(y):
-            mine.append(per_sample_stats(net.logits(x, batch_size=max(1, len(y))), y))
-        else:
+    check_fit(net, dataset, "evaluate")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("evaluate: the split has no images")
+    size = net.input_shape[0]
+    mean = net.mean if net.mean is not None else dataset.mean
+    chunks = []
+    for k in range(0, n, batch_size):
+        b = shard_bounds(min(batch_size, n - k), comm.size)
+        chunks.append(np.arange(k + b[comm.rank], k + b[comm.rank + 1]))
+
+    def prepare(idx):
+        if len(idx) == 0:
+            return None, idx
+        images, labels = dataset.get_batch(idx)
+        return test_input(images, mean, size, net.input_scale, views), labels
+
+    mine, last = [], time.time()
+    for x, labels in _prefetch_map(prepare, chunks, workers):
+        if x is None:
             mine.append(np.empty((0, 3)))
+            continue
+        probs, finite = 0.0, np.ones(len(labels), dtype=bool)
+        for v in range(views):
+            logits = net.forward(x[v]).numpy()
+            finite &= np.isfinite(logits).all(axis=1)
+            probs = probs + softmax(logits)
+        mine.append(per_sample_stats(probs / views, labels, finite))
+        if progress and time.time() - last > 5.0:
+            last = time.time()
+            print(f"  validating batch {len(mine)}/{len(chunks)}", file=sys.stderr, flush=True)
+    comm.phase = "evaluation"
     pieces = comm.allgather_obj(mine) if comm.size > 1 else [mine]
-    rows = np.concatenate([pieces[k][b] for b in range(len(mine)) for k in range(comm.size)])
-    n = len(rows)
-    return {"loss": float(rows[:, 0].sum() / n), "top1_err": 1.0 - float(rows[:, 1].sum()) / n,
-            "top5_err": 1.0 - float(rows[:, 2].sum()) / n, "n": n}
+    rows = np.concatenate([pieces[r][c] for c in range(len(chunks)) for r in range(comm.size)])
+    top1, top5 = float(rows[:, 1].sum()), float(rows[:, 2].sum())
+    return {"top1_err": 1.0 - top1 / n, "top5_err": 1.0 - top5 / n, "loss": float(rows[:, 0].sum() / n),
+            "top1_acc": top1 / n, "n": n, "views": views}

@@ -43,6 +43,12 @@ class HParams:
     lighting: float = _field(0.1, "std of the PCA colour augmentation (paper 0.1; 0 = off)")
     eval_views: int = _field(1, "views per validation image: 1 (centre) or 10 (corners, centre, mirrored)")
     save_every: int = _field(1, "write the last checkpoint every N epochs (and at the end)")
+    # Data parallelism (convnet.distributed; under `mpiexec -n K`, batch_size is the global batch).
+    micro_batch: int | None = _field(None, "images per micro-batch (data parallel): a fixed value makes the "
+                                           "parameters bit-identical for any number of processes, one included "
+                                           "(default: batch-size / processes; one process: the whole batch)")
+    reduction: str = _field("ordered", "data parallel gradient sum: ordered (one fixed order, the same bytes "
+                                       "for any number of processes) | fast (the MPI allreduce, not bit-identical)")
 
     def resolved(self, big_net: bool) -> "HParams":
         """A copy with the derived values filled in (epochs, lr, lr_steps), validated."""
@@ -95,6 +101,13 @@ class HParams:
         if self.lr_steps is not None:
             if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.lr_steps):
                 bad("lr_steps", "a list of epochs >= 1")
+        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
+                                             or self.micro_batch < 1):
+            bad("micro_batch", "an integer >= 1")
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            bad("micro_batch", f"a divisor of the batch size {self.batch_size}")
+        if self.reduction not in ("ordered", "fast"):
+            bad("reduction", "'ordered' or 'fast'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -48,6 +48,7 @@ class TrainResult:
     out_dir: str | None = None
     checkpoint: str | None = None
     seconds: float = 0.0
+    rank: int = 0  # data parallel: this process's rank (rank 0 wrote the run folder)
 
     @property
     def test_accuracy(self) -> float:
@@ -71,7 +72,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           patience: int | None = None, out_dir=None, resume=None, workers: int = 2, progress: bool = True,
           plot: bool = False, lighting: float | None = None, eval_views: int | None = None, log_every: int = 10,
           log_seconds: float = 60.0, save_every: int | None = None, devices=None, input_size: int | None = None,
-          num_classes: int | None = None, image_size: int | None = None) -> TrainResult:
+          num_classes: int | None = None, image_size: int | None = None, distributed="auto",
+          micro_batch: int | None = None, reduction: str | None = None) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model       None (the small default net for <= 64 px images, else AlexNet 2012), a name ("default",
@@ -81,7 +83,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                 the AlexNets, input x 8/7 for smaller nets: data.folder_image_size)
     epochs, batch_size, lr, momentum, weight_decay, seed, schedule, lr_steps, patience, lighting,
     eval_views, save_every   see hparams.HParams (None: from the checkpoint when resuming, else the
-                default there; lr defaults to 0.01 x batch_size / 128)
+                default there; lr defaults to 0.01 x batch_size / 128); so are micro_batch, reduction
     device      "auto" (cuda:0 if present, else cpu), "cpu", "cuda:1", ...; devices: one per tower
     input_size, num_classes   of a named model (default: from the data)
     out_dir     the run folder (checkpoint.npz = last, best.npz, log.jsonl, train.log, plots); default
@@ -90,15 +92,22 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                 parameters, momentum, schedule and RNG state; bit-exact with an uninterrupted run
     progress    a tqdm bar per epoch on a terminal; epoch lines go to stdout (and train.log)
     plot        write curves.png and conv1_filters.png (needs matplotlib; checked before training)
+    distributed "auto" (default): data parallel over the ranks when launched by `mpiexec -n K` (batch_size
+                is then the global batch, micro_batch fixes the result for any K; rank 0 writes the run
+                folder), else one process; "mpi": MPI even for one rank; False: one process. See
+                convnet.distributed.
     """
     from .data import BatchLoader
+    from .distributed import TrainingRun
     from .models import build_model, input_side
     t_start = time.time()
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  seed=seed, schedule=schedule, lr_steps=list(lr_steps) if lr_steps is not None else None,
-                 patience=patience, lighting=lighting, eval_views=eval_views, save_every=save_every)
+                 patience=patience, lighting=lighting, eval_views=eval_views, save_every=save_every,
+                 micro_batch=micro_batch, reduction=reduction)
     given = {k: v for k, v in given.items() if v is not None}
     HParams(**given).validate()  # bad values fail before any data is read
+    run = TrainingRun(distributed)  # one process, or this rank of a data-parallel job
     if plot:
         from .plots import require_matplotlib
         require_matplotlib()
@@ -107,11 +116,12 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         if resume is True and out_dir in (None, False):
             raise ValueError("resume=True needs out_dir (where checkpoint.npz is)")
         ckpt_path = find_checkpoint(out_dir if resume is True else resume)
-        meta_in, arrays = read_checkpoint(ckpt_path)
+        meta_in, arrays = run.read_checkpoint(ckpt_path)  # data parallel: rank 0 reads, broadcasts
         if out_dir is None:
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
-    elif out_dir and any(os.path.exists(os.path.join(out_dir, f))
-                         for f in (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)):
+    elif out_dir and run.on_root(lambda d: any(os.path.exists(os.path.join(d, f)) for f in
+                                               (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)),
+                                 out_dir, share=True):
         raise ValueError(f"out_dir {out_dir} holds an earlier run: resume it (--resume {out_dir}) or "
                          f"choose another folder")
     hp_in = dict((meta_in or {}).get("hparams", {}))
@@ -158,24 +168,34 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if net.mean is None:
         net.mean = np.asarray(train_ds.mean, dtype=np.float32)
     crop = H if (H, W) != tuple(train_ds.image_shape[:2]) else None
+    run.attach(net, hp)  # data parallel: rank 0's replica everywhere, the batch split checked
     loader = BatchLoader(train_ds, hp.batch_size, train=True, crop=crop, flip=True, lighting=hp.lighting,
-                         seed=hp.seed, workers=workers, scale=net.input_scale)
+                         seed=hp.seed, workers=workers, scale=net.input_scale, shard=run.shard)
     if len(loader) == 0:
         raise ValueError(f"train: {len(train_ds)} training images make no batch of {hp.batch_size}")
+    out_dir = run.local_out_dir(out_dir)
     if out_dir is not False:
         out_dir = out_dir or os.path.join("runs", f"{net.meta.get('name', 'net')}-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.makedirs(out_dir, exist_ok=True)
-    lock = RunLock(out_dir).acquire() if out_dir else None
+    lock = run.on_root(_take_run_folder, out_dir)
     try:
-        return _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds,
-                     device, workers, progress, plot, log_every, log_seconds, t_start)
+        with run.guard(collective=(NonFiniteLossError,)):  # a rank's own error ends the whole job
+            return _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds,
+                         device, workers, progress and run.is_root, plot, log_every, log_seconds, t_start, run)
     finally:
+        run.close()
         if lock:
             lock.release()
 
 
+def _take_run_folder(out_dir):
+    if not out_dir:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    return RunLock(out_dir).acquire()
+
+
 def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds, device,
-          workers, progress, plot, log_every, log_seconds, t_start):
+          workers, progress, plot, log_every, log_seconds, t_start, run):
     start_epoch = int((meta_in or {}).get("epoch", 0))
     history = [h for h in (meta_in or {}).get("history", []) if h["epoch"] <= start_epoch]
     step = int((meta_in or {}).get("step", 0))
@@ -203,7 +223,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         what = f"resuming {ckpt_path} at epoch {start_epoch + 1}" if meta_in else "training"
         say(f"convnet: {what}: {net.meta.get('name', 'net')} ({net.num_params:,} params) on {device}, "
             f"{len(train_ds)} train / {len(test_ds)} test images, {hp.epochs} epochs of {len(loader)} batches "
-            f"of {hp.batch_size}, lr {hp.lr:g}{where}", err=True)
+            f"of {hp.batch_size}, lr {hp.lr:g}{run.describe()}{where}", err=True)
     acc = _C.Tensor.zeros((3,), net.cost_layer.device, "float32")
     last_ckpt = ckpt_path if meta_in else None
     best_err = min((h["val_top1_err"] for h in history), default=math.inf)
@@ -219,7 +239,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         t0 = last_line = time.time()
         nb = images = 0
         for x, y in loader:
-            stats = net.train_step(x, y, cur_lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
+            stats = run.train_step(net, x, y, cur_lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
             loss = float(stats.numpy()[0])  # the one scalar read per step
             if not math.isfinite(loss):
                 if bar is not None:
@@ -231,7 +251,7 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
                     + f"; the last good checkpoint: {last_ckpt or 'none written'} (nothing was saved from "
                       f"this state); try a smaller --lr")
             ops.add_(acc, stats, 1.0)
-            step, nb, images = step + 1, nb + 1, images + len(y)
+            step, nb, images = step + 1, nb + 1, images + len(y) * run.size  # the global batch
             if progress and bar is None and time.time() - last_line > log_seconds:
                 last_line = time.time()  # no TTY (a log file): a plain line now and then
                 st = acc.numpy()
@@ -247,8 +267,8 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         train_secs = time.time() - t0
         if bar is not None:
             bar.close()
-        val = evaluate(net, test_ds, views=hp.eval_views, batch_size=hp.batch_size, workers=workers,
-                       progress=progress)
+        val = run.evaluate(net, test_ds, views=hp.eval_views, batch_size=hp.batch_size, workers=workers,
+                           progress=progress)
         sched.end_epoch(val["top1_err"])
         rec = {"epoch": epoch + 1, "lr": cur_lr, "train_loss": s[0] / nb, "train_top1_err": 1 - s[1] / images,
                "train_top5_err": 1 - s[2] / images, "val_loss": val["loss"], "val_top1_err": val["top1_err"],
@@ -278,4 +298,5 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         say(f"convnet: done in {seconds:.1f} s; checkpoint {last_ckpt}, log {os.path.join(out_dir, LOG_NAME)}",
             err=True)
         text_log.close()
-    return TrainResult(net=net, history=history, out_dir=out_dir, checkpoint=last_ckpt, seconds=seconds)
+    return TrainResult(net=net, history=history, out_dir=out_dir, checkpoint=last_ckpt, seconds=seconds,
+                       rank=run.rank)
