@@ -10,6 +10,8 @@
 #include <initializer_list>
 #include <sstream>
 #include <string>
+#include <unordered_map>
+#include <utility>
 
 namespace convnet {
 namespace ops {
@@ -73,6 +75,13 @@ void no_alias(const char* op, const char* out_name, const Tensor& out, const cha
 }
 
 const Tensor* ptr(const OptTensor& t) { return t ? &*t : nullptr; }
+
+// `out` shares memory with none of `others` (the op's other tensors; absent optional ones skipped).
+// Tensors are whole storages (no offsets), so sharing memory is sharing storage.
+void no_alias_any(const char* op, const char* out_name, const Tensor& out, std::initializer_list<Arg> others) {
+  for (const Arg& a : others)
+    if (a.t) no_alias(op, out_name, out, a.name, *a.t);
+}
 float* data_or_null(const OptTensor& t) { return t ? t->f32() : nullptr; }
 
 int to_int(const char* op, const char* what, int64_t v) {
@@ -288,8 +297,7 @@ void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tens
   const int64_t out = w.size(0);
   need_shape(op, "y", y, {N, out}, "x " + x.shape_str() + " and w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {out}, "w " + w.shape_str());
-  no_alias(op, "y", y, "x", x);
-  no_alias(op, "y", y, "w", w);
+  no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f, y.f32(), o));
   if (relu) CONVNET_DISPATCH(dev, add_bias_relu(y.f32(), data_or_null(b), N, o));
@@ -309,7 +317,7 @@ void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool 
   if (in != w.size(1))
     fail(op, "dx " + dx.shape_str() + " has " + std::to_string(in) + " features but w " + w.shape_str() +
                  " expects " + std::to_string(w.size(1)));
-  no_alias(op, "dx", dx, "dy", dy);
+  no_alias_any(op, "dx", dx, {{"dy", &dy}, {"w", &w}});
   const int n = to_int(op, "N", N), o = to_int(op, "out", w.size(0)), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(false, false, n, k, o, 1.0f, dy.f32(), o, w.f32(), k, accumulate ? 1.0f : 0.0f, dx.f32(), k));
 }
@@ -327,8 +335,8 @@ void fc_backward_weights(const Tensor& dy, const Tensor& x, const Tensor& dw, co
   const int64_t out = dy.size(1);
   need_shape(op, "dw", dw, {out, in}, "dy " + dy.shape_str() + " and x " + x.shape_str());
   if (db) need_shape(op, "db", *db, {out}, "dy " + dy.shape_str());
-  no_alias(op, "dw", dw, "dy", dy);
-  no_alias(op, "dw", dw, "x", x);
+  no_alias_any(op, "dw", dw, {{"dy", &dy}, {"x", &x}, {"db", ptr(db)}});
+  if (db) no_alias_any(op, "db", *db, {{"dy", &dy}, {"x", &x}});
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
   CONVNET_DISPATCH(dev, gemm(true, false, o, k, n, 1.0f, dy.f32(), o, x.f32(), k, 0.0f, dw.f32(), k));
   if (db) CONVNET_DISPATCH(dev, bias_grad(dy.f32(), N, o, db->f32(), false));
@@ -400,6 +408,7 @@ void softmax_cross_entropy(const Tensor& logits, const Tensor& labels, const Opt
     need_shape(op, "dlogits", *dlogits, logits.shape(), "logits " + logits.shape_str());
     no_alias(op, "dlogits", *dlogits, "logits", logits);
   }
+  no_alias_any(op, "stats", stats, {{"logits", &logits}, {"dlogits", ptr(dlogits)}});
   if (logits.size(0) == 0 || logits.size(1) == 0) fail(op, "logits " + logits.shape_str() + " is empty");
   const Device dev = same_device(op, {{"logits", &logits}, {"labels", &labels}, {"dlogits", ptr(dlogits)}, {"stats", &stats}});
   // Labels are checked on the host only when they live there; the kernels treat an out-of-range
@@ -424,6 +433,13 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
     fail(op, "params, grads, velocities, lrs and weight_decays must have one entry per parameter (got " +
                  std::to_string(n) + ", " + std::to_string(grads.size()) + ", " + std::to_string(velocities.size()) +
                  ", " + std::to_string(lrs.size()) + ", " + std::to_string(weight_decays.size()) + ")");
+  // Written so that NaN fails every test.
+  if (!(momentum >= 0.0f && momentum < 1.0f))
+    fail(op, "momentum must be in [0, 1), got " + std::to_string(momentum));
+  for (size_t i = 0; i < lrs.size(); ++i)
+    if (!(lrs[i] >= 0.0f && std::isfinite(lrs[i])) || !(weight_decays[i] >= 0.0f && std::isfinite(weight_decays[i])))
+      fail(op, "entry " + std::to_string(i) + " needs a finite lr >= 0 and weight decay >= 0, got lr " +
+                   std::to_string(lrs[i]) + ", weight decay " + std::to_string(weight_decays[i]));
   if (n == 0) return;
   std::vector<SgdParam> list(n);
   const Device dev = params[0].defined() ? params[0].device() : Device::cpu();
@@ -439,6 +455,20 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
         fail(op, "all tensors must be on one device: params[0] is on " + dev.str() + " but entry " +
                      std::to_string(i) + " has a tensor on " + t->device().str());
     list[i] = SgdParam{params[i].f32(), grads[i].f32(), velocities[i].f32(), params[i].numel(), lrs[i], weight_decays[i]};
+  }
+  // The written tensors (params, velocities) are pairwise distinct and no gradient is one of them:
+  // a parameter twice in the list would be updated twice, a velocity that is its parameter would
+  // mix the two. One map of storages, O(n) for n parameters.
+  std::unordered_map<const void*, std::string> written;
+  for (size_t i = 0; i < n; ++i)
+    for (const auto& [kind, t] : {std::pair<const char*, const Tensor*>{"params", &params[i]}, {"velocities", &velocities[i]}}) {
+      const std::string name = std::string(kind) + "[" + std::to_string(i) + "]";
+      const auto [it, fresh] = written.emplace(t->raw(), name);
+      if (!fresh) fail(op, name + " shares memory with " + it->second + " (each is written once)");
+    }
+  for (size_t i = 0; i < n; ++i) {
+    const auto it = written.find(grads[i].raw());
+    if (it != written.end()) fail(op, "grads[" + std::to_string(i) + "] shares memory with " + it->second);
   }
   CONVNET_DISPATCH(dev, sgd_update(list.data(), static_cast<int>(n), momentum));
 }
@@ -457,7 +487,7 @@ void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Te
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
   const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
-  no_alias(op, "y", y, "x", x);
+  no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
   CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu));
 }
 
@@ -470,7 +500,7 @@ void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pai
   const ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "dx " + dx.shape_str() + " with w " + w.shape_str());
   const Device dev = same_device(op, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
-  no_alias(op, "dx", dx, "dy", dy);
+  no_alias_any(op, "dx", dx, {{"dy", &dy}, {"w", &w}});
   CONVNET_DISPATCH(dev, conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate));
 }
 
@@ -485,6 +515,8 @@ void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, c
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with dw " + dw.shape_str());
   if (db) need_shape(op, "db", *db, {s.K}, "dw " + dw.shape_str());
   const Device dev = same_device(op, {{"dy", &dy}, {"x", &x}, {"dw", &dw}, {"db", ptr(db)}});
+  no_alias_any(op, "dw", dw, {{"dy", &dy}, {"x", &x}, {"db", ptr(db)}});
+  if (db) no_alias_any(op, "db", *db, {{"dy", &dy}, {"x", &x}});
   CONVNET_DISPATCH(dev, conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate));
 }
 
@@ -531,8 +563,7 @@ void lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tens
   need_shape(op, "dx", dx, x.shape(), "x " + x.shape_str());
   const LrnParams p = lrn_params(op, size, alpha, beta, k, alpha_over_size);
   const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"dy", &dy}, {"dx", &dx}});
-  no_alias(op, "dx", dx, "dy", dy);
-  no_alias(op, "dx", dx, "x", x);
+  no_alias_any(op, "dx", dx, {{"dy", &dy}, {"x", &x}, {"y", &y}});
   CONVNET_DISPATCH(dev, lrn_backward(x.f32(), y.f32(), dy.f32(), dx.f32(), pixel_rows(x), to_int(op, "C", x.size(-1)), p));
 }
 

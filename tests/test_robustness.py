@@ -1,11 +1,12 @@
 """Reliability (issue 12), the op and tensor side: no input crashes the interpreter, and no wrong
 answer comes back silently.
 
-Categories: 1 sizes that overflow, 2 LRN edge cases, 3 NaN semantics at op level (PyTorch's), 4 a
-net usable after a MemoryError, 6 labels never silently converted, 10 every CPU driver path at 1, 2
-and 3 threads. Every case that could kill the process runs in a subprocess (`run_isolated`), so a
-regression shows as a failed test with the signal, not a dead test run. The property-based fuzzer
-is in tests/test_fuzz_ops.py.
+Categories: 1 sizes that overflow, 2 LRN edge cases, 3 NaN semantics at op level (PyTorch's) and
+hyper-parameter checks, 4 a net usable after a MemoryError, 5 aliasing, 6 labels never silently
+converted, 10 every CPU driver path at 1, 2 and 3 threads. Categories 7-9 (image folders, run
+folders, the CLI) are in tests/test_robustness_io.py. Every case that could kill the process runs
+in a subprocess (`run_isolated`), so a regression shows as a failed test with the signal, not a
+dead test run. The property-based fuzzer is in tests/test_fuzz_ops.py.
 """
 import subprocess
 import sys
@@ -327,6 +328,133 @@ def test_net_usable_after_memory_error():
         print("OK same")
     """)
     assert "OK same" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. aliasing: every overlap an op's contract forbids raises ValueError naming both tensors
+
+
+def t(*shape):
+    return convnet.zeros(shape)
+
+
+def i32(*shape):
+    return convnet.from_numpy(np.zeros(shape, np.int32))
+
+
+def alias_cases():
+    """(name, call, the two tensors named) for every forbidden overlap of every op. Tensors have no
+    offsets, so an overlap is one storage seen through two shapes (reshape)."""
+    x4, w4, y4 = t(1, 1, 1, 1), t(1, 1, 1, 1), t(1, 1, 1, 1)
+    one, cv = (1, 1), (0, 0)
+    cases = [
+        ("conv_forward y=w", lambda: ops.conv_forward(x4, w4, None, w4, one, cv), "y", "w"),
+        ("conv_forward y=b", lambda: ops.conv_forward(x4, w4, y4.reshape((1,)), y4, one, cv), "y", "b"),
+        ("conv_forward y=x", lambda: ops.conv_forward(x4, w4, None, x4, one, cv), "y", "x"),
+        ("conv_backward_data dx=w", lambda: ops.conv_backward_data(y4, w4, w4, one, cv), "dx", "w"),
+        ("conv_backward_data dx=dy", lambda: ops.conv_backward_data(y4, w4, y4, one, cv), "dx", "dy"),
+        ("conv_backward_filter dw=dy", lambda: ops.conv_backward_filter(y4, x4, y4, None, one, cv), "dw", "dy"),
+        ("conv_backward_filter dw=x", lambda: ops.conv_backward_filter(y4, x4, x4, None, one, cv), "dw", "x"),
+        ("conv_backward_filter db=dw", lambda: ops.conv_backward_filter(y4, x4, w4, w4.reshape((1,)), one, cv), "dw", "db"),
+        ("conv_backward_filter db=dy", lambda: ops.conv_backward_filter(y4, x4, w4, y4.reshape((1,)), one, cv), "db", "dy"),
+        ("conv_backward_filter db=x", lambda: ops.conv_backward_filter(y4, x4, w4, x4.reshape((1,)), one, cv), "db", "x"),
+    ]
+    x, w, y = t(1, 3), t(3, 3), t(1, 3)
+    cases += [
+        ("gemm c=a", lambda: ops.gemm(w, t(3, 3), w), "c", "a"),
+        ("gemm c=b", lambda: ops.gemm(t(3, 3), w, w), "c", "b"),
+        ("fc_forward y=x", lambda: ops.fc_forward(x, w, None, x), "y", "x"),
+        ("fc_forward y=w", lambda: ops.fc_forward(t(3, 3), w, None, w), "y", "w"),
+        ("fc_forward y=b", lambda: ops.fc_forward(x, w, y.reshape((3,)), y), "y", "b"),
+        ("fc_backward_data dx=dy", lambda: ops.fc_backward_data(y, w, y), "dx", "dy"),
+        ("fc_backward_data dx=w", lambda: ops.fc_backward_data(t(3, 3), w, w), "dx", "w"),
+        ("fc_backward_weights dw=dy", lambda: ops.fc_backward_weights(w, t(3, 3), w, None), "dw", "dy"),
+        ("fc_backward_weights dw=x", lambda: ops.fc_backward_weights(t(3, 3), w, w, None), "dw", "x"),
+        ("fc_backward_weights db=dw", lambda: ops.fc_backward_weights(t(1, 1), t(1, 1), w4.reshape((1, 1)),
+                                                                      w4.reshape((1,))), "dw", "db"),
+        ("fc_backward_weights db=dy", lambda: ops.fc_backward_weights(y, x, w, y.reshape((3,))), "db", "dy"),
+        ("fc_backward_weights db=x", lambda: ops.fc_backward_weights(y, x, w, x.reshape((3,))), "db", "x"),
+    ]
+    logits, labels = t(1, 3), i32(1)
+    cases += [
+        ("softmax dlogits=logits", lambda: ops.softmax_cross_entropy(logits, labels, logits, t(3)), "dlogits", "logits"),
+        ("softmax stats=logits", lambda: ops.softmax_cross_entropy(logits, labels, None, logits.reshape((3,))),
+         "stats", "logits"),
+        ("softmax stats=dlogits", lambda: ops.softmax_cross_entropy(logits, labels, y, y.reshape((3,))),
+         "stats", "dlogits"),
+    ]
+    a, b5, dy4 = t(1, 2, 2, 3), t(1, 2, 2, 3), t(1, 2, 2, 3)
+    cases += [
+        ("lrn_forward y=x", lambda: ops.lrn_forward(a, a), "y", "x"),
+        ("lrn_backward dx=x", lambda: ops.lrn_backward(a, b5, t(1, 2, 2, 3), a), "dx", "x"),
+        ("lrn_backward dx=y", lambda: ops.lrn_backward(a, b5, t(1, 2, 2, 3), b5), "dx", "y"),
+        ("lrn_backward dx=dy", lambda: ops.lrn_backward(a, b5, dy4, dy4), "dx", "dy"),
+        ("max_pool_forward y=x", lambda: ops.max_pool_forward(a, a, i32(1, 2, 2, 3), (1, 1), (1, 1)), "y", "x"),
+        ("max_pool_backward dx=dy", lambda: ops.max_pool_backward(a, i32(1, 2, 2, 3), a, (1, 1), (1, 1)), "dx", "dy"),
+        ("avg_pool_forward y=x", lambda: ops.avg_pool_forward(a, a, (1, 1), (1, 1)), "y", "x"),
+        ("avg_pool_backward dx=dy", lambda: ops.avg_pool_backward(a, a, (1, 1), (1, 1)), "dx", "dy"),
+    ]
+    p, g, v, p2, g2, v2 = (t(3) for _ in range(6))
+    sgd = lambda ps, gs, vs: (lambda: ops.sgd_update(ps, gs, vs, [0.1] * len(ps), [0.0] * len(ps), 0.9))
+    cases += [
+        ("sgd velocity=param", sgd([p], [g], [p]), "velocities[0]", "params[0]"),
+        ("sgd grad=param", sgd([p], [p], [v]), "grads[0]", "params[0]"),
+        ("sgd grad=velocity", sgd([p], [v], [v]), "grads[0]", "velocities[0]"),
+        ("sgd same param twice", sgd([p, p], [g, g2], [v, v2]), "params[1]", "params[0]"),
+        ("sgd same param twice, reshaped", sgd([p, p.reshape((1, 3))], [g, g2.reshape((1, 3))],
+                                                [v, v2.reshape((1, 3))]), "params[1]", "params[0]"),
+        ("sgd same velocity twice", sgd([p, p2], [g, g2], [v, v]), "velocities[1]", "velocities[0]"),
+        ("sgd param is another entry's velocity", sgd([p, p2], [g, g2], [v, p]), "velocities[1]", "params[0]"),
+        ("sgd grad is another entry's param", sgd([p, p2], [g, p], [v, v2]), "grads[1]", "params[0]"),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("case", alias_cases(), ids=lambda c: c[0])
+def test_forbidden_overlaps_raise(case):
+    _, call, out, other = case
+    with pytest.raises(ValueError, match="shares? memory") as err:
+        call()
+    assert out in str(err.value) and other in str(err.value), str(err.value)
+
+
+def test_allowed_in_place_ops_are_right(rng):
+    # The contract allows these in place (elementwise): same results as out of place.
+    x = rng.standard_normal((4, 6))
+    a = to_device(x, "cpu")
+    ops.relu_forward(a, a)
+    assert np.array_equal(a.numpy(), np.maximum(x, 0).astype(np.float32))
+    dy = rng.standard_normal((4, 6))
+    d = to_device(dy, "cpu")
+    ops.relu_backward(a, d, d)
+    assert np.array_equal(d.numpy(), np.where(x > 0, dy, 0).astype(np.float32))
+    out = poisoned(x.shape, "cpu")
+    ops.dropout_forward(to_device(x, "cpu"), out, 0.5, 7, 3)
+    inplace = to_device(x, "cpu")
+    ops.dropout_forward(inplace, inplace, 0.5, 7, 3)
+    assert np.array_equal(out.numpy(), inplace.numpy())
+    s = to_device(x, "cpu")
+    ops.add_(s, s, 2.0)
+    assert_close(s.numpy(), 3 * x, 1e-6)
+    # the same gradient for two parameters is only read: allowed
+    p1, p2, g = to_device(x, "cpu"), to_device(x, "cpu"), to_device(dy, "cpu")
+    v1, v2 = convnet.zeros(x.shape), convnet.zeros(x.shape)
+    ops.sgd_update([p1, p2], [g, g], [v1, v2], [0.1, 0.1], [0.0, 0.0], 0.9)
+    assert np.array_equal(p1.numpy(), p2.numpy())
+    assert_close(p1.numpy(), x - 0.1 * dy, 1e-6)
+
+
+@pytest.mark.parametrize("lr, wd, momentum, what", [
+    (float("nan"), 0.0, 0.9, "lr"), (-1.0, 0.0, 0.9, "lr"), (float("inf"), 0.0, 0.9, "lr"),
+    (0.1, -1.0, 0.9, "weight decay"), (0.1, float("nan"), 0.9, "weight decay"),
+    (0.1, 0.0, 5.0, "momentum"), (0.1, 0.0, 1.0, "momentum"), (0.1, 0.0, -0.1, "momentum"),
+    (0.1, 0.0, float("nan"), "momentum"),
+])
+def test_sgd_refuses_bad_hyper_parameters(lr, wd, momentum, what):
+    p = convnet.from_numpy(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=what):
+        ops.sgd_update([p], [convnet.zeros((3,))], [convnet.zeros((3,))], [lr], [wd], momentum)
+    assert np.array_equal(p.numpy(), np.ones(3, np.float32))  # nothing written
 
 
 # ------------------------------------------------------------------------------------------------
