@@ -35,7 +35,7 @@ export PYTHONUNBUFFERED=1
 KILL_GRACE=2     # seconds `timeout` waits after SIGTERM before SIGKILL
 LIMIT_QUICK=420  # the --quick promise: 7 minutes
 LIMIT_FULL=570   # the --full promise: inside one 10-minute device call, with room for its start
-OP_TESTS="tests/test_elementwise.py tests/test_fc.py tests/test_conv.py tests/test_lrn.py tests/test_pool.py tests/test_tensor.py tests/test_errors.py"
+OP_TESTS="tests/test_elementwise.py tests/test_fc.py tests/test_conv.py tests/test_lrn.py tests/test_pool.py tests/test_tensor.py tests/test_upload.py tests/test_errors.py"
 CAL_LAYERS=2012.conv1,2012.conv2,2012.conv3,owt.conv4   # stride-4 C=3, 5x5 grouped, two 3x3 shapes
 
 # The plan: name | budget (s) | command (run by bash -c from the repository root).

@@ -28,6 +28,7 @@ from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, LOG_NAME, TEXT_LOG_NAME, Ch
 from .evaluate import check_fit, evaluate, resolve_data
 from .hparams import DEFAULT_EPOCHS, HParams, Schedule
 from .net import Net
+from .tensor import upload_batches
 
 __all__ = ["train", "evaluate", "TrainResult", "Schedule", "save_checkpoint", "load_checkpoint",
            "read_checkpoint", "resolve_data", "CheckpointError", "NonFiniteLossError", "DEFAULT_EPOCHS"]
@@ -209,7 +210,8 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
                        dynamic_ncols=True)
         t0 = last_line = time.time()
         nb = images = 0
-        for x, y in loader:
+        # batch k+1 is uploaded while step k computes (tensor.py upload_batches)
+        for x, y in upload_batches(loader, net.data_layer.device, net.cost_layer.num_classes, net.cost_layer.device):
             stats = net.train_step(x, y, cur_lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
             loss = float(stats.numpy()[0])  # the one scalar read per step
             if not math.isfinite(loss):
