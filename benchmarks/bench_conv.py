@@ -116,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU")
     ap.add_argument("--layers", default="all", help="comma-separated names (2012.conv1,owt.conv3) or 'all'")
     ap.add_argument("--repeat", type=int, default=None, help="timed samples per pass (default: 3 CPU, 20 GPU)")
+    ap.add_argument("--iters", type=int, default=None, help="calls per timed sample (default: 1 CPU, 5 GPU)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
@@ -127,7 +128,7 @@ def main(argv=None):
     on_gpu = device.startswith("cuda")
     N = args.batch or (128 if on_gpu else 8)
     repeat = args.repeat or (20 if on_gpu else 3)
-    iters = 5 if on_gpu else 1
+    iters = args.iters or (5 if on_gpu else 1)
     names = list(LAYERS) if args.layers == "all" else [n.strip() for n in args.layers.split(",")]
     for n in names:
         if n not in LAYERS:

@@ -13,6 +13,7 @@
 #include "ops.h"
 #include "streams.h"
 #include "tensor.h"
+#include "upload.h"
 
 namespace py = pybind11;
 using namespace convnet;
@@ -31,23 +32,26 @@ std::vector<int64_t> to_shape(const py::iterable& shape) {
   return out;
 }
 
+// float32 or int32, else ValueError naming `op`, the dtype and the shape.
+DType numpy_dtype(const py::array& array, const char* op) {
+  if (array.dtype().is(py::dtype::of<float>())) return DType::Float32;
+  if (array.dtype().is(py::dtype::of<int32_t>())) return DType::Int32;
+  throw std::invalid_argument(std::string(op) + ": expected a float32 or int32 array, got " +
+                              std::string(py::str(array.dtype())) +
+                              " with shape " + std::string(py::str(array.attr("shape"))) +
+                              " (convert it first, e.g. x.astype(numpy.float32))");
+}
+
 Tensor from_numpy(const py::array& array, const std::string& device) {
-  DType dtype;
-  if (array.dtype().is(py::dtype::of<float>()))
-    dtype = DType::Float32;
-  else if (array.dtype().is(py::dtype::of<int32_t>()))
-    dtype = DType::Int32;
-  else
-    throw std::invalid_argument("Tensor.from_numpy: expected a float32 or int32 array, got " +
-                                std::string(py::str(array.dtype())) +
-                                " with shape " + std::string(py::str(array.attr("shape"))) +
-                                " (convert it first, e.g. x.astype(numpy.float32))");
+  const DType dtype = numpy_dtype(array, "Tensor.from_numpy");
   std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
   const Device dev = Device::parse(device);
   // A C-contiguous host copy when the array is strided or not aligned the way we read it.
   py::array contiguous = py::array::ensure(array, py::array::c_style);
   Tensor host = Tensor::empty(shape, dtype, Device::cpu());
-  if (host.nbytes()) std::memcpy(host.raw(), contiguous.data(), host.nbytes());
+  const void* src = contiguous.data();
+  py::gil_scoped_release release;  // `contiguous` stays alive; loader threads run meanwhile
+  if (host.nbytes()) std::memcpy(host.raw(), src, host.nbytes());
   if (!dev.is_cuda()) return host;
   Tensor t = Tensor::empty(shape, dtype, dev);
   ops::copy_(t, host);
@@ -193,6 +197,32 @@ with .numpy(); move it with .to(device).
       .def("__len__", [](const Tensor& t) { return t.dim() ? t.size(0) : 0; })
       .def("same_storage", &Tensor::same_storage)
       .def("__repr__", [](const Tensor& t) { return "Tensor(" + t.describe() + ")"; });
+
+  py::class_<Uploader>(m, "Uploader", R"doc(
+Uploads host arrays onto a device without stalling its compute stream (csrc/upload.h): put(array)
+copies into a pinned staging buffer (GIL released) and starts the host->device copy on the device's
+upload stream after the work queued so far; get() returns the oldest upload's tensor, with this
+thread's stream ordered after its copy. A tensor handed out is never overwritten while held.
+convnet.upload_batches drives it for the training loop.
+)doc")
+      .def(py::init([](const std::string& device, int depth) {
+             return std::make_unique<Uploader>(Device::parse(device), depth);
+           }),
+           py::arg("device"), py::arg("depth") = 3)
+      .def("put", [](Uploader& u, const py::array& array) {
+             const DType dtype = numpy_dtype(array, "Uploader.put");
+             std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+             py::array contiguous = py::array::ensure(array, py::array::c_style);
+             const void* src = contiguous.data();
+             py::gil_scoped_release release;
+             u.put(src, shape, dtype);
+           }, py::arg("array"), "Start uploading a float32 or int32 array (copied before this returns).")
+      .def("get", &Uploader::get, GIL(), "The oldest upload not yet taken, as a Tensor on the device.")
+      .def_property_readonly("device", [](const Uploader& u) { return u.device().str(); })
+      .def_property_readonly("depth", &Uploader::depth)
+      .def_property_readonly("pending", &Uploader::pending, "uploads put and not yet taken")
+      .def_property_readonly("allocations", &Uploader::allocations,
+                             "device tensors made so far (stays at depth while handed-out tensors are dropped)");
 
   m.def("devices", &devices, "Devices this build can run on here: 'cpu', then 'cuda:0', 'cuda:1', ...");
   m.def("build_info", &build_info, "How this module was built and what it found: CUDA, architectures, threads.");

@@ -72,6 +72,7 @@ class Tensor {
   // Same storage, another shape with the same element count (no copy).
   Tensor reshape(const std::vector<int64_t>& shape) const;
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_; }
+  long use_count() const { return storage_.use_count(); }  // Tensors sharing this storage (0 if none)
 
  private:
   std::vector<int64_t> shape_;

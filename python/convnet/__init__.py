@@ -12,7 +12,7 @@ Layouts: activations (N, H, W, C); conv filters (K, R, S, C/groups); fully-conne
 from . import _C
 from ._C import build_info, can_access_peer, devices, empty_cache, memory_stats, synchronize
 from ._C import ops
-from .tensor import Tensor, empty, from_numpy, full, zeros
+from .tensor import Tensor, empty, from_numpy, full, upload_batches, zeros
 from . import data, layers
 from .net import Net
 from . import models
@@ -25,6 +25,6 @@ from .train import TrainResult, train
 __version__ = build_info()["version"]
 
 __all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
-           "full", "memory_stats", "ops", "synchronize", "zeros",
+           "full", "memory_stats", "ops", "synchronize", "upload_batches", "zeros",
            "Net", "data", "layers", "models", "alexnet", "get_model",
            "train", "evaluate", "TrainResult", "HParams", "load_checkpoint", "save_checkpoint"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._C import Tensor
+from ._C import Tensor, Uploader
 
-__all__ = ["Tensor", "from_numpy", "as_labels", "empty", "zeros", "full",
+__all__ = ["Tensor", "Uploader", "from_numpy", "as_labels", "upload_batches", "empty", "zeros", "full",
            "nchw_to_nhwc", "nhwc_to_nchw", "kcrs_to_krsc", "krsc_to_kcrs"]
 
 
@@ -37,6 +37,43 @@ def as_labels(labels, classes: int | None = None, what: str = "labels") -> np.nd
             raise ValueError(f"{what}: label {int(arr[bad])} at row {bad} is outside [0, {hi})"
                              + (f" for {classes} classes" if classes is not None else ""))
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def upload_batches(batches, device: str, classes: int | None = None, labels_device: str | None = None,
+                   depth: int = 3):
+    """Feed (images (N, H, W, C), labels (N,)) NumPy batches to a training loop as device Tensors,
+    uploading each while the step before it computes.
+
+    Two batches are always in flight: once the loop has taken batch k and queued its step, the next
+    call copies batch k+2 into pinned memory (GIL released, so loader threads keep decoding) and starts
+    its host->device copy behind step k on the device's upload stream, so it travels while step k+1
+    computes; the loop's stream waits for a batch's copy only when it takes the batch. The step never
+    waits for a pageable copy. Labels are checked (as_labels, against `classes`) before they travel, to
+    `labels_device` (default `device`; a Net's cost layer may sit elsewhere). On "cpu"
+    the batches pass through unchanged. A yielded tensor is never overwritten while it is held.
+    """
+    if device == "cpu":
+        for x, y in batches:
+            yield x, y
+        return
+    images, labels = Uploader(device, depth), Uploader(labels_device or device, depth)
+    ahead = max(1, min(2, depth - 1))  # the slot being filled must not be the one the loop holds
+
+    def put(batch):
+        x, y = batch
+        images.put(np.ascontiguousarray(x, dtype=np.float32))
+        labels.put(as_labels(y, classes, "upload_batches"))
+
+    it = iter(batches)
+    for batch in it:
+        put(batch)
+        if images.pending == ahead:
+            break
+    while images.pending:
+        yield images.get(), labels.get()
+        batch = next(it, None)  # the loop's step for the batch just yielded is queued by now
+        if batch is not None:
+            put(batch)
 
 
 def empty(shape, device: str = "cpu", dtype: str = "float32") -> Tensor:

@@ -29,6 +29,7 @@ from .data import open_data
 from .evaluate import check_fit, evaluate
 from .hparams import DEFAULT_EPOCHS, HParams, Schedule
 from .net import Net
+from .tensor import upload_batches
 
 __all__ = ["train", "evaluate", "TrainResult", "Schedule", "save_checkpoint", "load_checkpoint",
            "read_checkpoint", "open_data", "CheckpointError", "NonFiniteLossError", "DEFAULT_EPOCHS"]
@@ -238,7 +239,11 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
                        dynamic_ncols=True)
         t0 = last_line = time.time()
         nb = images = 0
-        for x, y in loader:
+        # one process: batch k+1 is uploaded while step k computes (tensor.upload_batches); data
+        # parallel: run.train_step slices the NumPy batch into its micro-batches itself
+        batches = loader if run.dp is not None else upload_batches(loader, net.data_layer.device,
+                                                                     net.cost_layer.num_classes, net.cost_layer.device)
+        for x, y in batches:
             stats = run.train_step(net, x, y, cur_lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
             loss = float(stats.numpy()[0])  # the one scalar read per step
             if not math.isfinite(loss):

@@ -30,7 +30,7 @@ source tools/cuda_emu/env.sh
 export CONVNET_TEST_DEVICES=cuda:0,cuda:1
 
 FILES=(tests/test_elementwise.py tests/test_fc.py tests/test_conv.py tests/test_lrn.py tests/test_pool.py
-       tests/test_tensor.py tests/test_errors.py tests/test_parallel.py)
+       tests/test_tensor.py tests/test_upload.py tests/test_errors.py tests/test_parallel.py)
 K=(-k "not conv1")
 [ "${EMU_FULL:-0}" = 1 ] && K=()
 
