@@ -67,6 +67,7 @@
 #include "backend.h"
 #include "gemm_internal.h"
 #include "parallel.h"
+#include "winograd.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -459,6 +460,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
   const Geo g = geo_of(s);
   const int64_t total_rows = static_cast<int64_t>(s.N) * g.PQ;
   if (total_rows == 0) return;
+  if (winograd_chosen(s)) return winograd_forward(s, x, w, b, y, accumulate, relu);
   const float beta = accumulate ? 1.0f : 0.0f;
   // Y_g = patches_g W_g^T: W_g (Kg, RSC) is GEMM operand B stored transposed, which the GEMM packs
   // with 16 x 16 in-register transposes (no transposed copy of W per call).
@@ -526,6 +528,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
 void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
   const Geo g = geo_of(s);
   if (s.N == 0) return;
+  if (winograd_chosen(s)) return winograd_backward_data(s, dy, w, dx, accumulate);
   if (is_pointwise(s)) {
     // dx_g (N*H*W, Cg) (=|+=) dy_g (N*H*W, Kg) x W_g (Kg, Cg), written in place.
     const int rows = static_cast<int>(static_cast<int64_t>(s.N) * g.HW);
