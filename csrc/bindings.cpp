@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "backend.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/parallel.h"
 #include "ops.h"
 #include "streams.h"
@@ -349,6 +350,25 @@ convnet.upload_batches drives it for the training loop.
     cpu::set_num_threads(threads);
   }, py::arg("threads"), "Threads of the CPU kernels from now on (OpenMP); build_info()['cpu_threads'] reads it.");
   m.def("cpu_threads", &cpu::num_threads);
+
+  // ---- precision of the CPU GEMM (csrc/cpu/gemm_bf16.h): process-wide, Net sets it per pass -----
+  m.def("set_precision", [](const std::string& p) {
+    if (p == "fp32") cpu::set_gemm_precision(cpu::Precision::FP32);
+    else if (p == "tf32") cpu::set_gemm_precision(cpu::Precision::TF32);
+    else if (p == "bf16") cpu::set_gemm_precision(cpu::Precision::BF16);
+    else throw std::invalid_argument("set_precision: expected 'fp32', 'tf32' or 'bf16', got '" + p + "'");
+  }, py::arg("precision"), "Precision of the CPU GEMMs (FC layers, convolutions) from now on; see docs.");
+  m.def("precision", []() { return std::string(cpu::precision_name(cpu::gemm_precision())); });
+  m.def("set_bf16_kernel", [](const std::string& k) {
+    if (k == "auto") cpu::set_bf16_kernel(cpu::Bf16Kernel::Auto);
+    else if (k == "avx512_bf16") cpu::set_bf16_kernel(cpu::Bf16Kernel::Avx512Bf16);
+    else if (k == "portable") cpu::set_bf16_kernel(cpu::Bf16Kernel::Portable);
+    else throw std::invalid_argument("set_bf16_kernel: expected 'auto', 'avx512_bf16' or 'portable', got '" + k + "'");
+  }, py::arg("kernel"), "Force the BF16 GEMM kernel (tests): 'avx512_bf16' (ValueError where the CPU lacks "
+     "it), 'portable' (same rounding, FP32 multiply-adds), or 'auto' (by CPUID, the default).");
+  m.def("bf16_kernel", []() { return std::string(cpu::bf16_kernel_name(cpu::select_bf16_kernel())); },
+        "The kernel a BF16 GEMM uses now: 'avx512_bf16' or 'portable'.");
+  m.def("cpu_has_avx512_bf16", &cpu::cpu_has_avx512_bf16);
 
   // ---- ops (contracts in csrc/ops.h) ---------------------------------------------------------
   py::module_ o = m.def_submodule("ops", "Every op of convnet; outputs are passed in and written.");

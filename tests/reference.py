@@ -267,3 +267,18 @@ def avg_pool_backward(dy, x_shape, R=3, S=3, stride=(2, 2), pad=(0, 0)):
         p, q = np.nonzero(valid)
         np.add.at(dx, (slice(None), idx[p, q]), share[:, p, q, :])
     return dx.reshape(x_shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# reduced precision (python/convnet/precision.py)
+
+def round_bf16(x):
+    """float32(x) rounded to bfloat16 (round to nearest even; denormals to signed zero, as
+    vcvtne2ps2bf16 does), returned as float64."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    exp_zero = (u & 0x7F800000) == 0
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    r = np.where(exp_zero, (u >> 31) << 31, r)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = np.where(nan, u | 0x400000, r)
+    return (r & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)

@@ -68,6 +68,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "gemm_bf16.h"
 #include "gemm_internal.h"
 #include "parallel.h"
 
@@ -470,12 +471,46 @@ struct Problem {
   int64_t ldc;
 };
 
+// ---------------------------------------------------------------------------------------------
+// the five loops in BF16 (gemm_bf16.h): the same blocking and the same FP32 packers, each micro-panel
+// packed into an L1-resident staging panel and rounded to BF16 pairs at once (gemm_bf16.cpp)
+
+struct Bf16Buffers {
+  uint32_t* a = nullptr;  // MC x KC/2 pairs
+  uint32_t* b = nullptr;  // KC/2 x NC pairs
+  float* stage = nullptr;  // one FP32 micro-panel, KC x max(MR, NR)
+  Bf16Buffers()
+      : a(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(MC) * KC / 2))),
+        b(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(KC) / 2 * NC))),
+        stage(aligned_floats(static_cast<size_t>(KC) * std::max(MR, NR))) {}
+  ~Bf16Buffers() {
+    std::free(a);
+    std::free(b);
+    std::free(stage);
+  }
+  Bf16Buffers(const Bf16Buffers&) = delete;
+  Bf16Buffers& operator=(const Bf16Buffers&) = delete;
+};
+static_assert(KC % 2 == 0, "whole k pairs per full K block");
+
+Bf16Buffers& bf16_buffers() {
+  thread_local Bf16Buffers buffers;
+  return buffers;
+}
+
+void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
+                     const PanelSource* Bsrc, const RowSource* Asrc);
+
 // Bpre: op(B) already packed whole (gemm_internal.h layout, Np floats per k row), or null to pack
 // each (K block, column block) here.
 // Bsrc: op(B) packed panel by panel by the caller (gemm_internal.h), or null.
 // Asrc: A's rows handed out by the caller (gemm_internal.h), or null.
 void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre = nullptr, int64_t Np = 0,
                 const PanelSource* Bsrc = nullptr, const RowSource* Asrc = nullptr) {
+  if (gemm_precision() == Precision::BF16) {
+    gemm_block_bf16(p, m0, m1, n0, n1, Bpre, Np, Bsrc, Asrc);
+    return;
+  }
   PackBuffers& buf = pack_buffers();
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
@@ -505,6 +540,59 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
             } else {
               // Edge tile: compute the whole padded tile locally, write back only mr x nr.
               micro_kernel(kc, ap, bp, tile, NR, 0.0f);
+              for (int i = 0; i < mr; ++i) {
+                float* ci = c + i * p.ldc;
+                const float* ti = tile + i * NR;
+                if (beta == 0.0f) {
+                  for (int j = 0; j < nr; ++j) ci[j] = ti[j];
+                } else {
+                  for (int j = 0; j < nr; ++j) ci[j] = beta * ci[j] + ti[j];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
+                     const PanelSource* Bsrc, const RowSource* Asrc) {
+  const Bf16Kernel kern = select_bf16_kernel();
+  Bf16Buffers& buf = bf16_buffers();
+  alignas(64) float tile[MR * NR];
+  for (int jc = n0; jc < n1; jc += NC) {
+    const int nc = std::min(NC, n1 - jc);
+    for (int pc = 0; pc < p.K; pc += KC) {
+      const int kc = std::min(KC, p.K - pc), kp = (kc + 1) / 2;
+      const float beta = pc == 0 ? p.beta : 1.0f;
+      for (int jp = 0; jp < nc; jp += NR) {
+        const float* panel = buf.stage;
+        if (Bpre) panel = Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc + jp) * kc;
+        else if (Bsrc) Bsrc->pack(Bsrc->ctx, pc, kc, jc + jp, buf.stage);
+        else pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc + jp, std::min(NR, nc - jp), buf.stage);
+        bf16_pack_panel(kern, panel, kc, NR, buf.b + static_cast<int64_t>(jp) * kp);
+      }
+      for (int ic = m0; ic < m1; ic += MC) {
+        const int mc = std::min(MC, m1 - ic);
+        for (int ip = 0; ip < mc; ip += MR) {
+          const int mr = std::min(MR, mc - ip);
+          if (Asrc) pack_a_rows(*Asrc, ic + ip, mr, pc, kc, p.alpha, buf.stage);
+          else pack_a(p.trans_a, p.A, p.lda, ic + ip, mr, pc, kc, p.alpha, buf.stage);
+          bf16_pack_panel(kern, buf.stage, kc, MR, buf.a + static_cast<int64_t>(ip) * kp);
+        }
+        for (int jr = 0; jr < nc; jr += NR) {
+          const int nr = std::min(NR, nc - jr);
+          const uint32_t* bp = buf.b + static_cast<int64_t>(jr) * kp;
+          for (int ir = 0; ir < mc; ir += MR) {
+            const int mr = std::min(MR, mc - ir);
+            const uint32_t* ap = buf.a + static_cast<int64_t>(ir) * kp;
+            float* c = p.C + static_cast<int64_t>(ic + ir) * p.ldc + jc + jr;
+            if (mr == MR && nr == NR) {
+              bf16_micro_kernel<MR, NR>(kern, kp, ap, bp, c, p.ldc, beta);
+            } else {
+              bf16_micro_kernel<MR, NR>(kern, kp, ap, bp, tile, NR, 0.0f);
               for (int i = 0; i < mr; ++i) {
                 float* ci = c + i * p.ldc;
                 const float* ti = tile + i * NR;

@@ -15,6 +15,7 @@ from ._C import ops
 from .tensor import Tensor, empty, from_numpy, full, upload_batches, zeros
 from . import data, layers
 from .net import Net
+from .precision import PRECISIONS, use_precision
 from . import models
 from .models import alexnet, get_model
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -27,4 +28,5 @@ __version__ = build_info()["version"]
 __all__ = ["Tensor", "build_info", "can_access_peer", "devices", "empty", "empty_cache", "from_numpy",
            "full", "memory_stats", "ops", "synchronize", "upload_batches", "zeros",
            "Net", "data", "layers", "models", "alexnet", "get_model",
-           "train", "evaluate", "TrainResult", "HParams", "load_checkpoint", "save_checkpoint"]
+           "train", "evaluate", "TrainResult", "HParams", "load_checkpoint", "save_checkpoint",
+           "PRECISIONS", "use_precision"]

@@ -1,0 +1,247 @@
+// BF16 pieces of the CPU GEMM: the precision setting, FP32 -> BF16 panel packing, and the
+// micro-kernels on vdpbf16ps (AVX512-BF16) with a portable kernel of the same precision.
+//
+// What it computes: see gemm_bf16.h (layout of a BF16 micro-panel, the rounding). gemm.cpp's five
+// loops (gemm_block_bf16) pack each micro-panel of A and B with the FP32 packers into a small
+// staging panel that stays in L1 (12 KB for A, 32 KB for B at KC = 256) and round it here into BF16
+// pairs before it leaves L1: the conversion is fused into packing at micro-panel granularity, so
+// one set of packers (transposes, row sources, prepacked weights) serves both precisions.
+//
+// Micro-kernel, AVX-512 tile MR x NR = 12 x 32 (the FP32 kernel's shape, gemm.cpp): 24 zmm
+// accumulators; per k PAIR 2 vector loads of B (16 column pairs each) + 12 broadcasts of an A pair
+// feed 24 vdpbf16ps, each 32 multiply-adds: twice the work per instruction of vfmadd231ps, and the
+// operands are half the bytes (napkin: 2 pipes x 16 lanes x 2 pairs x 2 FLOP x ~4.1 GHz = ~525
+// GFLOP/s per core if vdpbf16ps issues on both FMA pipes at FMA rate, as on Zen 4/5).
+// Accuracy: the inputs carry 8 bits of mantissa (relative rounding error <= 2^-9 = 0.2 % each), the
+// products are exact in FP32 and the sums are FP32 (blocked by KC as in the FP32 GEMM), so a product
+// of two rounded inputs is off by <= ~2^-8 relative and a random-sign sum of them by ~2^-8 / sqrt(...)
+// of its magnitude: ~3e-3 relative error norm on random data, well under the 1e-2 the tests allow.
+// vdpbf16ps treats denormal inputs and outputs as zero (no MXCSR); the packed inputs have none.
+#include "gemm_bf16.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CONVNET_X86 1
+#endif
+
+namespace convnet {
+namespace cpu {
+
+// ---------------------------------------------------------------------------------------------
+// settings
+
+namespace {
+std::atomic<Precision> g_precision{Precision::FP32};
+std::atomic<Bf16Kernel> g_bf16_kernel{Bf16Kernel::Auto};
+}  // namespace
+
+Precision gemm_precision() { return g_precision.load(std::memory_order_relaxed); }
+void set_gemm_precision(Precision p) { g_precision.store(p, std::memory_order_relaxed); }
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::TF32: return "tf32";
+    case Precision::BF16: return "bf16";
+    default: return "fp32";
+  }
+}
+
+bool cpu_has_avx512_bf16() {
+#ifdef CONVNET_X86
+  // __builtin_cpu_supports checks CPUID and that the OS saves the zmm state (XGETBV).
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+void set_bf16_kernel(Bf16Kernel k) {
+  if (k == Bf16Kernel::Avx512Bf16 && !cpu_has_avx512_bf16())
+    throw std::invalid_argument("set_bf16_kernel: this CPU lacks AVX512-BF16 (vdpbf16ps); use 'auto' or 'portable'");
+  g_bf16_kernel.store(k, std::memory_order_relaxed);
+}
+
+Bf16Kernel forced_bf16_kernel() { return g_bf16_kernel.load(std::memory_order_relaxed); }
+
+Bf16Kernel select_bf16_kernel() {
+  const Bf16Kernel k = forced_bf16_kernel();
+  if (k != Bf16Kernel::Auto) return k;
+  return cpu_has_avx512_bf16() ? Bf16Kernel::Avx512Bf16 : Bf16Kernel::Portable;
+}
+
+const char* bf16_kernel_name(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::Avx512Bf16: return "avx512_bf16";
+    case Bf16Kernel::Portable: return "portable";
+    default: return "auto";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rounding and packing
+
+uint16_t float_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7F800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);  // zero, denormal
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (overflow rounds to infinity)
+  return static_cast<uint16_t>(u >> 16);
+}
+
+namespace {
+
+inline float bf16_lo(uint32_t pair) {  // the even-k element of a pair, as float32
+  const uint32_t u = pair << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline float bf16_hi(uint32_t pair) {  // the odd-k element
+  const uint32_t u = pair & 0xFFFF0000u;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+void pack_panel_portable(const float* src, int kc, int w, uint32_t* dst) {
+  const int kp = (kc + 1) / 2;
+  for (int p = 0; p < kp; ++p) {
+    const float* r0 = src + static_cast<int64_t>(2 * p) * w;
+    const float* r1 = 2 * p + 1 < kc ? r0 + w : nullptr;
+    uint32_t* d = dst + static_cast<int64_t>(p) * w;
+    for (int j = 0; j < w; ++j)
+      d[j] = float_to_bf16(r0[j]) | (r1 ? static_cast<uint32_t>(float_to_bf16(r1[j])) << 16 : 0u);
+  }
+}
+
+template <int MR, int NR>
+void micro_portable(int kp, const uint32_t* __restrict Ap, const uint32_t* __restrict Bp, float* __restrict C,
+                    int64_t ldc, float beta) {
+  float acc[MR][NR] = {};
+  for (int p = 0; p < kp; ++p) {
+    float b0[NR], b1[NR];
+    for (int j = 0; j < NR; ++j) {
+      b0[j] = bf16_lo(Bp[j]);
+      b1[j] = bf16_hi(Bp[j]);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const float a0 = bf16_lo(Ap[i]), a1 = bf16_hi(Ap[i]);
+      for (int j = 0; j < NR; ++j) acc[i][j] += a0 * b0[j] + a1 * b1[j];
+    }
+    Ap += MR;
+    Bp += NR;
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f) {
+      for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
+    } else {
+      for (int j = 0; j < NR; ++j) c[j] = beta * c[j] + acc[i][j];
+    }
+  }
+}
+
+#ifdef CONVNET_X86
+#define CONVNET_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+// Two rows of 16 floats -> 16 (even, odd) pairs: vcvtne2ps2bf16 puts bf16(r0) in the low 256 bits and
+// bf16(r1) in the high 256; one word permute interleaves them (lane 2j <- j, lane 2j + 1 <- 16 + j).
+CONVNET_BF16_TARGET void pack_panel_avx512(const float* src, int kc, int w, uint32_t* dst) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  const int kp = (kc + 1) / 2;
+  for (int p = 0; p < kp; ++p) {
+    const float* r0 = src + static_cast<int64_t>(2 * p) * w;
+    const bool odd = 2 * p + 1 < kc;
+    uint32_t* d = dst + static_cast<int64_t>(p) * w;
+    for (int j = 0; j < w; j += 16) {
+      const int n = std::min(16, w - j);
+      const __mmask16 m = static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u);
+      const __m512 lo = _mm512_maskz_loadu_ps(m, r0 + j);
+      const __m512 hi = odd ? _mm512_maskz_loadu_ps(m, r0 + w + j) : _mm512_setzero_ps();
+      const __m512i v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+      _mm512_mask_storeu_epi32(d + j, m, _mm512_permutexvar_epi16(idx, v));
+    }
+  }
+}
+
+template <int MR, int NR>
+CONVNET_BF16_TARGET void micro_avx512(int kp, const uint32_t* __restrict Ap, const uint32_t* __restrict Bp,
+                                      float* __restrict C, int64_t ldc, float beta) {
+  static_assert(NR % 16 == 0, "whole zmm rows");
+  constexpr int V = NR / 16;
+  __m512 acc[MR][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int p = 0; p < kp; ++p) {
+    __m512bh b[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) b[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(Bp + 16 * v));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(Ap[i])));
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, b[v]);
+    }
+    Ap += MR;
+    Bp += NR;
+  }
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      if (beta == 0.0f) _mm512_storeu_ps(c + 16 * v, acc[i][v]);
+      else if (beta == 1.0f) _mm512_storeu_ps(c + 16 * v, _mm512_add_ps(_mm512_loadu_ps(c + 16 * v), acc[i][v]));
+      else _mm512_storeu_ps(c + 16 * v, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16 * v), acc[i][v]));
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst) {
+#ifdef CONVNET_X86
+  if (k == Bf16Kernel::Avx512Bf16) {
+    pack_panel_avx512(src, kc, w, dst);
+    return;
+  }
+#endif
+  (void)k;
+  pack_panel_portable(src, kc, w, dst);
+}
+
+template <int MR, int NR>
+void bf16_micro_kernel(Bf16Kernel k, int kp, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc,
+                       float beta) {
+#ifdef CONVNET_X86
+  if (k == Bf16Kernel::Avx512Bf16) {
+    micro_avx512<MR, NR>(kp, Ap, Bp, C, ldc, beta);
+    return;
+  }
+#endif
+  (void)k;
+  micro_portable<MR, NR>(kp, Ap, Bp, C, ldc, beta);
+}
+
+template void bf16_micro_kernel<12, 32>(Bf16Kernel, int, const uint32_t*, const uint32_t*, float*, int64_t, float);
+template void bf16_micro_kernel<6, 16>(Bf16Kernel, int, const uint32_t*, const uint32_t*, float*, int64_t, float);
+template void bf16_micro_kernel<4, 16>(Bf16Kernel, int, const uint32_t*, const uint32_t*, float*, int64_t, float);
+
+}  // namespace cpu
+}  // namespace convnet

@@ -1,0 +1,54 @@
+// The CPU GEMM's precision setting and its BF16 pieces (gemm_bf16.cpp), used by gemm.cpp's five loops.
+//
+// Precision (a process-wide setting, like forced_path(); Net sets it around its passes):
+//   FP32  every product and sum in float32 (the default).
+//   TF32  on the CPU the same as FP32: there is no TF32 unit to emulate, and computing in full FP32
+//         is at least as accurate as TF32 (10-bit mantissa inputs) everywhere; the mode exists so a
+//         run's setting means the same thing on both backends (docs/architecture.md, "Precision").
+//   BF16  both GEMM operands are rounded to bfloat16 (8-bit mantissa, round to nearest even) while
+//         they are packed; products are exact in float32 and every sum is float32 (vdpbf16ps).
+//         The output C is float32. The GEMV shapes (M == 1 or N == 1) stay FP32: memory-bound, so
+//         BF16 would buy nothing there.
+//
+// BF16 packed layout: the FP32 micro-panel of kc x w floats (k-major, w = MR for A, NR for B; see
+// gemm.cpp) becomes ceil(kc/2) x w uint32, element (p, j) = bf16(x[2p][j]) | bf16(x[2p+1][j]) << 16
+// (a zero high half when kc is odd): the (even k, odd k) pair that one vdpbf16ps lane multiplies.
+//
+// Kernels: AVX512-BF16 (vcvtne2ps2bf16 + vdpbf16ps, compiled with a target attribute so the module
+// builds for any x86-64) where CPUID reports it; elsewhere a portable kernel with the SAME rounding
+// (bit-identical packed operands) and float32 multiply-adds: slower, same precision. Chosen at run
+// time (select_bf16_kernel); tests force each one (convnet._C.set_bf16_kernel).
+#pragma once
+
+#include <cstdint>
+
+namespace convnet {
+namespace cpu {
+
+enum class Precision { FP32, TF32, BF16 };
+Precision gemm_precision();
+void set_gemm_precision(Precision p);
+const char* precision_name(Precision p);  // "fp32", "tf32", "bf16"
+
+enum class Bf16Kernel { Auto, Avx512Bf16, Portable };
+bool cpu_has_avx512_bf16();               // CPUID (and the OS saving zmm state)
+void set_bf16_kernel(Bf16Kernel k);       // Avx512Bf16 on a CPU without it: std::invalid_argument
+Bf16Kernel forced_bf16_kernel();          // as set (Auto by default)
+Bf16Kernel select_bf16_kernel();          // the kernel a BF16 GEMM uses now (never Auto)
+const char* bf16_kernel_name(Bf16Kernel k);  // "auto", "avx512_bf16", "portable"
+
+// One micro-panel: src (kc, w) float32 k-major -> dst (ceil(kc/2), w) BF16 pairs (layout above).
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst);
+
+// C[MR x NR] (row stride ldc) = acc + beta * C, acc = sum over kp pairs of Ap[p] (x) Bp[p] in float32;
+// beta == 0 never reads C. Instantiated for gemm.cpp's tile shapes (12 x 32, 6 x 16, 4 x 16).
+template <int MR, int NR>
+void bf16_micro_kernel(Bf16Kernel k, int kp, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc,
+                       float beta);
+
+// Round to nearest even, NaN stays NaN (quiet), denormals flush to signed zero: what vcvtne2ps2bf16
+// does, so both kernels pack the same bits.
+uint16_t float_to_bf16(float x);
+
+}  // namespace cpu
+}  // namespace convnet
