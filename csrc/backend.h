@@ -59,66 +59,71 @@ struct SgdParam {
   float lr, wd;
 };
 
-#define CONVNET_KERNELS                                                                               \
+#define CONVNET_KERNELS(KERNEL)                                                                           \
   /* C (M, N) = alpha * op(A) op(B) + beta * C, row-major; op(A) is (M, K), op(B) is (K, N).         \
      lda/ldb/ldc are row strides of A, B, C as stored. beta == 0 never reads C. */                   \
-  void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,    \
-            const float* B, int ldb, float beta, float* C, int ldc);                                 \
-  void fill(float* x, int64_t n, float value);                                                       \
+  KERNEL(gemm, (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,    \
+            const float* B, int ldb, float beta, float* C, int ldc))                                 \
+  KERNEL(fill, (float* x, int64_t n, float value))                                                       \
   /* dst += alpha * src */                                                                           \
-  void add(float* dst, const float* src, int64_t n, float alpha);                                    \
+  KERNEL(add, (float* dst, const float* src, int64_t n, float alpha))                                    \
   /* y (rows, cols) += b (cols) broadcast over rows */                                               \
-  void add_bias(float* y, const float* b, int64_t rows, int cols);                                   \
+  KERNEL(add_bias, (float* y, const float* b, int64_t rows, int cols))                                   \
   /* y (rows, cols) = max(0, y + b) (b (cols) broadcast over rows; b may be null: y = max(0, y)) */ \
-  void add_bias_relu(float* y, const float* b, int64_t rows, int cols);                              \
+  KERNEL(add_bias_relu, (float* y, const float* b, int64_t rows, int cols))                              \
   /* db (cols) (=|+=) sum over rows of dy (rows, cols) */                                            \
-  void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumulate);               \
-  void relu_forward(const float* x, float* y, int64_t n);                                            \
+  KERNEL(bias_grad, (const float* dy, int64_t rows, int cols, float* db, bool accumulate))               \
+  KERNEL(relu_forward, (const float* x, float* y, int64_t n))                                            \
   /* dx = dy where y > 0, else 0 (y is the forward output) */                                       \
-  void relu_backward(const float* y, const float* dy, float* dx, int64_t n);                         \
+  KERNEL(relu_backward, (const float* y, const float* dy, float* dx, int64_t n))                         \
   /* Inverted dropout: y = x * keep / (1 - p), keep = philox_uniform(seed, counter, offset + i) >= p */ \
-  void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,   \
-                       uint64_t offset);                                                             \
-  void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed,               \
-                        uint64_t counter, uint64_t offset);                                          \
+  KERNEL(dropout_forward, (const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,   \
+                       uint64_t offset))                                                             \
+  KERNEL(dropout_backward, (const float* dy, float* dx, int64_t n, float p, uint64_t seed,               \
+                        uint64_t counter, uint64_t offset))                                          \
   /* logits (N, C), labels (N) in [0, C). stats[0] = mean cross-entropy, stats[1] = count of top-1  \
      hits, stats[2] = count of top-5 hits (ties: a class counts as ranked above the label only if   \
      its logit is strictly greater). dlogits (N, C) = (softmax - onehot) / N, skipped if null. */   \
-  void softmax_cross_entropy(const float* logits, const int32_t* labels, int N, int C,               \
-                             float* dlogits, float* stats);                                          \
-  void sgd_update(const SgdParam* params, int count, float momentum);                                \
+  KERNEL(softmax_cross_entropy, (const float* logits, const int32_t* labels, int N, int C,               \
+                             float* dlogits, float* stats))                                          \
+  KERNEL(sgd_update, (const SgdParam* params, int count, float momentum))                                \
   /* relu: y = max(0, result) where result is the conv + b (+ old y when accumulate) */            \
-  void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,    \
-                    bool accumulate, bool relu);                                                     \
-  void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx,            \
-                          bool accumulate);                                                          \
+  KERNEL(conv_forward, (const ConvShape& s, const float* x, const float* w, const float* b, float* y,    \
+                    bool accumulate, bool relu))                                                     \
+  KERNEL(conv_backward_data, (const ConvShape& s, const float* dy, const float* w, float* dx,            \
+                          bool accumulate))                                                          \
   /* dw (K, R, S, C/groups) and db (K) (db may be null); accumulate adds into both */               \
-  void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw,          \
-                            float* db, bool accumulate);                                             \
+  KERNEL(conv_backward_filter, (const ConvShape& s, const float* dy, const float* x, float* dw,          \
+                            float* db, bool accumulate))                                             \
   /* rows = N*H*W pixels, C channels each */                                                         \
-  void lrn_forward(const float* x, float* y, int64_t rows, int C, const LrnParams& p);               \
-  void lrn_backward(const float* x, const float* y, const float* dy, float* dx, int64_t rows, int C, \
-                    const LrnParams& p);                                                             \
+  KERNEL(lrn_forward, (const float* x, float* y, int64_t rows, int C, const LrnParams& p))               \
+  KERNEL(lrn_backward, (const float* x, const float* y, const float* dy, float* dx, int64_t rows, int C, \
+                    const LrnParams& p))                                                             \
   /* argmax (N, P, Q, C) int32: flat input index h*W + w of the window's maximum; ties go to the    \
      first in row-major window order (r, then s). A window with no valid input writes 0 / -1. */    \
-  void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax);              \
+  KERNEL(max_pool_forward, (const PoolShape& s, const float* x, float* y, int32_t* argmax))              \
   /* dx = for each input element, sum over windows whose argmax it is, in window order */           \
-  void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx);     \
+  KERNEL(max_pool_backward, (const PoolShape& s, const float* dy, const int32_t* argmax, float* dx))     \
   /* mean over the window's in-bounds inputs (padding not counted) */                                \
-  void avg_pool_forward(const PoolShape& s, const float* x, float* y);                               \
-  void avg_pool_backward(const PoolShape& s, const float* dy, float* dx);
+  KERNEL(avg_pool_forward, (const PoolShape& s, const float* x, float* y))                               \
+  KERNEL(avg_pool_backward, (const PoolShape& s, const float* dy, float* dx))
+
+// Declares one kernel, `void name(params);`, of the list above.
+#define CONVNET_DECLARE_KERNEL(name, params) void name params;
 
 namespace cpu {
-CONVNET_KERNELS
+CONVNET_KERNELS(CONVNET_DECLARE_KERNEL)
 int num_threads();
 }  // namespace cpu
 
+// The CUDA backend: cuda/*.cu in a CUDA build; csrc/cuda_fallback.cpp (every function raising "built
+// without CUDA", which no caller reaches: no CUDA device exists there) in a CPU-only build. Either way
+// every name is declared, so callers need no #ifdef.
 namespace cuda {
 bool compiled();        // was the CUDA backend built in?
 int device_count();     // usable CUDA devices; 0 without a driver or GPU (never throws)
-#ifdef CONVNET_WITH_CUDA
-CONVNET_KERNELS
-// devices, memory, copies: cuda/device.cu
+CONVNET_KERNELS(CONVNET_DECLARE_KERNEL)
+// the runtime: devices, memory, copies (cuda/runtime/device_runtime.cu)
 void set_device(int device);           // makes `device` current for this thread (its stream too)
 std::string device_name(int device);
 std::string device_capability(int device);  // "9.0"
@@ -134,10 +139,6 @@ void copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
 void copy_device_to_device(int dst_device, void* dst, int src_device, const void* src, size_t bytes);
 bool can_access_peer(int device, int peer);
 void synchronize(int device);
-#else
-inline void* device_alloc(int, size_t) { throw std::runtime_error("convnet was built without CUDA"); }
-inline void device_free(int, void*, size_t) {}
-#endif
 }  // namespace cuda
 
 }  // namespace convnet

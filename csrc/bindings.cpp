@@ -108,10 +108,8 @@ py::dict build_info() {
   info["cuda_architectures"] = archs;
   info["cuda_devices"] = cuda::device_count();
   py::list names;
-#ifdef CONVNET_WITH_CUDA
   for (int i = 0; i < cuda::device_count(); ++i)
     names.append(cuda::device_name(i) + " (sm_" + cuda::device_capability(i) + ")");
-#endif
   info["cuda_device_names"] = names;
   info["openmp"] = std::string(CONVNET_OPENMP) == "yes";
   info["cpu_threads"] = cpu::num_threads();
@@ -228,66 +226,43 @@ convnet.upload_batches drives it for the training loop.
   m.def("devices", &devices, "Devices this build can run on here: 'cpu', then 'cuda:0', 'cuda:1', ...");
   m.def("build_info", &build_info, "How this module was built and what it found: CUDA, architectures, threads.");
   m.def("synchronize", [](const std::string& device) {
-#ifdef CONVNET_WITH_CUDA
     const Device d = Device::parse(device);
     if (d.is_cuda()) { py::gil_scoped_release r; cuda::synchronize(d.index); }
-#else
-    Device::parse(device);
-#endif
   }, py::arg("device"), "Wait until all work queued on `device` has finished.");
   m.def("memory_stats", [](const std::string& device) {
     py::dict out;
     const int index = cuda_index(device, "memory_stats");
-#ifdef CONVNET_WITH_CUDA
     out["allocated_bytes"] = cuda::allocated_bytes(index);
     out["cached_bytes"] = cuda::cached_bytes(index);
-#else
-    (void)index;
-#endif
     return out;
   }, py::arg("device"), "Bytes held by tensors and by the caching allocator on a CUDA device.");
   m.def("empty_cache", [](const std::string& device) {
     const int index = cuda_index(device, "empty_cache");
-#ifdef CONVNET_WITH_CUDA
     cuda::empty_cache(index);
-#else
-    (void)index;
-#endif
   }, py::arg("device"), "Return the caching allocator's free blocks on a CUDA device to the driver.");
   m.def("can_access_peer", [](const std::string& a, const std::string& b) {
     const int ia = cuda_index(a, "can_access_peer"), ib = cuda_index(b, "can_access_peer");
-#ifdef CONVNET_WITH_CUDA
     return cuda::can_access_peer(ia, ib);
-#else
-    return ia == ib;
-#endif
   }, py::arg("device"), py::arg("peer"));
-  // ---- streams and copies for model parallelism (csrc/streams.h, cuda/device.cu) ----------------
+  // ---- streams and copies for model parallelism (csrc/streams.h, cuda/runtime/device_runtime.cu) ----------------
   m.attr("stream_slots") = cuda::kStreamSlots;  // towers a device can run concurrently
   m.def("set_stream", [](const std::string& device, int slot) {
     const Device d = Device::parse(device);
     if (slot < 0 || slot >= cuda::kStreamSlots)
       throw std::invalid_argument("set_stream: slot " + std::to_string(slot) + " outside [0, " +
                                   std::to_string(cuda::kStreamSlots) + ")");
-#ifdef CONVNET_WITH_CUDA
     if (d.is_cuda()) cuda::set_stream_slot(d.index, slot);
-#else
-    (void)d;
-#endif
   }, py::arg("device"), py::arg("slot"),
      "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
   m.def("stream_barrier", [](const std::vector<std::string>& devices) {
-#ifdef CONVNET_WITH_CUDA
     std::vector<int> idx;
     for (const auto& name : devices) {
       const Device d = Device::parse(name);
       if (d.is_cuda()) idx.push_back(d.index);
     }
+    if (idx.empty()) return;  // cpu only: nothing is queued
     py::gil_scoped_release r;
     cuda::stream_barrier(idx);
-#else
-    for (const auto& name : devices) Device::parse(name);
-#endif
   }, py::arg("devices"), "Every stream of these devices waits for everything queued on all of them.");
   m.def("copy_between", [](const Tensor& dst, int dst_slot, const Tensor& src, int src_slot) {
     const char* op = "copy_between";
@@ -299,7 +274,6 @@ convnet.upload_batches drives it for the training loop.
     if (dst.same_storage(src))
       throw std::invalid_argument(std::string(op) + ": dst and src share storage");
     py::gil_scoped_release r;
-#ifdef CONVNET_WITH_CUDA
     const Device dd = dst.device(), sd = src.device();
     if (dd.is_cuda() && sd.is_cuda()) {
       cuda::copy_between(dd.index, dst_slot, dst.raw(), sd.index, src_slot, src.raw(), src.nbytes(), false);
@@ -319,7 +293,6 @@ convnet.upload_batches drives it for the training loop.
       cuda::set_stream_slot(dev, previous);
       return;
     }
-#endif
     ops::copy_(dst, src);
   }, py::arg("dst"), py::arg("dst_slot"), py::arg("src"), py::arg("src_slot"),
      "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "

@@ -112,7 +112,6 @@ std::string pair_str(Pair p) { return "(" + std::to_string(p.first) + ", " + std
 }  // namespace
 
 // Run `call` (a backend.h function call without namespace) on device `dev`.
-#ifdef CONVNET_WITH_CUDA
 #define CONVNET_DISPATCH(dev, call) \
   do {                              \
     if ((dev).is_cuda()) {          \
@@ -122,13 +121,6 @@ std::string pair_str(Pair p) { return "(" + std::to_string(p.first) + ", " + std
       cpu::call;                    \
     }                               \
   } while (0)
-#else
-#define CONVNET_DISPATCH(dev, call) \
-  do {                              \
-    (void)(dev);                    \
-    cpu::call;                      \
-  } while (0)
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // geometry
@@ -221,14 +213,9 @@ void copy_(const Tensor& dst, const Tensor& src) {
   need_shape(op, "dst", dst, src.shape(), "src " + src.shape_str());
   if (dst.same_storage(src) || dst.nbytes() == 0) return;
   const Device d = dst.device(), s = src.device();
-#ifdef CONVNET_WITH_CUDA
   if (d.is_cuda() && s.is_cuda()) return cuda::copy_device_to_device(d.index, dst.raw(), s.index, src.raw(), src.nbytes());
   if (d.is_cuda()) return cuda::copy_host_to_device(d.index, dst.raw(), src.raw(), src.nbytes());
   if (s.is_cuda()) return cuda::copy_device_to_host(s.index, dst.raw(), src.raw(), src.nbytes());
-#else
-  (void)d;
-  (void)s;
-#endif
   std::memcpy(dst.raw(), src.raw(), src.nbytes());
 }
 

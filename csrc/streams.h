@@ -1,7 +1,8 @@
-// Streams for model parallelism (cuda/device.cu has the design): several compute streams per device
+// Streams for model parallelism (cuda/runtime/device_runtime.cu has the design): several compute streams per device
 // (one per tower, selected per thread before a layer runs), a copy stream per (source, destination)
 // device pair, and a barrier that makes every stream of some devices wait for all the others.
-// A CPU-only build has none of this: bindings.cpp then copies with ops::copy_ and ignores streams.
+// A CPU-only build has none of this (csrc/cuda_fallback.cpp): no CUDA device exists there, so bindings.cpp
+// copies with ops::copy_ and ignores streams.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +13,6 @@ namespace cuda {
 
 constexpr int kStreamSlots = 4;  // compute streams per device (towers); Python sees convnet._C.stream_slots
 
-#ifdef CONVNET_WITH_CUDA
 // This thread's compute stream on `device` becomes number `slot` (created on first use, after
 // everything already queued on the device). current_stream() and the allocator use it.
 void set_stream_slot(int device, int slot);
@@ -29,7 +29,6 @@ void copy_between(int dst_device, int dst_slot, void* dst, int src_device, int s
 
 // Every stream (compute and copy) of these devices waits for everything queued so far on all of them.
 void stream_barrier(const std::vector<int>& devices);
-#endif
 
 }  // namespace cuda
 }  // namespace convnet

@@ -2,7 +2,7 @@
 //
 // Shapes are written (N, H, W, C) for activations (NHWC) and (K, R, S, C) for conv filters; the
 // Tensor itself knows only its shape, dtype and device. Memory comes from the device's allocator:
-// 64-byte aligned host memory on the CPU, the caching allocator of cuda/device.cu on a GPU.
+// 64-byte aligned host memory on the CPU, the caching allocator of cuda/runtime/device_runtime.cu on a GPU.
 #pragma once
 
 #include <cstddef>

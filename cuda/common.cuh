@@ -55,14 +55,14 @@ inline bool sync_after_launch() {
   } while (0)
 
 // The stream every kernel of the current device is launched on: this thread's compute stream of the
-// device (slot 0 unless a tower's was selected with set_stream_slot; see cuda/device.cu), created on
+// device (slot 0 unless a tower's was selected with set_stream_slot; see cuda/runtime/device_runtime.cu), created on
 // first use, non-blocking with respect to the legacy default stream.
 cudaStream_t current_stream();
 
 // Temporary device memory for a kernel launcher (split-K partial sums, per-row statistics), from the
 // caching allocator, returned when the scope ends. Freeing right after the launches is safe: the
 // block goes back to the free list of the current stream, and only later work on that same stream
-// can reuse it (cuda/device.cu).
+// can reuse it (cuda/runtime/device_runtime.cu).
 struct Scratch {
   int device = 0;
   size_t bytes;

@@ -40,6 +40,23 @@ def philox_uniform(seed, counter, n, offset=0):
 
 
 # --------------------------------------------------------------------------------------------------
+# Memory: copy_, fill_, add_
+
+def copy(src):
+    """dst <- src: the same values, whatever the two devices."""
+    return np.array(src, dtype=np.float64, copy=True)
+
+
+def fill(shape, value):
+    return np.full(shape, float(value))
+
+
+def add(dst, src, alpha=1.0):
+    """dst + alpha * src."""
+    return dst + alpha * src
+
+
+# --------------------------------------------------------------------------------------------------
 # Fully connected, ReLU, dropout
 
 def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None):

@@ -34,11 +34,11 @@ def test_philox_reference_matches_known_answers():
 def test_fill_and_add(device, rng, n):
     t = poisoned((n,), device)
     ops.fill_(t, 0.25)
-    np.testing.assert_array_equal(t.numpy(), np.full(n, 0.25, np.float32))
-    a, b = rng.standard_normal(n), rng.standard_normal(n)
+    np.testing.assert_array_equal(t.numpy(), ref.fill((n,), 0.25))
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     ta = to_device(a, device)
     ops.add_(ta, to_device(b, device), -1.5)
-    assert_close(ta.numpy(), a.astype(np.float32) - 1.5 * b.astype(np.float32), 1e-6)
+    assert_close(ta.numpy(), ref.add(a.astype(np.float64), b.astype(np.float64), -1.5), 1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,6 +119,18 @@ def test_dropout_offset_draws_the_slice_of_the_larger_draw(device, rng, n, offse
     np.testing.assert_array_equal(dx.numpy() == 0, y.numpy() == 0)
     assert_close(dx.numpy(), ref.dropout_backward(dy.astype(np.float64), p, seed, counter, offset), 1e-6,
                  "dropout backward with offset")
+
+
+def test_dropout_gradient_check(device, rng):
+    # The mask is a function of (seed, counter, offset), so the reference forward with the same key is
+    # a deterministic function of x whose derivative our backward must give.
+    seed, counter, offset, p = int(rng.integers(0, 2**63)), int(rng.integers(0, 2**40)), 3, 0.4
+    x = rng.standard_normal((5, 7))
+    dy = rng.standard_normal((5, 7)).astype(np.float32)
+    dx = poisoned((5, 7), device)
+    ops.dropout_backward(to_device(dy, device), dx, p, seed, counter, offset)
+    check_gradient(dx.numpy(), lambda v: ref.dropout_forward(v, p, seed, counter, offset), x,
+                   dy.astype(np.float64), rng, samples=35, what="dropout dx")
 
 
 def test_dropout_layer_keys_masks_by_global_sample_index(device, rng):

@@ -139,7 +139,7 @@ inline void zero_floats(float* dst, int n) {
 // Rows [row0, row0 + rows) of the whole (N * P * Q, groups * RSC) patch matrix (any range: a chunk
 // may start or end inside an image).
 void im2col_rows(const ConvShape& s, const Geo& g, const float* x, int64_t row0, int64_t rows, float* patches) {
-#pragma omp parallel for schedule(static) if (rows * g.ldp > (1 << 15))
+CONVNET_OMP(parallel for schedule(static) if (rows * g.ldp > (1 << 15)))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t n = (row0 + row) / g.PQ;
     const int pq = static_cast<int>((row0 + row) % g.PQ);
@@ -188,7 +188,7 @@ void im2col(const ConvShape& s, const Geo& g, const float* x, int n0, int n_img,
 void col2im(const ConvShape& s, const Geo& g, const float* dpatches, int n0, int n_img, float* dx,
             bool accumulate) {
   const int64_t pixels = n_img * g.HW;
-#pragma omp parallel for schedule(static) if (pixels * s.C > (1 << 15))
+CONVNET_OMP(parallel for schedule(static) if (pixels * s.C > (1 << 15)))
   for (int64_t pix = 0; pix < pixels; ++pix) {
     const int64_t nl = pix / g.HW;  // image within the chunk
     const int hw = static_cast<int>(pix % g.HW);
@@ -365,25 +365,17 @@ template <class Pre, class Body>
 void for_each_chunk(int64_t pre_n, Pre pre, int64_t N, int64_t chunk, Body body) {
   const int64_t chunks = (N + chunk - 1) / chunk;
   std::exception_ptr error;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel
-#endif
+CONVNET_OMP(parallel)
   {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(static)
-#endif
+CONVNET_OMP(for schedule(static))
     for (int64_t i = 0; i < pre_n; ++i) pre(i);
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
+CONVNET_OMP(for schedule(dynamic, 1))
     for (int64_t c = 0; c < chunks; ++c) {
       try {
         const int64_t n0 = c * chunk;
         body(n0, std::min(chunk, N - n0));
       } catch (...) {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp critical(convnet_conv_error)
-#endif
+CONVNET_OMP(critical(convnet_conv_error))
         if (!error) error = std::current_exception();
       }
     }
@@ -438,13 +430,13 @@ void bias_relu_rows(float* y, const float* b, int64_t rows, int K, bool relu) {
   for (int64_t r = 0; r < rows; ++r) {
     float* row = y + r * K;
     if (b && relu) {
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int k = 0; k < K; ++k) row[k] = std::max(row[k] + b[k], 0.0f);
     } else if (b) {
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int k = 0; k < K; ++k) row[k] += b[k];
     } else {
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int k = 0; k < K; ++k) row[k] = std::max(row[k], 0.0f);
     }
   }
@@ -657,7 +649,7 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
     // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
     constexpr int64_t kFilterSlots = 8;  // balances up to 8 threads; more threads share the slots
-    const int T = threads_here();
+    [[maybe_unused]] const int T = threads_here();  // used by CONVNET_OMP only
     const int64_t budget_rows = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
     const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + 255) / 256 * 256;
     const int S = static_cast<int>(std::clamp<int64_t>(total_rows / (2 * by_bytes), 1, kFilterSlots));
@@ -676,13 +668,9 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
       resize_workspace(partial_buf, static_cast<size_t>(S - 1) * dw_size, "conv_backward_filter");
     float* partial = partial_buf.data();
     std::exception_ptr error;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel num_threads(T)
-#endif
+CONVNET_OMP(parallel num_threads(T))
     {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
+CONVNET_OMP(for schedule(dynamic, 1))
       for (int t = 0; t < S; ++t) {
         const int64_t i0 = total_rows * t / S, i1 = total_rows * (t + 1) / S;  // patch-matrix rows
         float* mine = t == 0 ? dw : partial + static_cast<int64_t>(t - 1) * dw_size;
@@ -737,15 +725,11 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
             }
           }
         } catch (...) {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp critical(convnet_conv_error)
-#endif
+CONVNET_OMP(critical(convnet_conv_error))
           if (!error) error = std::current_exception();
         }
       }  // slots (the omp for ends with a barrier)
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(static)
-#endif
+CONVNET_OMP(for schedule(static))
       for (int64_t i = 0; i < dw_size; ++i) {
         float v = dw[i];
         for (int u = 1; u < S; ++u) v += partial[static_cast<int64_t>(u - 1) * dw_size + i];

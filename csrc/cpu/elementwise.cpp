@@ -60,33 +60,33 @@ bool select_parallel_loop(int64_t work) {
 // fill, add, bias
 
 void fill(float* x, int64_t n, float value) {
-#pragma omp parallel for simd if (select_parallel_loop(n)) schedule(static)
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
   for (int64_t i = 0; i < n; ++i) x[i] = value;
 }
 
 void add(float* dst, const float* src, int64_t n, float alpha) {
-#pragma omp parallel for simd if (select_parallel_loop(n)) schedule(static)
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
   for (int64_t i = 0; i < n; ++i) dst[i] += alpha * src[i];
 }
 
 void add_bias(float* y, const float* b, int64_t rows, int cols) {
-#pragma omp parallel for if (select_parallel_loop(rows * cols)) schedule(static)
+CONVNET_OMP(parallel for if (select_parallel_loop(rows * cols)) schedule(static))
   for (int64_t r = 0; r < rows; ++r) {
     float* row = y + r * cols;
-#pragma omp simd
+CONVNET_OMP(simd)
     for (int c = 0; c < cols; ++c) row[c] += b[c];
   }
 }
 
 void add_bias_relu(float* y, const float* b, int64_t rows, int cols) {
-#pragma omp parallel for if (select_parallel_loop(rows * cols)) schedule(static)
+CONVNET_OMP(parallel for if (select_parallel_loop(rows * cols)) schedule(static))
   for (int64_t r = 0; r < rows; ++r) {
     float* row = y + r * cols;
     if (b) {
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < cols; ++c) row[c] = std::max(row[c] + b[c], 0.0f);
     } else {
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < cols; ++c) row[c] = std::max(row[c], 0.0f);
     }
   }
@@ -101,7 +101,7 @@ void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumula
   const int64_t bands = std::clamp<int64_t>(rows * cols / kParallelGrain, 1, std::max<int64_t>(rows, 1));
   const int64_t nb = std::min(bands, kMaxBands);
   std::vector<double> partial(static_cast<size_t>(nb) * cols, 0.0);
-#pragma omp parallel for if (nb > 1 && select_parallel_loop(rows * cols)) schedule(static)
+CONVNET_OMP(parallel for if (nb > 1 && select_parallel_loop(rows * cols)) schedule(static))
   for (int64_t t = 0; t < nb; ++t) {
     const int64_t begin = rows * t / nb, end = rows * (t + 1) / nb;
     double* acc = partial.data() + static_cast<size_t>(t) * cols;
@@ -121,12 +121,12 @@ void bias_grad(const float* dy, int64_t rows, int cols, float* db, bool accumula
 // ReLU, dropout
 
 void relu_forward(const float* x, float* y, int64_t n) {
-#pragma omp parallel for simd if (select_parallel_loop(n)) schedule(static)
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] <= 0.0f ? 0.0f : x[i];  // NaN stays NaN, as in PyTorch
 }
 
 void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
-#pragma omp parallel for simd if (select_parallel_loop(n)) schedule(static)
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];  // PyTorch's threshold_backward
 }
 
@@ -140,7 +140,7 @@ void apply_dropout_mask(const float* in, float* out, int64_t n, float p, uint64_
   const float scale = 1.0f / (1.0f - p);
   const uint64_t first = offset / 4, end = offset + static_cast<uint64_t>(n);
   const int64_t blocks = static_cast<int64_t>((end + 3) / 4 - first);
-#pragma omp parallel for if (select_parallel_loop(4 * n)) schedule(static)
+CONVNET_OMP(parallel for if (select_parallel_loop(4 * n)) schedule(static))
   for (int64_t b = 0; b < blocks; ++b) {
     const uint64_t blk = first + static_cast<uint64_t>(b);
     float u[4];
@@ -172,7 +172,7 @@ void softmax_cross_entropy(const float* logits, const int32_t* labels, int N, in
                            float* stats) {
   double loss = 0.0;
   int64_t top1 = 0, top5 = 0;
-#pragma omp parallel for reduction(+ : loss, top1, top5) if (select_parallel_loop(static_cast<int64_t>(N) * C))
+CONVNET_OMP(parallel for reduction(+ : loss, top1, top5) if (select_parallel_loop(static_cast<int64_t>(N) * C)))
   for (int i = 0; i < N; ++i) {
     const float* z = logits + static_cast<int64_t>(i) * C;
     const int label = labels[i];
@@ -217,7 +217,7 @@ void sgd_update(const SgdParam* params, int count, float momentum) {
   for (int t = 0; t < count; ++t) {
     const SgdParam& q = params[t];
     const float lr = q.lr, decay = q.wd * q.lr;
-#pragma omp parallel for simd if (select_parallel_loop(q.n)) schedule(static)
+CONVNET_OMP(parallel for simd if (select_parallel_loop(q.n)) schedule(static))
     for (int64_t i = 0; i < q.n; ++i) {
       const float v = momentum * q.v[i] - decay * q.w[i] - lr * q.g[i];
       q.v[i] = v;

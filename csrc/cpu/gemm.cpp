@@ -657,15 +657,13 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   std::vector<float> av(static_cast<size_t>(K));  // alpha * v, contiguous
   for (int k = 0; k < K; ++k) av[k] = alpha * v[k * incv];
   const float* w = av.data();
-  const bool parallel = select_gemm_threads(static_cast<int64_t>(R) * K, false) > 1;
+  [[maybe_unused]] const bool parallel = select_gemm_threads(static_cast<int64_t>(R) * K, false) > 1;
   auto finish = [&](int r, float dot) {
     float* out = y + r * incy;
     *out = beta == 0.0f ? dot : dot + beta * *out;
   };
   if (sk == 1) {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel for if (parallel) schedule(static)
-#endif
+CONVNET_OMP(parallel for if (parallel) schedule(static))
     for (int r = 0; r < R; ++r) {
       const float* x = X + r * sr;
       // 16 independent partial sums: vectorises without reassociation flags, and sums in blocks.
@@ -681,9 +679,7 @@ void gemv(int R, int K, float alpha, const float* X, int64_t sr, int64_t sk, con
   } else {
     constexpr int RB = 1024;  // 4 KB of accumulators per chunk of r, in L1
     const int chunks = static_cast<int>(ceil_div(R, RB));
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel for if (parallel) schedule(static)
-#endif
+CONVNET_OMP(parallel for if (parallel) schedule(static))
     for (int c = 0; c < chunks; ++c) {
       const int r0 = c * RB, rn = std::min(RB, R - r0);
       alignas(64) float acc[RB];
@@ -794,18 +790,14 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   const int blocks = tm * tn;
   // An exception must not escape an OpenMP region (std::terminate): keep the first, rethrow after.
   std::exception_ptr error;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel for num_threads(blocks) schedule(static, 1)
-#endif
+CONVNET_OMP(parallel for num_threads(blocks) schedule(static, 1))
   for (int t = 0; t < blocks; ++t) {
     const int bi = t / tn, bj = t % tn;
     const int m0 = mb(bi), m1 = mb(bi + 1), n0 = nb(bj), n1 = nb(bj + 1);
     try {
       if (m0 < m1 && n0 < n1) gemm_block(p, m0, m1, n0, n1);
     } catch (...) {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp critical(convnet_gemm_error)
-#endif
+CONVNET_OMP(critical(convnet_gemm_error))
       if (!error) error = std::current_exception();
     }
   }

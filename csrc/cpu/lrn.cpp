@@ -98,11 +98,11 @@ void inverse_power(const float* scale, float* out, int n, float beta) {
 void window_sum(const float* padded, float* sum, int C, int before, int after) {
   const int size = before + after + 1;
   if (size <= kDirectMaxSize) {
-#pragma omp simd
+CONVNET_OMP(simd)
     for (int c = 0; c < C; ++c) sum[c] = padded[c];
     for (int o = 1; o < size; ++o) {
       const float* tap = padded + o;
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) sum[c] += tap[c];
     }
     return;
@@ -172,12 +172,12 @@ int thread_index() {
 // For one pixel x (C): ws.scale = k + alpha * window sum of x^2, ws.power = scale^-beta.
 void scale_and_power(const float* x, int C, const LrnParams& p, Window win, Workspace& ws) {
   float* sq = ws.padded.data() + win.lo;  // padded[0 .. lo) and padded[lo + C ..) stay zero
-#pragma omp simd
+CONVNET_OMP(simd)
   for (int c = 0; c < C; ++c) sq[c] = x[c] * x[c];
   window_sum(ws.padded.data(), ws.sum.data(), C, win.lo, win.hi);
   float* scale = ws.scale.data();
   const float* sum = ws.sum.data();
-#pragma omp simd
+CONVNET_OMP(simd)
   for (int c = 0; c < C; ++c) scale[c] = std::fma(p.alpha, sum[c], p.k);
   inverse_power(scale, ws.power.data(), C, p.beta);
 }
@@ -191,16 +191,16 @@ void lrn_forward(const float* x, float* y, int64_t rows, int C, const LrnParams&
   const Window win = window_of(p.size, C);
   const int threads = select_lrn_threads(rows, C);
   std::vector<Workspace> workspaces = make_workspaces(threads, C, win, false);
-#pragma omp parallel num_threads(threads) if (threads > 1)
+CONVNET_OMP(parallel num_threads(threads) if (threads > 1))
   {
     Workspace& ws = workspaces[thread_index()];
-#pragma omp for schedule(static)
+CONVNET_OMP(for schedule(static))
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
       scale_and_power(xr, C, p, win, ws);
       const float* power = ws.power.data();
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) yr[c] = xr[c] * power[c];
     }
   }
@@ -213,12 +213,12 @@ void lrn_backward(const float* x, const float* /*y: unused, see the header*/, co
   const float coeff = 2.0f * p.alpha * p.beta;
   const int threads = select_lrn_threads(rows, C);
   std::vector<Workspace> workspaces = make_workspaces(threads, C, win, true);
-#pragma omp parallel num_threads(threads) if (threads > 1)
+CONVNET_OMP(parallel num_threads(threads) if (threads > 1))
   {
     Workspace& ws = workspaces[thread_index()];
     // t = dy x scale^(-beta-1), zero-padded with hi in front and lo behind: the transposed window of c
     // is [c - hi, c + lo].
-#pragma omp for schedule(static)
+CONVNET_OMP(for schedule(static))
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       const float* dyr = dy + r * C;
@@ -227,11 +227,11 @@ void lrn_backward(const float* x, const float* /*y: unused, see the header*/, co
       const float* scale = ws.scale.data();
       const float* power = ws.power.data();
       float* t = ws.t_padded.data() + win.hi;
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) t[c] = dyr[c] * xr[c] * power[c] / scale[c];
       window_sum(ws.t_padded.data(), ws.back.data(), C, win.hi, win.lo);
       const float* b = ws.back.data();
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) dxr[c] = std::fma(dyr[c], power[c], -(coeff * xr[c] * b[c]));
     }
   }

@@ -15,6 +15,16 @@
 
 #include "tensor.h"  // OutOfMemoryError
 
+// Every OpenMP directive of the CPU kernels is written CONVNET_OMP(directive): `#pragma omp directive`
+// in an OpenMP build, nothing in a build without OpenMP (-DCONVNET_OPENMP=OFF, or none found), which
+// then compiles warning-free under -Werror (a bare #pragma omp is an unknown pragma there).
+#ifdef CONVNET_WITH_OPENMP
+#define CONVNET_OMP(...) _Pragma(CONVNET_OMP_TEXT(omp __VA_ARGS__))
+#define CONVNET_OMP_TEXT(...) #__VA_ARGS__
+#else
+#define CONVNET_OMP(...)
+#endif
+
 namespace convnet {
 namespace cpu {
 

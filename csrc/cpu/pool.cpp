@@ -60,7 +60,7 @@ inline Span output_span(int i, int stride, int pad, int window, int out) {
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) {
   const int C = s.C;
   const int64_t out_rows = static_cast<int64_t>(s.N) * s.P;
-#pragma omp parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C))
+CONVNET_OMP(parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C)))
   for (int64_t row = 0; row < out_rows; ++row) {
     const int n = static_cast<int>(row / s.P), p = static_cast<int>(row % s.P);
     const Span hs = window_span(p, s.stride_h, s.pad_h, s.R, s.H);
@@ -82,14 +82,14 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* arg
           const float* xi = x + ((static_cast<int64_t>(n) * s.H + h) * s.W + w) * C;
           const int32_t idx = h * s.W + w;
           if (first) {
-#pragma omp simd
+CONVNET_OMP(simd)
             for (int c = 0; c < C; ++c) {
               yo[c] = xi[c];
               ao[c] = idx;
             }
             first = false;
           } else {
-#pragma omp simd
+CONVNET_OMP(simd)
             for (int c = 0; c < C; ++c) {
               // strict: ties keep the earlier tap; NaN propagates (PyTorch): the first NaN wins and
               // is kept, so backward routes the gradient to it
@@ -107,7 +107,7 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* arg
 void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) {
   const int C = s.C;
   const int64_t in_rows = static_cast<int64_t>(s.N) * s.H;
-#pragma omp parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C))
+CONVNET_OMP(parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C)))
   for (int64_t row = 0; row < in_rows; ++row) {
     const int n = static_cast<int>(row / s.H), h = static_cast<int>(row % s.H);
     const Span ps = output_span(h, s.stride_h, s.pad_h, s.R, s.P);
@@ -115,14 +115,14 @@ void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argma
       const Span qs = output_span(w, s.stride_w, s.pad_w, s.S, s.Q);
       float* dxi = dx + ((row * s.W) + w) * C;
       const int32_t idx = h * s.W + w;
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) dxi[c] = 0.0f;
       for (int p = ps.begin; p < ps.end; ++p) {
         for (int q = qs.begin; q < qs.end; ++q) {
           const int64_t o = ((static_cast<int64_t>(n) * s.P + p) * s.Q + q) * C;
           const float* dyo = dy + o;
           const int32_t* ao = argmax + o;
-#pragma omp simd
+CONVNET_OMP(simd)
           for (int c = 0; c < C; ++c) dxi[c] += ao[c] == idx ? dyo[c] : 0.0f;
         }
       }
@@ -136,7 +136,7 @@ void max_pool_backward(const PoolShape& s, const float* dy, const int32_t* argma
 void avg_pool_forward(const PoolShape& s, const float* x, float* y) {
   const int C = s.C;
   const int64_t out_rows = static_cast<int64_t>(s.N) * s.P;
-#pragma omp parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C))
+CONVNET_OMP(parallel for schedule(static) if (select_parallel_loop(out_rows * s.Q * C)))
   for (int64_t row = 0; row < out_rows; ++row) {
     const int n = static_cast<int>(row / s.P), p = static_cast<int>(row % s.P);
     const Span hs = window_span(p, s.stride_h, s.pad_h, s.R, s.H);
@@ -144,17 +144,17 @@ void avg_pool_forward(const PoolShape& s, const float* x, float* y) {
       const Span ws = window_span(q, s.stride_w, s.pad_w, s.S, s.W);
       float* yo = y + ((row * s.Q) + q) * C;
       const int count = std::max(hs.end - hs.begin, 0) * std::max(ws.end - ws.begin, 0);
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) yo[c] = 0.0f;
       for (int h = hs.begin; h < hs.end; ++h) {
         for (int w = ws.begin; w < ws.end; ++w) {
           const float* xi = x + ((static_cast<int64_t>(n) * s.H + h) * s.W + w) * C;
-#pragma omp simd
+CONVNET_OMP(simd)
           for (int c = 0; c < C; ++c) yo[c] += xi[c];
         }
       }
       const float denom = static_cast<float>(std::max(count, 1));
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) yo[c] = yo[c] / denom;
     }
   }
@@ -173,21 +173,21 @@ void avg_pool_backward(const PoolShape& s, const float* dy, float* dx) {
     cols_of[q] = std::max(sq.end - sq.begin, 0);
   }
   const int64_t in_rows = static_cast<int64_t>(s.N) * s.H;
-#pragma omp parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C))
+CONVNET_OMP(parallel for schedule(static) if (select_parallel_loop(in_rows * s.W * C)))
   for (int64_t row = 0; row < in_rows; ++row) {
     const int n = static_cast<int>(row / s.H), h = static_cast<int>(row % s.H);
     const Span ps = output_span(h, s.stride_h, s.pad_h, s.R, s.P);
     for (int w = 0; w < s.W; ++w) {
       const Span qs = output_span(w, s.stride_w, s.pad_w, s.S, s.Q);
       float* dxi = dx + ((row * s.W) + w) * C;
-#pragma omp simd
+CONVNET_OMP(simd)
       for (int c = 0; c < C; ++c) dxi[c] = 0.0f;
       for (int p = ps.begin; p < ps.end; ++p) {
         for (int q = qs.begin; q < qs.end; ++q) {
           const float* dyo = dy + ((static_cast<int64_t>(n) * s.P + p) * s.Q + q) * C;
           // (p, q) contains (h, w), so its count is at least 1.
           const float denom = static_cast<float>(rows_of[p] * cols_of[q]);
-#pragma omp simd
+CONVNET_OMP(simd)
           for (int c = 0; c < C; ++c) dxi[c] += dyo[c] / denom;
         }
       }

@@ -531,7 +531,7 @@ class Copy(Layer):
 
     Forward copies the activation to the reader's placement, backward copies the gradient back. On
     CUDA both go through `_C.copy_between`: a dedicated copy stream per (source, destination) device
-    pair, ordered with events after the producer's stream and before the consumer's (cuda/device.cu).
+    pair, ordered with events after the producer's stream and before the consumer's (cuda/runtime/device_runtime.cu).
     When the input's gradient already holds another reader's contribution (accumulate), the gradient
     lands in a receive buffer on the input's placement and is added there.
 

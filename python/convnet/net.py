@@ -24,7 +24,7 @@ Rules of the graph:
     graph runs on one GPU or on the CPU, so the split is tested anywhere).
 
 Streams (CUDA). Each layer runs on its device's compute stream number `tower` (`_C.set_stream`), so
-the towers of one device overlap; copies run on copy streams ordered by events (cuda/device.cu).
+the towers of one device overlap; copies run on copy streams ordered by events (cuda/runtime/device_runtime.cu).
 Every pass (forward, backward, update) starts and ends with `_C.stream_barrier` over the net's
 devices: all streams wait for each other, so a pass sees everything the previous one wrote, the
 parameters updated on stream 0 are seen by every tower, and the buffers the Net keeps (allocated

@@ -33,7 +33,7 @@ if [ "$ASAN" = 1 ]; then
 fi
 echo "$ASAN" > "$OUT/asan"
 
-for f in "$ROOT"/cuda/*.cu; do
+for f in "$ROOT"/cuda/*.cu "$ROOT"/cuda/runtime/*.cu; do  # the kernels, then the runtime
   python3 "$EMU/translate.py" "$f" "$OUT/gen/$(basename "${f%.cu}").cpp"
 done
 

@@ -207,7 +207,7 @@ void* dynamic_shared();
 void shared_touch(void* ptr, size_t bytes);  // first touch in a block: poison, count static smem
 [[noreturn]] void kernel_error(const char* what);
 
-// Device-allocator hooks used by the translated cuda/device.cu (exact-size bounds inside the
+// Device-allocator hooks used by the translated cuda/runtime/device_runtime.cu (exact-size bounds inside the
 // caching allocator's rounded blocks, poison on every hand-out, use-after-free of cached blocks).
 void on_device_alloc(void* ptr, size_t bytes, size_t rounded);
 void on_device_free(void* ptr, size_t bytes, size_t rounded);

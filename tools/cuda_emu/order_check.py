@@ -101,7 +101,10 @@ def run(out_path, device="cuda:0"):
         ops.dropout_backward(dy, dd, 0.3, 42, 7)
         a = T(R(n))
         ops.add_(a, x, 0.5)
-        keep(f"small{n}", y, d, dr, dd, a)
+        f, c = E(n), E(n)
+        ops.fill_(f, 0.75)
+        ops.copy_(c, a)
+        keep(f"small{n}", y, d, dr, dd, a, f, c)
     for N, C in [(1, 3), (7, 10), (5, 1000)]:
         logits = T(R(N, C) * 4)
         labels = T(rng.integers(0, C, N), np.int32)

@@ -8,7 +8,8 @@ back at the .cu file):
   * `__shared__ T name[..];` -> a function-static array plus `::emu::shared_touch(name, sizeof(name))`,
     which poisons it when a block first reaches it (shared memory starts as garbage on a GPU);
     `extern __shared__ T name[];` -> `T* name = (T*)::emu::dynamic_shared();`;
-  * in device.cu only: device_alloc / device_free are wrapped so that each tensor's exact byte range
+  * in the runtime file that defines the caching allocator (cuda/runtime/device_runtime.cu, found by
+    its `device_alloc` definition, not by name): device_alloc / device_free are wrapped so that each tensor's exact byte range
     is addressable and the rest of the caching allocator's rounded block, and any block sitting in
     the cache, is poisoned for AddressSanitizer (the source of the allocator is unchanged).
 
@@ -121,7 +122,7 @@ void device_free(int device, void* ptr, size_t bytes) {
 def rewrite_device(text):
     for old in (DEVICE_ALLOC, DEVICE_FREE):
         if text.count(old) != 1:
-            raise SyntaxError(f"device.cu: expected one `{old}`")
+            raise SyntaxError(f"the allocator's file: expected one `{old}`")
     text = text.replace(DEVICE_ALLOC, "static void* emu_device_alloc_(int device, size_t bytes) {")
     text = text.replace(DEVICE_FREE, "static void emu_device_free_(int device, void* ptr, size_t bytes) {")
     # the wrappers go first in the file's own namespace so every caller gets them
@@ -140,7 +141,7 @@ def main():
         text = f.read()
     text = rewrite_shared(text)
     text, launches = rewrite_launches(text)
-    if src.endswith("device.cu"):
+    if DEVICE_ALLOC in text:
         text = rewrite_device(text)
     with open(dst, "w") as f:
         f.write(f'#line 1 "{src}"\n{text}')

@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
       float* x = dev(100);
       oob_global<<<4, 32>>>(x, 100);
     } else if (c == "oob_tensor") {
-      // the caching allocator hands out a 512-byte block for a 3-float tensor (device.cu's wrapper)
+      // the caching allocator hands out a 512-byte block for a 3-float tensor (the runtime's wrapper)
       float* x = dev(128);
       ::emu::on_device_alloc(x, 3 * sizeof(float), 512);
       oob_global<<<1, 32>>>(x, 3);

@@ -1,4 +1,5 @@
-// Devices, streams, events, memory and copies for the CUDA backend.
+// The CUDA runtime of convnet: devices, streams, events, memory and copies (no kernels: those are
+// cuda/*.cu, one file per op family; this file is the runtime interface of csrc/backend.h and streams.h).
 //
 // Streams. A device has up to kStreamSlots compute streams, one per model-parallel tower (the
 // paper's two towers; both may share one GPU). Each host thread picks, per device, which of them
