@@ -322,9 +322,9 @@ def test_train_on_2_ranks_equals_1_process_at_the_same_micro_batch(tmp_path):
 def test_train_one_process_in_one_micro_batch_is_the_plain_step(tmp_path):
     # micro_batch = batch_size on one process goes through DataParallel and must give the bytes of
     # the plain net.train_step path (the data-parallel path adds nothing to the arithmetic).
-    from convnet.evaluate import resolve_data
+    from convnet.data import open_data
     data = _tiny_cifar(tmp_path / "data")
-    splits = resolve_data(f"cifar10:{data}")[:2]
+    splits = open_data(f"cifar10:{data}")[:2]
     kw = dict(model=small_config(num_classes=10, input_size=12, width=8), data=splits, epochs=1, batch_size=16,
               seed=3, out_dir=False, progress=False, workers=0)
     plain = convnet.train(**kw)
