@@ -64,6 +64,11 @@ struct SgdParam {
      lda/ldb/ldc are row strides of A, B, C as stored. beta == 0 never reads C. */                   \
   KERNEL(gemm, (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,    \
             const float* B, int ldb, float beta, float* C, int ldc))                                 \
+  /* The same, then C = max(0, C + bias) (relu) or C + bias, bias (N) broadcast over rows and        \
+     null for none: fc_forward. CUDA applies both in the GEMM's epilogue. */                         \
+  KERNEL(gemm_bias_relu, (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,  \
+                          int lda, const float* B, int ldb, float beta, float* C, int ldc,             \
+                          const float* bias, bool relu))                                             \
   KERNEL(fill, (float* x, int64_t n, float value))                                                       \
   /* dst += alpha * src */                                                                           \
   KERNEL(add, (float* dst, const float* src, int64_t n, float alpha))                                    \

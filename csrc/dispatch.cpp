@@ -286,9 +286,8 @@ void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tens
   if (b) need_shape(op, "b", *b, {out}, "w " + w.shape_str());
   no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
   const int n = to_int(op, "N", N), o = to_int(op, "out", out), k = to_int(op, "in", in);
-  CONVNET_DISPATCH(dev, gemm(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f, y.f32(), o));
-  if (relu) CONVNET_DISPATCH(dev, add_bias_relu(y.f32(), data_or_null(b), N, o));
-  else if (b) CONVNET_DISPATCH(dev, add_bias(y.f32(), b->f32(), N, o));
+  CONVNET_DISPATCH(dev, gemm_bias_relu(false, true, n, o, k, 1.0f, x.f32(), k, w.f32(), k, accumulate ? 1.0f : 0.0f,
+                                       y.f32(), o, data_or_null(b), relu));
 }
 
 void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) {

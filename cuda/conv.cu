@@ -9,7 +9,9 @@
 // staged in shared memory as As[BK][64 + 4] and Bs[BK][64 + 4] (the +4 keeps float4 alignment and
 // makes the transposing stores at most 2-way bank-conflicted). Global loads for tile t+1 go into
 // registers while tile t is multiplied (register prefetch), so the latency of the gathers overlaps
-// the FMAs. Every gathered element is bounds-checked (zero padding, partial tiles); offsets into x,
+// the FMAs. The forward's gather keeps each thread's k as (r, s, c) counters advanced by BK per
+// slice and the k-independent part of every row's x offset precomputed, so its K loop has no
+// division (backward data and backward filter still divide per slice). Every gathered element is bounds-checked (zero padding, partial tiles); offsets into x,
 // y, dy, dx are int64.
 //
 //   forward          M = N*P*Q (output pixels), N = Kg, K = R*S*Cg (r, s, c; c fastest)
@@ -100,7 +102,8 @@ __device__ __forceinline__ void pipelined_k_loop(Index k_begin, Index k_end, Loa
 // ---------------------------------------------------------------------------------------------
 // forward: y (N*P*Q, K) block (m0.., g*Kg + n0..)
 
-__global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, const float* __restrict__ x,
+// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py).
+__global__ void __launch_bounds__(kThreads, 3) conv_forward_kernel(ConvShape s, const float* __restrict__ x,
                                                                 const float* __restrict__ w,
                                                                 const float* __restrict__ b, float* __restrict__ y,
                                                                 bool accumulate, bool relu) {
@@ -115,10 +118,15 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, con
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 
   // Loader roles: this thread loads k = kt + lk of rows / filters lrow + 16*i, i < 4.
+  // Per row, the part of the x offset that does not depend on k: xbase = the pixel's image and
+  // group plus its window corner (h0, w0), so a gather is xbase + (r*W + t)*C + c.
   const int lk = tid % 16, lrow = tid / 16;
   int h0[4], w0[4];
   int64_t xbase[4];
-  const float* wrow[4];
+  // filters kout = n0 + lrow + 16*i: row i at wrow + i * 16*RSC, used where bit i of w_ok is set
+  const float* wrow = w + ((int64_t)g * Kg + n0 + lrow) * RSC;
+  const int64_t w_rows_apart = 16 * (int64_t)RSC;
+  unsigned w_ok = 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + lrow + 16 * i;
@@ -128,34 +136,40 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvShape s, con
       const int p = pq / s.Q, q = pq - p * s.Q;
       h0[i] = p * s.stride_h - s.pad_h;
       w0[i] = q * s.stride_w - s.pad_w;
-      xbase[i] = n * s.H * s.W * s.C + (int64_t)g * Cg;
+      xbase[i] = n * s.H * s.W * s.C + (int64_t)g * Cg + ((int64_t)h0[i] * s.W + w0[i]) * s.C;
     } else {
       h0[i] = -0x40000000;  // never inside the image: the gather reads zero
       w0[i] = 0;
       xbase[i] = 0;
     }
-    const int kout = n0 + lrow + 16 * i;
-    wrow[i] = kout < Kg ? w + ((int64_t)g * Kg + kout) * RSC : nullptr;
+    if (n0 + lrow + 16 * i < Kg) w_ok |= 1u << i;
   }
 
+  // This thread's k = (r, t, c) (c fastest), divided out once here; each slice then moves it on by
+  // BK with compares and subtractions only, so the K loop has no division.
+  int kc = lk % Cg, kt_ = (lk / Cg) % s.S, kr = lk / Cg / s.S;
+  int next_k = 0;  // the k-tile start the state (kr, kt_, kc) is for
   float a_reg[4], b_reg[4];
   auto load = [&](int kt) {
+    for (; next_k < kt; next_k += BK) {  // k-tiles come in order, one BK apart
+      kc += BK;
+      while (kc >= Cg) {
+        kc -= Cg;
+        if (++kt_ == s.S) {
+          kt_ = 0;
+          ++kr;
+        }
+      }
+    }
     const int k = kt + lk;
     const bool kin = k < RSC;
-    int r = 0, t = 0, c = 0;
-    if (kin) {
-      c = k % Cg;
-      const int rs = k / Cg;
-      r = rs / s.S;
-      t = rs - r * s.S;
-    }
+    const int r = kin ? kr : 0, t = kin ? kt_ : 0;
+    const int64_t koff = ((int64_t)r * s.W + t) * s.C + kc;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int h = h0[i] + r, wc = w0[i] + t;
-      a_reg[i] = (kin && h >= 0 && h < s.H && wc >= 0 && wc < s.W)
-                     ? __ldg(x + xbase[i] + ((int64_t)h * s.W + wc) * s.C + c)
-                     : 0.0f;
-      b_reg[i] = (kin && wrow[i]) ? __ldg(wrow[i] + k) : 0.0f;
+      a_reg[i] = (kin && h >= 0 && h < s.H && wc >= 0 && wc < s.W) ? __ldg(x + xbase[i] + koff) : 0.0f;
+      b_reg[i] = (kin && (w_ok >> i & 1u)) ? __ldg(wrow + i * w_rows_apart + k) : 0.0f;
     }
   };
   auto store = [&]() {

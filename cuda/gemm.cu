@@ -6,32 +6,41 @@
 // It carries the fully-connected layers (fc_forward is nt, fc_backward_data nn, fc_backward_weights
 // tn).
 //
-// Tiling (the classic SIMT register-blocked GEMM, as in cuda-convnet2 / CUTLASS's SIMT path):
-//   * a block of 256 threads computes a 128 x 128 tile of C, stepping through K in slices of BK = 8;
-//   * each slice of op(A) (128 x 8) and op(B) (8 x 128) is staged in shared memory k-major
-//     (As[k][m], Bs[k][n]), so the inner loop reads one float4 of A and one of B per 4 rows/cols;
-//   * each thread keeps an 8 x 8 tile of C in registers: rows {ty*4 .. +3, 64 + ty*4 .. +3},
-//     columns {tx*4 .. +3, 64 + tx*4 .. +3} (two 4-wide halves, so a warp's float4 shared loads
-//     are conflict-free broadcasts); per k it does 64 FMAs for 4 shared float4 loads;
-//   * double buffering: while the block computes slice k from shared buffer k & 1, each thread
-//     holds slice k + 1 in registers (one float4 of A and one of B, loaded from global before the
-//     math) and stores it into the other buffer after; one __syncthreads per slice;
-//   * global loads: each thread loads 4 consecutive floats along the dimension that is contiguous
-//     in memory (k for A (M, K) and for B (N, K), m / n otherwise) as one float4 when the pointer
-//     and leading dimension allow (16-byte aligned, ld % 4 == 0) and the 4 are in bounds; else 4
-//     bounds-checked scalar loads (out of range reads as 0, so edge tiles need no other care);
-//   * the four transpose cases are template parameters: only the loader's addressing changes.
-//   * split-K: when the M x N tiles cannot fill the GPU (fc6 forward: M = 128 gives 1 x 32 tiles
-//     for 132 SMs), blockIdx.z splits K into slices; each writes its partial tile to scratch and a
-//     second kernel sums the slices in a fixed order (deterministic) and applies alpha / beta.
+// Tiling (CUTLASS's SIMT SGEMM plan):
+//   * a block of 256 threads (8 warps) computes a 128 x 128 tile of C, stepping through K in slices
+//     of BK = 8; each thread keeps an 8 x 8 tile of C in registers: rows {ty*4 .. +3, 64 + ty*4 .. +3},
+//     columns {tx*4 .. +3, 64 + tx*4 .. +3} (two 4-wide halves, so a warp's float4 shared loads are
+//     conflict-free broadcasts); per k it does 64 FFMA for 4 LDS.128 (16 FFMA per shared load);
+//   * the slices of op(A) (128 x 8) and op(B) (8 x 128) are staged k-major in shared memory
+//     (As[stage][k][m], Bs[stage][k][n]) by a STAGES-deep cp.async pipeline (__pipeline_memcpy_async:
+//     global -> shared with no register round trip): slices i+1 .. i+STAGES-1 are in flight while
+//     slice i is computed, and one __syncthreads per slice both publishes slice i and frees the stage
+//     slice i-1 used;
+//   * global -> shared: an operand whose storage is contiguous along m / n (A (K, M), B (K, N)) moves
+//     4 floats per thread as one 16-byte cp.async when the base is 16-byte aligned, ld % 4 == 0 and
+//     the 4 are in bounds, else as four 4-byte ones; an operand contiguous along k (A (M, K),
+//     B (N, K)) moves 4 consecutive k of one row as four 4-byte copies into four k rows of the stage
+//     (the transpose to k-major happens in the copy). Out-of-range elements are zero-filled by the
+//     copy itself (src-size 0), so edge tiles need no other care and no branch sits in the math;
+//   * every address is a per-thread pointer made before the K loop and advanced by a constant per
+//     slice: no multiply and no division in the K loop;
+//   * the four transpose cases are template parameters: only the loader's addressing changes;
+//   * epilogue: C = act(alpha * acc + beta * C + bias[n]) with act = ReLU or identity, float4 stores
+//     where C allows (fc_forward's bias and ReLU run here, not as a second pass over y);
+//   * split-K: when the M x N tiles cannot fill the GPU (fc6 forward: M = 128 gives 1 x 32 tiles for
+//     132 SMs), blockIdx.z splits K into slices, the count chosen so the grid fills whole waves of
+//     2 blocks per SM; each writes its partial tile to scratch and a second kernel sums the slices in
+//     a fixed order (deterministic) and applies alpha, beta, bias and ReLU.
 //
 // Napkin math, fc6 forward (M = 128 batch, N = 4096, K = 9216) on an H100 SXM:
 //   2 * 128 * 4096 * 9216 = 9.66 GFLOP -> 0.19 ms at ~51 TFLOP/s fp32 (non-tensor-core);
 //   bytes: W 4096 x 9216 x 4 = 151 MB (read once), x 4.7 MB, y 2.1 MB -> ~0.05 ms at ~3 TB/s,
-//   so it is compute-bound (64 FLOP/byte against a ridge of ~17). With split-K 9 (288 blocks),
-//   the scratch adds 9 x 2.1 MB written and read, ~0.01 ms. A SIMT kernel like this one reaches
-//   perhaps 60-70 % of fp32 peak: ~0.3 ms expected. (Not yet measured on a GPU.)
-// Per block: 2 x (8 x 132 + 8 x 132) floats = 16.9 KB shared; ~128 registers per thread.
+//   so it is compute-bound (64 FLOP/byte against a ridge of ~17). With split-K 8 (256 blocks, one
+//   wave at 2 blocks per SM), the scratch adds 8 x 2.1 MB written and read, ~0.01 ms.
+// Per block: STAGES x (8 x 132 + 8 x 132) floats = 33.8 KB shared at STAGES = 4; <= 128 registers
+// per thread (__launch_bounds__(256, 2)), so 2 blocks (16 warps) fit on an SM.
+#include <cuda_pipeline_primitives.h>
+
 #include <algorithm>
 
 #include "common.cuh"
@@ -43,84 +52,149 @@ namespace {
 
 constexpr int BM = 128, BN = 128, BK = 8;
 constexpr int kThreads = 256;
-constexpr int PAD = 4;  // row padding of the shared tiles: the transposing stores avoid bank conflicts
+constexpr int kMinBlocksPerSM = 2;  // 256 x 128 registers x 2 = the SM's 64K
+constexpr int STAGES = 4;
+constexpr int PAD = 4;  // row padding of the shared tiles: the transposing copies avoid bank conflicts
 
 struct Params {
   const float* A;
   const float* B;
   float* C;          // C, or the split-K scratch (split z at C + z * split_stride)
+  const float* bias; // (N,) added to every row, or null; only without split-K (the reduce adds it)
   int M, N, K;
   int64_t lda, ldb, ldc;
   float alpha, beta;
+  bool relu;
   int k_per_split;   // K range of blockIdx.z: [z * k_per_split, min(K, (z + 1) * k_per_split))
   int64_t split_stride;
   int tiles_n;       // tiles along N (blockIdx.x = tile_m * tiles_n + tile_n)
-  bool vec_a, vec_b, vec_c;  // float4 access allowed (16-byte aligned base, ld % 4 == 0)
+  bool vec_c;        // float4 access to C allowed (16-byte aligned base, ldc % 4 == 0)
 };
 
 // ---------------------------------------------------------------------------------------------
-// loaders: one thread's 4 floats of a 128 x 8 slice of an operand, and where they go in shared
+// the loader: one thread's share (4 floats) of each 128 x 8 slice of one operand
 //
 // An operand is viewed as (R, K) logical (R = M for A, N for B): element (r, k).
-// KCONTIG: stored (R, K) (r * ld + k): thread t loads r = t / 2, k = (t % 2) * 4 .. + 3.
-// else:    stored (K, R) (k * ld + r): thread t loads k = t / 32, r = (t % 32) * 4 .. + 3.
-template <bool KCONTIG>
-__device__ __forceinline__ void load_slice(const float* __restrict__ base, int64_t ld, int R, int k_end, int r0,
-                                           int k0, bool vec, float (&v)[4]) {
-  const int t = threadIdx.x;
-  if (KCONTIG) {
-    const int r = r0 + t / 2, k = k0 + (t % 2) * 4;
-    const float* p = base + r * ld + k;
-    if (vec && r < R && k + 3 < k_end) {
-      const float4 q = __ldg(reinterpret_cast<const float4*>(p));
-      v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+// KCONTIG: stored (R, K) (r * ld + k): thread t copies row r = t / 2, k = (t % 2) * 4 .. + 3 into
+//          S[k .. k + 3][r] (four 4-byte copies: the transpose to k-major happens in the copy);
+// else:    stored (K, R) (k * ld + r): thread t copies k = t / 32, r = (t % 32) * 4 .. + 3 into
+//          S[k][r .. r + 3]: one 16-byte copy when VEC (16-byte aligned base, ld % 4 == 0 and
+//          R % 4 == 0, so a group of four is wholly in or out of range), else four 4-byte ones.
+// The first slice of a block's K range is the short one (len % BK elements, when not a multiple):
+// copy_first checks k; every later slice is whole, so copy_full checks nothing that changes in the
+// K loop. Each copy is all or nothing: out of range it is zero-filled (src-size 0, which
+// __pipeline_memcpy_async compiles to the predicated form of the one instruction) from a clamped,
+// in-range address.
+template <bool KCONTIG, bool VEC>
+struct SliceLoader {
+  const float* src;  // this thread's first element of the next slice
+  int64_t ld;
+  int k_in_slice;    // the thread's first k inside a slice
+  int r_left;        // how many of its rows (KCONTIG: 1) / r (else: 4) are < R, clamped to [0, 1|4]
+  float* dst;        // its first element in stage 0 (a stage is BK x (BM + PAD) floats further)
+
+  __device__ __forceinline__ SliceLoader(const float* __restrict__ base, int64_t ld_, int R, int r0, int k0,
+                                         float (*S0)[BM + PAD]) : ld(ld_) {
+    const int t = threadIdx.x;
+    if (KCONTIG) {
+      const int r = r0 + t / 2;
+      k_in_slice = (t % 2) * 4;
+      r_left = r < R ? 1 : 0;
+      src = base + (r_left ? r * ld : 0) + k0 + k_in_slice;
+      dst = &S0[k_in_slice][t / 2];
     } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = (r < R && k + j < k_end) ? __ldg(p + j) : 0.0f;
-    }
-  } else {
-    const int k = k0 + t / 32, r = r0 + (t % 32) * 4;
-    const float* p = base + k * ld + r;
-    if (vec && k < k_end && r + 3 < R) {
-      const float4 q = __ldg(reinterpret_cast<const float4*>(p));
-      v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = (k < k_end && r + j < R) ? __ldg(p + j) : 0.0f;
+      const int r = r0 + (t % 32) * 4;
+      k_in_slice = t / 32;
+      r_left = min(4, max(0, R - r));
+      src = base + (k0 + k_in_slice) * ld + (r_left > 0 ? r : 0);
+      dst = &S0[k_in_slice][(t % 32) * 4];
     }
   }
-}
 
-// Note on the scalar fallbacks above: `p + j` is formed only when the access is in bounds
-// (the conditional short-circuits), so no out-of-range address is ever dereferenced.
-
-template <bool KCONTIG>
-__device__ __forceinline__ void store_slice(float (*S)[BM + PAD], const float (&v)[4]) {
-  const int t = threadIdx.x;
-  if (KCONTIG) {
-    const int r = t / 2, k = (t % 2) * 4;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) S[k + j][r] = v[j];
-  } else {
-    const int k = t / 32, r = (t % 32) * 4;
-    *reinterpret_cast<float4*>(&S[k][r]) = make_float4(v[0], v[1], v[2], v[3]);
+  // One copy of 4 or 16 bytes, or as many zeros when !ok.
+  __device__ __forceinline__ static void cp(float* d, const float* s, int bytes, bool ok) {
+    __pipeline_memcpy_async(d, s, bytes, ok ? 0 : bytes);
   }
-}
+
+  // A whole slice into stage `stage`.
+  __device__ __forceinline__ void copy_full(int stage) {
+    float* d = dst + stage * (BK * (BM + PAD));
+    if (KCONTIG) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cp(d + j * (BM + PAD), src + j, 4, r_left > 0);
+      src += BK;
+    } else if (VEC) {
+      cp(d, src, 16, r_left == 4);
+      src += BK * ld;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cp(d + j, src + (j < r_left ? j : 0), 4, j < r_left);
+      src += BK * ld;
+    }
+  }
+
+  // The block's first slice, `len` (1 .. BK) deep, into stage 0.
+  __device__ __forceinline__ void copy_first(int len) {
+    if (KCONTIG) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const bool ok = r_left > 0 && k_in_slice + j < len;
+        cp(dst + j * (BM + PAD), ok ? src + j : src, 4, ok);
+      }
+      src += len;
+    } else {
+      const bool k_ok = k_in_slice < len;
+      if (VEC) {
+        cp(dst, src, 16, k_ok && r_left == 4);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const bool ok = k_ok && j < r_left;
+          cp(dst + j, ok ? src + j : src, 4, ok);
+        }
+      }
+      src += len * ld;
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // kernels
 
 // op(A)'s storage is k-contiguous when A is (M, K), i.e. not transposed; op(B)'s when B is (N, K).
-template <bool TRANS_A, bool TRANS_B>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(Params p) {
-  __shared__ __align__(16) float As[2][BK][BM + PAD];
-  __shared__ __align__(16) float Bs[2][BK][BN + PAD];
+// VEC: the operands stored along m / n allow 16-byte copies (see SliceLoader).
+template <bool TRANS_A, bool TRANS_B, bool VEC>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) gemm_kernel(Params p) {
+  __shared__ __align__(16) float As[STAGES][BK][BM + PAD];
+  __shared__ __align__(16) float Bs[STAGES][BK][BN + PAD];
 
   const int tile_m = blockIdx.x / p.tiles_n, tile_n = blockIdx.x % p.tiles_n;
   const int m0 = tile_m * BM, n0 = tile_n * BN;
   const int k_begin = blockIdx.z * p.k_per_split;
   const int k_end = min(p.K, k_begin + p.k_per_split);
+  const int len = max(0, k_end - k_begin);
+  const int slices = (len + BK - 1) / BK;
+  const int first_len = len % BK ? len % BK : BK;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+  SliceLoader<!TRANS_A, VEC> load_a(p.A, p.lda, p.M, m0, k_begin, As[0]);
+  SliceLoader<TRANS_B, VEC> load_b(p.B, p.ldb, p.N, n0, k_begin, Bs[0]);
+
+  // Prologue: slices 0 .. STAGES-2 in flight. Every thread commits one batch per slice, empty or
+  // not, so "wait for all but the newest STAGES-2 batches" always means "slice i has landed".
+  if (slices > 0) {
+    load_a.copy_first(first_len);
+    load_b.copy_first(first_len);
+  }
+  __pipeline_commit();
+#pragma unroll
+  for (int s = 1; s < STAGES - 1; ++s) {
+    if (s < slices) {
+      load_a.copy_full(s);
+      load_b.copy_full(s);
+    }
+    __pipeline_commit();
+  }
 
   float acc[8][8];
 #pragma unroll
@@ -128,121 +202,159 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
-  float va[4], vb[4];
-  if (k_begin < k_end) {
-    load_slice<!TRANS_A>(p.A, p.lda, p.M, k_end, m0, k_begin, p.vec_a, va);
-    load_slice<TRANS_B>(p.B, p.ldb, p.N, k_end, n0, k_begin, p.vec_b, vb);
-    store_slice<!TRANS_A>(As[0], va);
-    store_slice<TRANS_B>(Bs[0], vb);
-  }
-  __syncthreads();
-
-  int buf = 0;
-  for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-    const bool more = k0 + BK < k_end;
-    if (more) {  // prefetch the next slice into registers; its latency hides behind the math
-      load_slice<!TRANS_A>(p.A, p.lda, p.M, k_end, m0, k0 + BK, p.vec_a, va);
-      load_slice<TRANS_B>(p.B, p.ldb, p.N, k_end, n0, k0 + BK, p.vec_b, vb);
+  int read_stage = 0, write_stage = STAGES - 1;
+  for (int i = 0; i < slices; ++i) {
+    __pipeline_wait_prior(STAGES - 2);  // this thread's copies of slice i have landed
+    __syncthreads();                    // everyone's have; and everyone is done with slice i-1's stage
+    if (i + STAGES - 1 < slices) {      // refill the stage slice i-1 used
+      load_a.copy_full(write_stage);
+      load_b.copy_full(write_stage);
     }
+    __pipeline_commit();
+    write_stage = write_stage + 1 == STAGES ? 0 : write_stage + 1;
+
+    const float (*as)[BM + PAD] = As[read_stage];
+    const float (*bs)[BN + PAD] = Bs[read_stage];
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-      const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + ty * 4]);
-      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * 4]);
-      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][kk][64 + tx * 4]);
+      const float4 a0 = *reinterpret_cast<const float4*>(&as[kk][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&as[kk][64 + ty * 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&bs[kk][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&bs[kk][64 + tx * 4]);
       const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
+      for (int r = 0; r < 8; ++r)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int c = 0; c < 8; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
     }
-    if (more) {
-      // The other buffer was last read in the previous iteration, which every thread finished
-      // before the __syncthreads that ended it: safe to overwrite now.
-      store_slice<!TRANS_A>(As[buf ^ 1], va);
-      store_slice<TRANS_B>(Bs[buf ^ 1], vb);
-    }
-    __syncthreads();
-    buf ^= 1;
+    read_stage = read_stage + 1 == STAGES ? 0 : read_stage + 1;
   }
+  __pipeline_wait_prior(0);  // nothing may be in flight into shared memory when the block ends
 
-  // Epilogue: C = alpha * acc + beta * C, in bounds only; beta == 0 never reads C.
+  // Epilogue: C = act(alpha * acc + beta * C + bias), in bounds only; beta == 0 never reads C.
   float* C = p.C + blockIdx.z * p.split_stride;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
-    if (m >= p.M) continue;
-    float* crow = C + m * p.ldc;
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + h * 64 + tx * 4;
+    float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (p.bias) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int n = n0 + h * 64 + tx * 4;
+      for (int j = 0; j < 4; ++j) bias[j] = n + j < p.N ? p.bias[n + j] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
+      if (m >= p.M) continue;
+      float* crow = C + m * p.ldc;
+      const bool vec = p.vec_c && n + 3 < p.N;
       float r[4];
+      float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (p.beta != 0.0f) {
+        if (vec) {
+          const float4 o = *reinterpret_cast<const float4*>(crow + n);
+          old[0] = o.x; old[1] = o.y; old[2] = o.z; old[3] = o.w;
+        } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) r[j] = p.alpha * acc[i][h * 4 + j];
-      if (p.vec_c && n + 3 < p.N) {
-        float4* c4 = reinterpret_cast<float4*>(crow + n);
-        if (p.beta != 0.0f) {
-          const float4 old = *c4;
-          r[0] += p.beta * old.x; r[1] += p.beta * old.y; r[2] += p.beta * old.z; r[3] += p.beta * old.w;
+          for (int j = 0; j < 4; ++j) old[j] = n + j < p.N ? crow[n + j] : 0.0f;
         }
-        *c4 = make_float4(r[0], r[1], r[2], r[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        r[j] = p.alpha * acc[i][h * 4 + j];
+        if (p.beta != 0.0f) r[j] += p.beta * old[j];
+        r[j] += bias[j];
+        if (p.relu) r[j] = relu_value(r[j]);
+      }
+      if (vec) {
+        *reinterpret_cast<float4*>(crow + n) = make_float4(r[0], r[1], r[2], r[3]);
       } else {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if (n + j < p.N) crow[n + j] = p.beta != 0.0f ? r[j] + p.beta * crow[n + j] : r[j];
-        }
+        for (int j = 0; j < 4; ++j)
+          if (n + j < p.N) crow[n + j] = r[j];
       }
     }
   }
 }
 
-// Split-K pass 2: C = alpha * sum_z partial[z] + beta * C, the slices added in z order.
+// Split-K pass 2: C = act(alpha * sum_z partial[z] + beta * C + bias), the slices added in z order.
 __global__ void splitk_reduce_kernel(const float* __restrict__ partial, int splits, int M, int N, float* C,
-                                     int64_t ldc, float alpha, float beta) {
+                                     int64_t ldc, float alpha, float beta, const float* __restrict__ bias,
+                                     bool relu) {
   const int64_t mn = static_cast<int64_t>(M) * N;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < mn; idx += (int64_t)gridDim.x * blockDim.x) {
     float s = 0.0f;
     for (int z = 0; z < splits; ++z) s += partial[z * mn + idx];
     const int64_t m = idx / N, n = idx % N;
     float* c = C + m * ldc + n;
-    *c = beta != 0.0f ? alpha * s + beta * *c : alpha * s;
+    float r = alpha * s;
+    if (beta != 0.0f) r += beta * *c;
+    if (bias) r += bias[n];
+    *c = relu ? relu_value(r) : r;
   }
 }
 
-// C = beta * C (zeros when beta == 0, never reading C): K == 0 or alpha == 0.
-__global__ void scale_kernel(float* C, int M, int N, int64_t ldc, float beta) {
+// C = act(beta * C + bias) (beta == 0 never reads C): K == 0 or alpha == 0.
+__global__ void scale_kernel(float* C, int M, int N, int64_t ldc, float beta, const float* __restrict__ bias,
+                             bool relu) {
   const int64_t mn = static_cast<int64_t>(M) * N;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < mn; idx += (int64_t)gridDim.x * blockDim.x) {
-    float* c = C + (idx / N) * ldc + idx % N;
-    *c = beta != 0.0f ? beta * *c : 0.0f;
+    const int64_t n = idx % N;
+    float* c = C + (idx / N) * ldc + n;
+    float r = beta != 0.0f ? beta * *c : 0.0f;
+    if (bias) r += bias[n];
+    *c = relu ? relu_value(r) : r;
   }
 }
-
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
-void launch(bool trans_a, bool trans_b, dim3 grid, const Params& p) {
+void launch(bool trans_a, bool trans_b, bool vec, dim3 grid, const Params& p) {
   cudaStream_t stream = current_stream();
-  if (!trans_a && !trans_b) gemm_kernel<false, false><<<grid, kThreads, 0, stream>>>(p);
-  else if (!trans_a && trans_b) gemm_kernel<false, true><<<grid, kThreads, 0, stream>>>(p);
-  else if (trans_a && !trans_b) gemm_kernel<true, false><<<grid, kThreads, 0, stream>>>(p);
-  else gemm_kernel<true, true><<<grid, kThreads, 0, stream>>>(p);
+  // nt has no operand stored along m / n: one instantiation
+  if (!trans_a && trans_b) gemm_kernel<false, true, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (vec && !trans_a) gemm_kernel<false, false, true><<<grid, kThreads, 0, stream>>>(p);
+  else if (vec && !trans_b) gemm_kernel<true, false, true><<<grid, kThreads, 0, stream>>>(p);
+  else if (vec) gemm_kernel<true, true, true><<<grid, kThreads, 0, stream>>>(p);
+  else if (!trans_a) gemm_kernel<false, false, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (!trans_b) gemm_kernel<true, false, false><<<grid, kThreads, 0, stream>>>(p);
+  else gemm_kernel<true, true, false><<<grid, kThreads, 0, stream>>>(p);
   CONVNET_LAUNCH_CHECK("gemm_kernel");
+}
+
+// How many K slices: 1 when the tiles fill the GPU; else the count (<= 16, each slice >= 256 deep
+// so the scratch traffic stays small next to the math) whose grid fills its last wave of
+// kMinBlocksPerSM blocks per SM best (fewest slices among equals). fc6 forward: 32 tiles on 132 SMs
+// -> 8 slices, 256 blocks = 0.97 of one wave (9 slices would make 288: a second, 9 % full wave).
+int split_count(int64_t tiles, int K, int sms) {
+  const int64_t wave = static_cast<int64_t>(kMinBlocksPerSM) * sms;
+  if (tiles >= wave) return 1;
+  const int64_t most = std::min<int64_t>(16, std::max<int64_t>(1, K / 256));
+  int best = 1;
+  double best_fill = 0.0;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t blocks = tiles * s;
+    const double fill = static_cast<double>(blocks) / static_cast<double>(ceil_div(blocks, wave) * wave);
+    if (fill > best_fill + 1e-9) {
+      best_fill = fill;
+      best = static_cast<int>(s);
+    }
+  }
+  return best;
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// launcher
+// launchers
 
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc) {
+void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc, const float* bias, bool relu) {
   if (M <= 0 || N <= 0) return;
   cudaStream_t stream = current_stream();
   if (K <= 0 || alpha == 0.0f) {
     const int64_t mn = static_cast<int64_t>(M) * N;
-    scale_kernel<<<grid_for(mn, kThreads), kThreads, 0, stream>>>(C, M, N, ldc, beta);
+    scale_kernel<<<grid_for(mn, kThreads), kThreads, 0, stream>>>(C, M, N, ldc, beta, bias, relu);
     CONVNET_LAUNCH_CHECK("gemm scale_kernel");
     return;
   }
@@ -251,18 +363,11 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   const int64_t tiles = tiles_m * tiles_n;
   if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: too many tiles for one grid");
 
-  // Split K when the tiles alone leave SMs idle: aim for ~2 blocks per SM, each slice at least
-  // 256 deep (so the split-K scratch traffic stays small next to the math), at most 16 slices.
   int device = 0, sms = 0;
   CONVNET_CUDA_CHECK(cudaGetDevice(&device));
   CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  int splits = 1;
-  if (tiles < 2LL * sms) {
-    const int64_t want = ceil_div(2LL * sms, tiles);
-    const int64_t deep = std::max<int64_t>(1, K / 256);
-    splits = static_cast<int>(std::min<int64_t>({want, deep, 16}));
-  }
-  // Slices are whole multiples of BK so a float4 load never straddles two of them.
+  int splits = split_count(tiles, K, sms);
+  // Slices are whole multiples of BK so a 16-byte copy never straddles two of them.
   const int k_per_split = static_cast<int>(ceil_div(ceil_div(K, splits), BK) * BK);
   splits = static_cast<int>(ceil_div(K, k_per_split));
 
@@ -276,8 +381,9 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   p.ldb = ldb;
   p.k_per_split = k_per_split;
   p.tiles_n = static_cast<int>(tiles_n);
-  p.vec_a = aligned16(A) && lda % 4 == 0;
-  p.vec_b = aligned16(B) && ldb % 4 == 0;
+  // 16-byte copies for the operands stored along m / n (A when trans_a, B when !trans_b)
+  const bool vec = (!trans_a || (aligned16(A) && lda % 4 == 0 && M % 4 == 0)) &&
+                   (trans_b || (aligned16(B) && ldb % 4 == 0 && N % 4 == 0));
   const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(splits));
 
   if (splits == 1) {
@@ -285,9 +391,11 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
     p.ldc = ldc;
     p.alpha = alpha;
     p.beta = beta;
+    p.bias = bias;
+    p.relu = relu;
     p.split_stride = 0;
     p.vec_c = aligned16(C) && ldc % 4 == 0;
-    launch(trans_a, trans_b, grid, p);
+    launch(trans_a, trans_b, vec, grid, p);
     return;
   }
 
@@ -297,13 +405,20 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   p.ldc = N;
   p.alpha = 1.0f;
   p.beta = 0.0f;
+  p.bias = nullptr;
+  p.relu = false;
   p.split_stride = mn;
   // N % 4 == 0 makes every slice's offset z * M * N a multiple of 4 floats too.
   p.vec_c = aligned16(partial.ptr) && N % 4 == 0;
-  launch(trans_a, trans_b, grid, p);
+  launch(trans_a, trans_b, vec, grid, p);
   splitk_reduce_kernel<<<grid_for(mn, kThreads), kThreads, 0, stream>>>(partial.ptr, splits, M, N, C, ldc, alpha,
-                                                                         beta);
+                                                                         beta, bias, relu);
   CONVNET_LAUNCH_CHECK("gemm splitk_reduce_kernel");
+}
+
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  gemm_bias_relu(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr, false);
 }
 
 }  // namespace cuda

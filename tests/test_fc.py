@@ -51,7 +51,9 @@ TRANS_IDS = ["nn", "nt", "tn", "tt"]
 
 @pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 17, 3), (3, 1, 17), (17, 33, 1), (33, 65, 127),
-                                   (65, 127, 33), (127, 3, 65), (13, 100, 2), (128, 128, 256)])
+                                   (65, 127, 33), (127, 3, 65), (13, 100, 2), (128, 128, 256),
+                                   # M, N % 4 == 0 (CUDA's 16-byte copies) with a short K slice, split-K
+                                   (132, 260, 1003), (8, 516, 2051), (4, 8, 5)])
 def test_gemm_odd_sizes(device, rng, trans_a, trans_b, M, N, K):
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     out = run_gemm(device, a, b, trans_a, trans_b)

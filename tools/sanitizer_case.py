@@ -23,6 +23,7 @@ def run():
             ops.gemm(t(33, 17) if ta else a, t(9, 33) if tb else b, c, ta, tb, 1.0, 0.5)
     x, w, bias, y = t(5, 37), t(11, 37), t(11), t(5, 11)
     ops.fc_forward(x, w, bias, y, False)
+    ops.fc_forward(x, w, bias, y, True, True)  # accumulate, fused ReLU
     ops.fc_backward_data(y, w, t(5, 37), True)
     ops.fc_backward_weights(y, x, t(11, 37), t(11))
     ops.relu_forward(y, y)
@@ -52,6 +53,10 @@ def run():
     ops.add_(y, t(5, 11), -1.0)
     ops.copy_(t(5, 11), y)
     t(64, 64).to("cpu").to(dev).numpy()
+    up = convnet._C.Uploader(dev, 2)  # pinned staging + upload stream (csrc/upload.h)
+    for shape in ((7, 5), (7, 5), (3,)):
+        up.put(rng.standard_normal(shape).astype(np.float32))
+        up.get().numpy()
     convnet.synchronize(dev)
     print("sanitizer case: every op ran")
 

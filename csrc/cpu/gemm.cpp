@@ -750,6 +750,17 @@ void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A
 // ---------------------------------------------------------------------------------------------
 // entry point
 
+void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc, const float* bias, bool relu) {
+  gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!relu && !bias) return;
+  for (int m = 0; m < M; m += (ldc == N ? M : 1)) {  // one call over C when its rows are contiguous
+    const int64_t rows = ldc == N ? M : 1;
+    if (relu) add_bias_relu(C + static_cast<int64_t>(m) * ldc, bias, rows, N);
+    else add_bias(C + static_cast<int64_t>(m) * ldc, bias, rows, N);
+  }
+}
+
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;

@@ -40,7 +40,8 @@ done
 compile() {  # src obj extra-flags...
   local src=$1 obj=$2
   shift 2
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$EMU/cuda_runtime.h" -nt "$obj" ] || [ "$0" -nt "$obj" ]; then
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$EMU/cuda_runtime.h" -nt "$obj" ] ||
+     [ "$EMU/cuda_pipeline_primitives.h" -nt "$obj" ] || [ "$0" -nt "$obj" ]; then
     g++ "${COMMON[@]}" "${SAN[@]}" "$@" -c "$src" -o "$obj"
   fi
 }

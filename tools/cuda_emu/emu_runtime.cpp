@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+#include "cuda_pipeline_primitives.h"
 #undef warpSize  // the built-in variable; here it is a cudaDeviceProp field
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -111,8 +112,17 @@ void fill_poison(void* p, size_t bytes) {
 
 enum class St { Run, Sync, Warp, Done };
 
+struct PendingCopy {  // a cp.async (__pipeline_memcpy_async) not yet waited for
+  void* dst;
+  const void* src;
+  size_t size, zfill;
+  int batch;  // the number of commits before it: its batch
+};
+
 struct Fiber {
   Thread pub;
+  std::vector<PendingCopy> copies;
+  int commits = 0;
   St st = St::Run;
   const char* file = "";
   int line = 0;
@@ -176,11 +186,25 @@ void yield_to_scheduler(bool dying) {
 #endif
 }
 
+void perform_copies(Fiber& f, int below_batch) {  // the queued copies of batches < below_batch
+  size_t kept = 0;
+  for (const PendingCopy& c : f.copies) {
+    if (c.batch < below_batch) {
+      if (c.size > c.zfill) std::memcpy(c.dst, c.src, c.size - c.zfill);
+      std::memset(static_cast<char*>(c.dst) + (c.size - c.zfill), 0, c.zfill);
+    } else {
+      f.copies[kept++] = c;
+    }
+  }
+  f.copies.resize(kept);
+}
+
 void fiber_main() {
 #if EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &g_main_bottom, &g_main_size);
 #endif
   (*g_body)();
+  perform_copies(*g_fcur, 1 << 30);  // copies never waited for still land before the block ends
   g_fcur->st = St::Done;
   yield_to_scheduler(true);
   __builtin_trap();  // a finished fiber is never resumed
@@ -403,6 +427,21 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src, const char* file, 
 }
 
 void* dynamic_shared() { return g_dyn_smem; }
+
+void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill) {
+  if (size != 4 && size != 8 && size != 16)
+    fiber_fail("__pipeline_memcpy_async of " + std::to_string(size) + " bytes (4, 8 or 16 only)");
+  if (zfill > size) fiber_fail("__pipeline_memcpy_async: zfill " + std::to_string(zfill) + " > size " + std::to_string(size));
+  if (reinterpret_cast<uintptr_t>(dst) % size || (zfill < size && reinterpret_cast<uintptr_t>(src) % size))
+    fiber_fail("__pipeline_memcpy_async: misaligned address (" + std::to_string(size) + "-byte copy)");
+  g_fcur->copies.push_back(PendingCopy{dst, zfill < size ? src : nullptr, size, zfill, g_fcur->commits});
+}
+
+void pipeline_commit() { ++g_fcur->commits; }
+
+void pipeline_wait_prior(size_t prior) {
+  perform_copies(*g_fcur, g_fcur->commits - static_cast<int>(prior));
+}
 
 void shared_touch(void* ptr, size_t bytes) {
   uint64_t& epoch = g_shared_epoch[ptr];

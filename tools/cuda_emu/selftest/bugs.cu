@@ -1,6 +1,7 @@
 // cuda_emu self-test: small kernels with one known bug each (and two correct ones), so that
 // tools/cuda_emu/selftest/run.sh can check the emulator catches every bug class it claims to.
 // usage: bugs CASE   (prints a result line; the checks and crashes are the emulator's)
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -68,6 +69,29 @@ __global__ void uninit_shared(float* out) {
 __global__ void misaligned_vector(const float* x, float* out) {
   const float4 v = *reinterpret_cast<const float4*>(x + 1);  // BUG: 4-byte aligned, not 16
   out[threadIdx.x] = v.x;
+}
+
+__global__ void cp_async_no_wait(const float* x, float* out) {
+  __shared__ __align__(16) float s[64];
+  __pipeline_memcpy_async(&s[threadIdx.x], &x[threadIdx.x], 4);
+  __pipeline_commit();
+  // BUG: no __pipeline_wait_prior(0) before the barrier: the copy may not have landed
+  __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+__global__ void good_cp_async(const float* x, float* out) {  // two batches, wait for the older, then all
+  __shared__ __align__(16) float s[2][64];
+  __pipeline_memcpy_async(&s[0][threadIdx.x], &x[threadIdx.x], 4);
+  __pipeline_commit();
+  __pipeline_memcpy_async(&s[1][threadIdx.x], &x[threadIdx.x], 4, threadIdx.x % 2 ? 4 : 0);  // odd: zeros
+  __pipeline_commit();
+  __pipeline_wait_prior(1);
+  __syncthreads();
+  float v = s[0][(threadIdx.x + 1) % 64];
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  out[threadIdx.x] = v + s[1][(threadIdx.x + 1) % 64];
 }
 
 __global__ void good_reduce(const float* x, int n, float* out) {
@@ -144,6 +168,20 @@ int main(int argc, char** argv) {
       int nans = 0;
       for (float v : host(out, 64)) nans += v != v;
       std::printf("result %d NaN\n", nans);
+    } else if (c == "cp_async_no_wait" || c == "good_cp_async") {
+      std::vector<float> h(64);
+      for (int i = 0; i < 64; ++i) h[i] = static_cast<float>(i);
+      float* x = dev(64);
+      cudaMemcpy(x, h.data(), 64 * sizeof(float), cudaMemcpyHostToDevice);
+      if (c == "good_cp_async") good_cp_async<<<1, 64>>>(x, out);
+      else cp_async_no_wait<<<1, 64>>>(x, out);
+      const std::vector<float> r = host(out, 64);
+      int wrong = 0;
+      for (int i = 0; i < 64; ++i) {
+        const int j = (i + 1) % 64;
+        wrong += r[i] != (c == "good_cp_async" ? h[j] + (j % 2 ? 0.0f : h[j]) : h[j]);
+      }
+      std::printf("result %d wrong\n", wrong);
     } else if (c == "misaligned_vector") {
       misaligned_vector<<<1, 32>>>(out, out);
     } else if (c == "host_pointer") {

@@ -35,6 +35,9 @@ expect misaligned_vector "misaligned address|load of misaligned"
 expect host_pointer "is not in device memory"
 expect bad_block "result cudaErrorInvalidConfiguration"
 expect big_dynamic_smem "result cudaErrorInvalidValue"
+expect cp_async_no_wait "result [1-9][0-9]* wrong"
+expect good_cp_async "result 0 wrong"
+expect good_cp_async "result 0 wrong" reverse
 expect good "result sum ok, transpose ok"
 expect good "result sum ok, transpose ok" reverse
 # a race: the result depends on the order the threads run in
