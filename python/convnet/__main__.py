@@ -171,7 +171,7 @@ def _run(args):
         r = convnet.evaluate(net, data, views=args.views, batch_size=args.batch_size)
         print(f"{args.checkpoint} on {data} ({r['n']} images, {r['views']} view(s)): "
               f"top-1 error {100 * r['top1_err']:.2f}%, top-5 error {100 * r['top5_err']:.2f}%, "
-              f"loss {r['loss']:.4f}")
+              f"loss {r['loss']:.4f}" + (f"; skipped {len(r['skipped'])} unreadable images" if r.get("skipped") else ""))
     elif args.command == "predict":
         from .evaluate import predict_topk
         net = convnet.load_checkpoint(args.checkpoint, device=args.device)

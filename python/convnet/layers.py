@@ -202,9 +202,12 @@ class Data(Layer):
     _options = {"shape": None}
 
     def setup(self, in_shapes):
-        if self.shape is None or len(self.shape) != 3:
+        if not isinstance(self.shape, (list, tuple)) or len(self.shape) != 3:
             self._fail(f"needs shape=[H, W, C], got {self.shape!r}")
-        self.shape = tuple(int(s) for s in self.shape)
+        shape = tuple(int(s) for s in self.shape)
+        if min(shape) < 1:
+            self._fail(f"needs shape=[H, W, C] of positive sizes, got {list(self.shape)}")
+        self.shape = shape
         return self.shape
 
     def forward(self, xs, y, ctx):
@@ -221,6 +224,8 @@ _LEARNED = {"init_std": None, "bias_init": 0.0, "lr_mult": 1.0, "bias_lr_mult": 
 def _init_std(spec, fan_in: int) -> float:
     """init_std of a conv/fc layer: a number, None or "he" (sqrt(2 / fan_in), for ReLU nets) or
     "torch" (sqrt(1 / (3 fan_in)): the std of PyTorch's default kaiming_uniform(a=sqrt(5)))."""
+    if fan_in < 1:
+        raise ValueError(f"fan-in {fan_in}: the layer has no inputs to weigh")
     if spec is None or spec == "he":
         return math.sqrt(2.0 / fan_in)
     if spec == "torch":
@@ -312,10 +317,14 @@ class FC(Layer):
         if not self.outputs:
             self._fail("needs outputs=")
         out = int(self.outputs)
-        fan_in = sum(int(np.prod(s)) for s in in_shapes)
+        if out < 1:
+            self._fail(f"outputs must be >= 1, got {self.outputs!r}")
+        fan_in = sum(math.prod(s) for s in in_shapes)  # Python ints: no int64 wrap-around
+        if out * fan_in > 2**60:  # 2^62 bytes of float32, what a Tensor may hold
+            self._fail(f"weights of {out} x {fan_in} elements: more than any memory holds")
         std = _init_std(self.init_std, fan_in)
         names = _weight_names(len(in_shapes))
-        self.params = [Param(names[i], (out, int(np.prod(s))), std, 0.0, self.lr_mult, self.wd_mult)
+        self.params = [Param(names[i], (out, math.prod(s)), std, 0.0, self.lr_mult, self.wd_mult)
                        for i, s in enumerate(in_shapes)]
         self.weights = list(self.params)
         self.bias_param = None
@@ -583,6 +592,8 @@ _ALIASES = {"input": "data", "pool": "maxpool", "max_pool": "maxpool", "avg_pool
 
 def layer_from_config(d: dict, device: str | None = None) -> Layer:
     """A layer from its dict {"name", "type", "inputs", options...}; `device` overrides d["device"]."""
+    if not isinstance(d, dict):
+        raise ValueError(f"layer config {d!r}: want a dict with 'name' and 'type'")
     d = dict(d)
     try:
         name, kind = d.pop("name"), str(d.pop("type")).lower()
@@ -594,4 +605,13 @@ def layer_from_config(d: dict, device: str | None = None) -> Layer:
     inputs = d.pop("inputs", [])
     dev = d.pop("device", "cpu")
     tower = d.pop("tower", 0)
-    return LAYER_TYPES[kind](name, inputs, device or dev, tower=tower, **d)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, str) for i in inputs):
+        raise ValueError(f"layer '{name}' ({kind}): inputs must be a list of layer names, got {inputs!r}")
+    try:
+        return LAYER_TYPES[kind](name, inputs, device or dev, tower=tower, **d)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(f"layer '{name}'"):
+            raise
+        raise ValueError(f"layer '{name}' ({kind}): {e}") from None
