@@ -423,3 +423,19 @@ def test_train_refuses_bad_hyper_parameters_before_any_work(tmp_path, small_buil
     with pytest.raises(ValueError, match=next(iter(hp))):
         convnet.train(data="builtin", out_dir=str(tmp_path / "run"), progress=False, **hp)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_predict_reads_images_like_the_folders(tmp_path, capsys):
+    net = convnet.Net(GOOD_LAYERS, device="cpu")
+    net.mean = np.zeros(3, np.float32)
+    ckpt = str(tmp_path / "c.npz")
+    convnet.save_checkpoint(ckpt, net, {"class_names": [str(c) for c in range(10)]})
+    wide, junk = str(tmp_path / "wide.png"), str(tmp_path / "junk.png")
+    Image.new("RGB", (20000, 1), (200, 10, 10)).save(wide)   # a bomb for "shorter side to 32" before
+    with open(junk, "wb") as f:
+        f.write(b"not a PNG")
+    assert main(["predict", "--checkpoint", ckpt, "--top", "2", wide]) == 0
+    assert capsys.readouterr().out.startswith(f"{wide}: ")
+    assert main(["predict", "--checkpoint", ckpt, junk]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"convnet predict: error: image {junk}: cannot be read"), err

@@ -121,20 +121,16 @@ def _parser():
 
 
 def _load_image(path, net):
+    """uint8 (S, S, 3), S the net's input side: the decode every image folder uses (bounded pixels,
+    16-bit grey scaled, shorter side to S, centre square)."""
     from PIL import Image
-    import numpy as np
+    from .data.imagenet import load_image
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
+    H, W, _ = net.input_shape
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            H, W, _ = net.input_shape
-            scale = max(H / im.height, W / im.width)  # shorter side to the input size, then centre crop
-            if scale != 1.0:
-                im = im.resize((max(W, round(im.width * scale)), max(H, round(im.height * scale))),
-                               Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except OSError as e:
+        return load_image(path, max(H, W))
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from None
 
 
