@@ -121,10 +121,10 @@ def test_kernel_workspace_oom_is_memory_error_with_bytes():
     # bytes, where it used to abort the process from inside the OpenMP region.
     out = run_isolated("""
         C = 1 << 25
-        x = convnet.zeros((1, 1, 1, C)); y = convnet.zeros((1, 1, 1, C))
+        x = convnet.zeros((1, 1, 1, C)); y = convnet.zeros((1, 1, 1, C)); dx = convnet.zeros((1, 1, 1, C))
         limit_memory(64 << 20)
         expect(MemoryError, lambda: ops.lrn_forward(x, y), "lrn", "bytes")
-        expect(MemoryError, lambda: ops.lrn_backward(x, y, x, y), "bytes")
+        expect(MemoryError, lambda: ops.lrn_backward(x, y, x, dx), "bytes")
         expect(MemoryError, lambda: _C.Tensor.empty((1 << 28,)), str(1 << 30) + " bytes")
     """)
     assert out.count("OK") == 3
@@ -137,9 +137,9 @@ def test_kernel_workspace_oom_is_memory_error_with_bytes():
 def test_lrn_zero_channels_and_empty_batches():
     out = run_isolated("""
         for shape in [(2, 3, 3, 0), (0, 3, 3, 5), (2, 0, 3, 5)]:
-            x, y = convnet.zeros(shape), convnet.zeros(shape)
+            x, y, dx = convnet.zeros(shape), convnet.zeros(shape), convnet.zeros(shape)
             ops.lrn_forward(x, y)
-            ops.lrn_backward(x, y, x, y)
+            ops.lrn_backward(x, y, x, dx)
             ops.lrn_forward(x, y, size=2**31 - 1)
         print("OK")
     """)
@@ -563,6 +563,38 @@ def test_conv_every_path(cpu_path, rng, case):
     # accumulate adds to what is there
     ops.conv_backward_filter(to_device(dy, "cpu"), to_device(x, "cpu"), dw, None, stride, pad, g, True)
     assert_close(dw.numpy(), 2 * rdw, 1e-5)
+    # the fused ReLU epilogue, with and without a bias
+    for bias in (b, None):
+        yr = poisoned(ry.shape, "cpu")
+        ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), None if bias is None else to_device(bias, "cpu"),
+                         yr, stride, pad, g, False, True)
+        assert_close(yr.numpy(), np.maximum(R.conv_forward(x, w, bias, stride, pad, g), 0), 1e-5)
+
+
+def test_empty_conv_every_path(cpu_path, rng):
+    # No images (N = 0) or no input channels (C = 0): the GEMMs get an empty dimension. y is the
+    # bias alone when C = 0; dw and db are sums over nothing, so 0 (or left as they were with
+    # accumulate).
+    b = rng.standard_normal(3)
+    y = poisoned((2, 2, 2, 3), "cpu")
+    ops.conv_forward(convnet.zeros((2, 4, 4, 0)), convnet.zeros((3, 3, 3, 0)), to_device(b, "cpu"), y, (1, 1), (0, 0),
+                     1, False, True)
+    assert np.array_equal(y.numpy(), np.broadcast_to(np.maximum(b, 0).astype(np.float32), (2, 2, 2, 3)))
+    dy = to_device(rng.standard_normal((2, 2, 2, 3)), "cpu")
+    dw, db, dx = poisoned((3, 3, 3, 0), "cpu"), poisoned((3,), "cpu"), poisoned((2, 4, 4, 0), "cpu")
+    ops.conv_backward_filter(dy, convnet.zeros((2, 4, 4, 0)), dw, db, (1, 1), (0, 0))
+    ops.conv_backward_data(dy, convnet.zeros((3, 3, 3, 0)), dx, (1, 1), (0, 0))
+    assert_close(db.numpy(), dy.numpy().sum(axis=(0, 1, 2)), 1e-6)
+    x0, dy0 = convnet.zeros((0, 4, 4, 2)), convnet.zeros((0, 2, 2, 3))
+    dw, db = poisoned((3, 3, 3, 2), "cpu"), poisoned((3,), "cpu")
+    ops.conv_backward_filter(dy0, x0, dw, db, (1, 1), (0, 0))
+    assert not dw.numpy().any() and not db.numpy().any()
+    before = rng.standard_normal((3, 3, 3, 2))
+    dw = to_device(before, "cpu")
+    ops.conv_backward_filter(dy0, x0, dw, None, (1, 1), (0, 0), 1, True)
+    assert np.array_equal(dw.numpy(), before.astype(np.float32))
+    ops.conv_forward(x0, convnet.zeros((3, 3, 3, 2)), None, dy0, (1, 1), (0, 0))
+    ops.conv_backward_data(dy0, convnet.zeros((3, 3, 3, 2)), x0, (1, 1), (0, 0))
 
 
 @pytest.mark.parametrize("mnk", [(1, 7, 9), (9, 1, 5), (13, 35, 17), (30, 40, 260)])

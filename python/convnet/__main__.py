@@ -132,8 +132,10 @@ def _parser():
 def _load_image(path, net):
     """An image file -> uint8 (size, size, 3) as the net saw its training images: the shorter side
     resized to the side of the run's training images (checkpoint meta image_shape; else
-    data.folder_image_size: 32 for the small net's 28 crops, 256 for AlexNet), the centre square;
-    predict then takes the centre crop of the net's input size."""
+    data.folder_image_size: 32 for the small net's 28 crops, 256 for AlexNet), the centre square,
+    by the decode every image folder uses (bounded pixels, 16-bit grey scaled); predict then takes
+    the centre crop of the net's input size."""
+    from PIL import Image
     from .data import folder_image_size
     from .data.imagenet import load_image
     if not os.path.isfile(path):
@@ -142,7 +144,7 @@ def _load_image(path, net):
     size = int(min(trained_on[:2])) if trained_on else folder_image_size(net.input_shape[0])
     try:
         return load_image(path, size)
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from None
 
 
@@ -182,7 +184,7 @@ def _run(args):
                              progress=True)
         print(f"{args.checkpoint} on {data} ({r['n']} images, {r['views']} view(s)): "
               f"top-1 error {100 * r['top1_err']:.2f}%, top-5 error {100 * r['top5_err']:.2f}%, "
-              f"loss {r['loss']:.4f}")
+              f"loss {r['loss']:.4f}" + (f"; skipped {len(r['skipped'])} unreadable images" if r.get("skipped") else ""))
     elif args.command == "predict":
         from .evaluate import predict_topk
         net = convnet.load_checkpoint(args.checkpoint, device=args.device)

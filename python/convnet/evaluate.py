@@ -78,8 +78,9 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
     folder is resized to `image_size`, default data.folder_image_size of the net's input). Images are
     preprocessed like the test loader: crop of the net's input size, minus the training mean
     (`net.mean` if set, else the split's), times net.input_scale. progress: a line on stderr now and
-    then. Returns {"top1_err", "top5_err", "loss", "top1_acc", "n", "views"}; a row with a NaN/Inf
-    logit counts as an error (and makes the loss NaN).
+    then. Returns {"top1_err", "top5_err", "loss", "top1_acc", "n", "views", "skipped"}; a row with a
+    NaN/Inf logit counts as an error (and makes the loss NaN). Images that cannot be decoded
+    (BadImageError) are left out: "n" counts the images evaluated, "skipped" lists the others' paths.
     """
     if views not in (1, 10):
         raise ValueError(f"evaluate: views must be 1 or 10, got {views}")
@@ -101,12 +102,29 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
     chunks = [np.arange(k, min(k + batch_size, n)) for k in range(0, n, batch_size)]
 
     def prepare(idx):
-        images, labels = ds.get_batch(idx)
-        return test_input(images, mean, size, net.input_scale, views), labels
+        from .data import BadImageError
+        try:
+            images, labels = ds.get_batch(idx)
+            bad = []
+        except BadImageError:  # rare: one image at a time, leaving out the unreadable ones
+            good, bad = [], []
+            for i in idx:
+                try:
+                    good.append(ds.get(int(i)))
+                except BadImageError as e:
+                    bad.append(e.path)
+            if not good:
+                return None, None, bad
+            images = np.stack([g[0] for g in good])
+            labels = np.asarray([g[1] for g in good], dtype=np.int32)
+        return test_input(images, mean, size, net.input_scale, views), labels, bad
 
     loss = top1 = top5 = 0.0
-    done, last = 0, time.time()
-    for x, labels in _prefetch_map(prepare, chunks, workers):
+    done, last, skipped = 0, time.time(), []
+    for x, labels, bad in _prefetch_map(prepare, chunks, workers):
+        skipped += bad
+        if x is None:
+            continue
         probs, finite = 0.0, np.ones(len(labels), dtype=bool)
         for v in range(views):
             logits = net.forward(x[v]).numpy()
@@ -118,8 +136,12 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
         if progress and time.time() - last >= PROGRESS_SECONDS:
             last = time.time()
             print(f"  validating {done}/{n} images ({views} view(s))", file=sys.stderr, flush=True)
-    return {"top1_err": 1.0 - top1 / n, "top5_err": 1.0 - top5 / n, "loss": loss / n,
-            "top1_acc": top1 / n, "n": n, "views": views}
+    if done == 0:
+        raise ValueError(f"evaluate: none of the {n} images could be read (first: {skipped[0]})")
+    if skipped and progress:
+        print(f"  evaluate: skipped {len(skipped)} unreadable images (first: {skipped[0]})", file=sys.stderr)
+    return {"top1_err": 1.0 - top1 / done, "top5_err": 1.0 - top5 / done, "loss": loss / done,
+            "top1_acc": top1 / done, "n": done, "views": views, "skipped": skipped}
 
 
 def predict_topk(net: Net, images, k: int = 5, class_names=None):

@@ -32,12 +32,53 @@ __all__ = ["Param", "Layer", "Data", "Conv", "FC", "ReLU", "Dropout", "LRN", "Ma
            "SoftmaxCrossEntropy", "Copy", "LAYER_TYPES", "layer_from_config"]
 
 
-def _pair(v) -> tuple:
+def _whole(v, what: str, low: int = 0) -> int:
+    """An integer option >= low: an int, a float without a fraction or a numeric string (JSON and INI
+    spell numbers all three ways). ValueError for 2.5, True, "ten" or a value below `low`, where
+    int() would round, count True as 1 or fail without naming the option."""
+    if isinstance(v, str):
+        try:
+            v = int(v.strip())
+        except ValueError:
+            raise ValueError(f"{what} must be a whole number, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"{what} must be a whole number, got {v!r}")
+    if v < low:
+        raise ValueError(f"{what} must be >= {low}, got {v!r}")
+    return int(v)
+
+
+def _number(v, what: str, low: float = 0.0) -> float:
+    """A finite float option >= low; ValueError naming it otherwise (NaN, inf, a string, a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+        raise ValueError(f"{what} must be a finite number >= {low:g}, got {v!r}")
+    return float(v)
+
+
+def _flag(v, what: str) -> bool:
+    """A boolean option: true/false (or 1/0, as INI files write them)."""
+    if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise ValueError(f"{what} must be true or false, got {v!r}")
+
+
+def _pair(v, what: str = "value") -> tuple:
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
-            raise ValueError(f"expected an int or a pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+            raise ValueError(f"{what}: expected an int or a pair, got {v!r}")
+        return _whole(v[0], what), _whole(v[1], what)
+    return _whole(v, what), _whole(v, what)
+
+
+def _check_learned(layer):
+    """The options conv and fc share (_LEARNED): multipliers finite >= 0, flags booleans."""
+    for name in ("lr_mult", "bias_lr_mult", "wd_mult", "bias_wd_mult"):
+        _number(getattr(layer, name), name)
+    _number(layer.bias_init, "bias_init", -math.inf)
+    _flag(layer.bias, "bias")
+    _flag(layer.relu, "relu")
+    if layer.init_std is not None and not isinstance(layer.init_std, str):
+        _number(layer.init_std, "init_std")
 
 
 class Param:
@@ -223,6 +264,8 @@ _LEARNED = {"init_std": None, "bias_init": 0.0, "lr_mult": 1.0, "bias_lr_mult": 
 def _init_std(spec, fan_in: int) -> float:
     """init_std of a conv/fc layer: a number, None or "he" (sqrt(2 / fan_in), for ReLU nets) or
     "torch" (sqrt(1 / (3 fan_in)): the std of PyTorch's default kaiming_uniform(a=sqrt(5)))."""
+    if fan_in < 1:
+        raise ValueError(f"fan-in {fan_in}: the layer has no inputs to weigh")
     if spec is None or spec == "he":
         return math.sqrt(2.0 / fan_in)
     if spec == "torch":
@@ -251,8 +294,9 @@ class Conv(Layer):
     def setup(self, in_shapes):
         if not self.filters or not self.size:
             self._fail("needs filters= and size=")
-        self.size, self.stride, self.pad = _pair(self.size), _pair(self.stride), _pair(self.pad)
-        K, (R, S), g = int(self.filters), self.size, int(self.groups)
+        _check_learned(self)
+        self.size, self.stride, self.pad = _pair(self.size, "size"), _pair(self.stride, "stride"), _pair(self.pad, "pad")
+        K, (R, S), g = _whole(self.filters, "filters", 1), self.size, _whole(self.groups, "groups", 1)
         out = None
         self.params = []
         for i, shp in enumerate(in_shapes):
@@ -313,11 +357,14 @@ class FC(Layer):
     def setup(self, in_shapes):
         if not self.outputs:
             self._fail("needs outputs=")
-        out = int(self.outputs)
-        fan_in = sum(int(np.prod(s)) for s in in_shapes)
+        _check_learned(self)
+        out = _whole(self.outputs, "outputs", 1)
+        fan_in = sum(math.prod(s) for s in in_shapes)  # Python ints: no int64 wrap-around
+        if out * fan_in > 2**60:  # 2^62 bytes of float32, what a Tensor may hold
+            self._fail(f"weights of {out} x {fan_in} elements: more than any memory holds")
         std = _init_std(self.init_std, fan_in)
         names = _weight_names(len(in_shapes))
-        self.params = [Param(names[i], (out, int(np.prod(s))), std, 0.0, self.lr_mult, self.wd_mult)
+        self.params = [Param(names[i], (out, math.prod(s)), std, 0.0, self.lr_mult, self.wd_mult)
                        for i, s in enumerate(in_shapes)]
         self.weights = list(self.params)
         self.bias_param = None
@@ -423,8 +470,14 @@ class LRN(Layer):
     def setup(self, in_shapes):
         if len(in_shapes[0]) != 3:
             self._fail(f"input shape {in_shapes[0]} is not (H, W, C)")
-        if int(self.groups) < 1 or in_shapes[0][2] % int(self.groups):
+        if _whole(self.groups, "groups", 1) < 1 or in_shapes[0][2] % int(self.groups):
             self._fail(f"groups={self.groups} must divide the {in_shapes[0][2]} channels")
+        _whole(self.size, "size", 1)
+        if _number(self.k, "k") <= 0:
+            self._fail(f"k must be > 0, got {self.k!r}")
+        _number(self.alpha, "alpha")
+        _number(self.beta, "beta")
+        _flag(self.alpha_over_size, "alpha_over_size")
         return tuple(in_shapes[0])
 
     def _args(self):
@@ -450,7 +503,7 @@ class _Pool(Layer):
     _options = dict(_C.pool_defaults)  # csrc/ops.h PoolDefaults: the paper's overlapping 3/2
 
     def setup(self, in_shapes):
-        self.size, self.stride, self.pad = _pair(self.size), _pair(self.stride), _pair(self.pad)
+        self.size, self.stride, self.pad = _pair(self.size, "size"), _pair(self.stride, "stride"), _pair(self.pad, "pad")
         shp = in_shapes[0]
         if len(shp) != 3:
             self._fail(f"input shape {shp} is not (H, W, C)")
@@ -585,6 +638,8 @@ _ALIASES = {"input": "data", "pool": "maxpool", "max_pool": "maxpool", "avg_pool
 
 def layer_from_config(d: dict, device: str | None = None) -> Layer:
     """A layer from its dict {"name", "type", "inputs", options...}; `device` overrides d["device"]."""
+    if not isinstance(d, dict):
+        raise ValueError(f"layer config {d!r}: want a dict with 'name' and 'type'")
     d = dict(d)
     try:
         name, kind = d.pop("name"), str(d.pop("type")).lower()
@@ -596,4 +651,13 @@ def layer_from_config(d: dict, device: str | None = None) -> Layer:
     inputs = d.pop("inputs", [])
     dev = d.pop("device", "cpu")
     tower = d.pop("tower", 0)
-    return LAYER_TYPES[kind](name, inputs, device or dev, tower=tower, **d)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, str) for i in inputs):
+        raise ValueError(f"layer '{name}' ({kind}): inputs must be a list of layer names, got {inputs!r}")
+    try:
+        return LAYER_TYPES[kind](name, inputs, device or dev, tower=tower, **d)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(f"layer '{name}'"):
+            raise
+        raise ValueError(f"layer '{name}' ({kind}): {e}") from None

@@ -76,8 +76,11 @@ def load_config(source):
         path = os.fspath(source)
         if not os.path.exists(path):
             raise FileNotFoundError(f"net config not found: {path}")
-        with open(path) as f:
-            text = f.read()
+        try:
+            with open(path) as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, a binary file
+            raise ValueError(f"net config {path}: cannot be read as text ({e})") from None
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as e:
@@ -92,7 +95,7 @@ def load_config(source):
             try:
                 cp.read_string(text, source=path)
             except configparser.Error as e:
-                raise ValueError(f"net config {path}: {e}") from e
+                raise ValueError(f"net config {path}: " + " ".join(str(e).split())) from None
             layers = []
             for section in cp.sections():
                 d = {"name": section}
@@ -103,18 +106,23 @@ def load_config(source):
                     d[key] = v
                 layers.append(d)
             return layers, {}
-    where = f"net config {path}" if path else "net config"
+        return _checked_layers(source, f"net config {path}")
+    return _checked_layers(source, "net config")
+
+
+def _checked_layers(source, what):
+    """(layer dicts or Layers, meta) of a parsed config; ValueError naming `what` if it has another form."""
     meta = {}
     if isinstance(source, dict):
         if not isinstance(source.get("layers"), list) or not isinstance(source.get("meta", {}), dict):
-            raise ValueError(f"{where}: want {{\"layers\": [layer dicts], \"meta\": {{...}}}}, got keys "
-                             f"{sorted(source)!r} with layers of type {type(source.get('layers')).__name__}")
+            raise ValueError(f"{what}: want a list of layers or {{\"layers\": [...], \"meta\": {{...}}}}, "
+                             f"got a dict with keys {sorted(map(str, source))}")
         source, meta = source["layers"], dict(source.get("meta", {}))
     if not isinstance(source, (list, tuple)):
-        raise ValueError(f"{where}: want a list of layer dicts, got {type(source).__name__}")
-    for i, d in enumerate(source):
+        raise ValueError(f"{what}: want a list of layers, got {type(source).__name__}")
+    for d in source:
         if not isinstance(d, (dict, Layer)):
-            raise ValueError(f"{where}: layer {i} is a {type(d).__name__} ({d!r}), not a dict")
+            raise ValueError(f"{what}: every layer is a dict with 'name' and 'type', got {d!r}")
     return [dict(d) if isinstance(d, dict) else d for d in source], meta
 
 
@@ -234,7 +242,12 @@ class Net:
         self.cost_layer = costs[0] if costs else None
         for layer in self.layers:
             layer.in_shapes = [self._by_name[i].out_shape for i in layer.inputs]
-            layer.out_shape = tuple(layer.setup(layer.in_shapes))
+            try:
+                layer.out_shape = tuple(layer.setup(layer.in_shapes))
+            except (TypeError, ValueError, ArithmeticError) as e:  # a value of the wrong type or range
+                if str(e).startswith(f"layer '{layer.name}'"):
+                    raise
+                raise ValueError(f"layer '{layer.name}' ({layer.type}): {e}") from None
         self.output_name = self.cost_layer.inputs[0] if self.cost_layer else self.layers[-1].name
         consumers = {l.name: [] for l in self.layers}
         for l in self.layers:

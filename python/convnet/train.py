@@ -299,6 +299,12 @@ def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_nam
         plot_curves(history, os.path.join(out_dir, "curves.png"))
         plot_filters(net, os.path.join(out_dir, "conv1_filters.png"))
     seconds = time.time() - t_start
+    skipped = dict(getattr(train_ds, "skipped", []))  # path -> reason (an image folder's scan and decodes)
+    skipped.update({p: "unreadable" for p in loader.skipped if p not in skipped})
+    if skipped:
+        listed = "; ".join(f"{p} ({why})" for p, why in list(skipped.items())[:10])
+        say(f"convnet: skipped {len(skipped)} bad training files: {listed}" + ("; ..." if len(skipped) > 10 else ""),
+            err=True)
     if out_dir:
         say(f"convnet: done in {seconds:.1f} s; checkpoint {last_ckpt}, log {os.path.join(out_dir, LOG_NAME)}",
             err=True)
