@@ -161,6 +161,9 @@ def test_image_folder_is_resized_to_the_models_input(image_folder, tmp_path, mon
     assert r2.net.input_shape == (28, 28, 3)
     with pytest.raises(ValueError, match="only image folders"):
         convnet.train(data="builtin", image_size=40, out_dir=False, progress=False)
+    with pytest.warns(RuntimeWarning, match="28x28 crops of 64x64 images"):  # asked for: said
+        convnet.train(model="default", data=f"imagenet:{image_folder}", image_size=64, epochs=1, batch_size=8,
+                      out_dir=False, progress=False, workers=0)
 
 
 def test_default_lr_follows_the_batch_size(small_data, tmp_path, capsys):

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -158,6 +159,10 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if net.mean is None:
         net.mean = np.asarray(train_ds.mean, dtype=np.float32)
     crop = H if (H, W) != tuple(train_ds.image_shape[:2]) else None
+    if crop and 2 * crop < min(train_ds.image_shape[:2]):  # e.g. 28x28 corners of 256x256 photos
+        warnings.warn(f"train: random {crop}x{crop} crops of {train_ds.image_shape[0]}x{train_ds.image_shape[1]} "
+                      f"images see a small part of each; give --image-size (image folders) or --input-size",
+                      RuntimeWarning, stacklevel=2)
     loader = BatchLoader(train_ds, hp.batch_size, train=True, crop=crop, flip=True, lighting=hp.lighting,
                          seed=hp.seed, workers=workers, scale=net.input_scale)
     if len(loader) == 0:
