@@ -111,6 +111,9 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         meta_in, arrays = read_checkpoint(ckpt_path)
         if out_dir is None:
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
+        if model is None and (input_size or num_classes):
+            raise ValueError(f"input_size/num_classes: resuming {ckpt_path} keeps its net; start a new run "
+                             f"to change them")
     elif out_dir and any(os.path.exists(os.path.join(out_dir, f))
                          for f in (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)):
         raise ValueError(f"out_dir {out_dir} holds an earlier run: resume it (--resume {out_dir}) or "
