@@ -152,7 +152,8 @@ def test_image_folder_is_resized_to_the_models_input(image_folder, tmp_path, mon
     assert meta["data"] == f"imagenet:{image_folder}" and os.path.isabs(image_folder)
     seen = []
     real = evalmod.check_fit
-    monkeypatch.setattr(evalmod, "check_fit", lambda net, ds, what: seen.append(ds.image_shape) or real(net, ds, what))
+    monkeypatch.setattr(evalmod, "check_fit",
+                        lambda net, ds, what: seen.append(ds.image_shape) or real(net, ds, what))
     monkeypatch.chdir(image_folder.parent.parent)  # eval from another folder: the path is absolute
     assert cli(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
     assert seen == [(32, 32, 3)] and "8 images" in capsys.readouterr().out
@@ -161,6 +162,9 @@ def test_image_folder_is_resized_to_the_models_input(image_folder, tmp_path, mon
     assert r2.net.input_shape == (28, 28, 3)
     with pytest.raises(ValueError, match="only image folders"):
         convnet.train(data="builtin", image_size=40, out_dir=False, progress=False)
+    with pytest.warns(RuntimeWarning, match="28x28 crops of 64x64 images"):  # asked for: said
+        convnet.train(model="default", data=f"imagenet:{image_folder}", image_size=64, epochs=1, batch_size=8,
+                      out_dir=False, progress=False, workers=0)
 
 
 def test_default_lr_follows_the_batch_size(small_data, tmp_path, capsys):
@@ -194,8 +198,11 @@ def test_out_refuses_an_earlier_run_unless_resumed(small_data, tmp_path, monkeyp
 def test_last_and_best_checkpoints_and_save_every(small_data, tmp_path, monkeypatch):
     written = []
     real = trainmod.save_checkpoint
-    monkeypatch.setattr(trainmod, "save_checkpoint",
-                        lambda path, net, meta: written.append((os.path.basename(path), meta["epoch"])) or real(path, net, meta))
+
+    def save(path, net, meta):
+        written.append((os.path.basename(path), meta["epoch"]))
+        return real(path, net, meta)
+    monkeypatch.setattr(trainmod, "save_checkpoint", save)
     r = quick(small_data, tmp_path / "run", epochs=5, save_every=2, lr=0.05)
     last = [e for name, e in written if name == "checkpoint.npz"]
     best = [e for name, e in written if name == "best.npz"]
@@ -214,6 +221,8 @@ def test_resuming_a_finished_run_says_so(small_data, finished_run, capsys):
         err = capsys.readouterr().err
         assert "is a finished run (2/2 epochs)" in err and "--epochs" in err
         assert [h["epoch"] for h in r.history] == [1, 2]
+    with pytest.raises(ValueError, match="keeps its net"):
+        convnet.train(data=small_data, resume=str(finished_run), epochs=3, input_size=24, progress=False)
     assert (finished_run / "checkpoint.npz").read_bytes() == before
 
 

@@ -74,6 +74,7 @@ def _hparam_flags(t):
 
 def _parser():
     from . import __version__
+    from .models import INPUT_SIZES
     p = _Parser(prog="convnet", description="AlexNet from scratch: train, evaluate, predict, inspect.")
     p.add_argument("--version", action="version", version=f"convnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -84,7 +85,8 @@ def _parser():
     t.add_argument("--data", default=None, help="builtin | cifar10:<path> | cifar100:<path> | imagenet:<path> "
                    "(default: builtin)")
     t.add_argument("--input-size", type=_int_at_least(1), default=None,
-                   help="input side of a named model (default: the model's: 28 small, 227 2012, 224 owt)")
+                   help="input side of a named model (default: the model's: "
+                   + ", ".join(f"{v} {k}" for k, v in INPUT_SIZES.items()) + ")")
     t.add_argument("--num-classes", type=_int_at_least(1), default=None,
                    help="output classes of a named model (default: the data set's)")
     t.add_argument("--image-size", type=_int_at_least(1), default=None,

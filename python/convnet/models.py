@@ -16,8 +16,9 @@ from .net import DEFAULT_INPUT_SCALE, Net, load_config
 # Each named model's default input side, in one place (the configs' defaults and get_model use it).
 INPUT_SIZES = {"default": 28, "2012": 227, "owt": 224}
 
-__all__ = ["alexnet", "alexnet_2012_config", "two_tower_config", "merge_towers", "split_towers", "alexnet_owt_config", "small_config", "small",
-           "get_model", "build_model", "canonical_name", "input_side", "MODELS", "INPUT_SIZES"]
+__all__ = ["alexnet", "alexnet_2012_config", "two_tower_config", "merge_towers", "split_towers",
+           "alexnet_owt_config", "small_config", "small", "get_model", "build_model", "canonical_name",
+           "input_side", "MODELS", "INPUT_SIZES"]
 
 
 def _conv(name, inputs, filters, size, stride=1, pad=0, relu=True, device="cpu", **kw):

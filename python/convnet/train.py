@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -120,6 +121,9 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         meta_in, arrays = run.read_checkpoint(ckpt_path)  # data parallel: rank 0 reads, broadcasts
         if out_dir is None:
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
+        if model is None and (input_size or num_classes):
+            raise ValueError(f"input_size/num_classes: resuming {ckpt_path} keeps its net; start a new run "
+                             f"to change them")
     elif out_dir and run.on_root(lambda d: any(os.path.exists(os.path.join(d, f)) for f in
                                                (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)),
                                  out_dir, share=True):
@@ -169,6 +173,10 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if net.mean is None:
         net.mean = np.asarray(train_ds.mean, dtype=np.float32)
     crop = H if (H, W) != tuple(train_ds.image_shape[:2]) else None
+    if crop and 2 * crop < min(train_ds.image_shape[:2]):  # e.g. 28x28 corners of 256x256 photos
+        warnings.warn(f"train: random {crop}x{crop} crops of {train_ds.image_shape[0]}x{train_ds.image_shape[1]} "
+                      f"images see a small part of each; give --image-size (image folders) or --input-size",
+                      RuntimeWarning, stacklevel=2)
     run.attach(net, hp)  # data parallel: rank 0's replica everywhere, the batch split checked
     loader = BatchLoader(train_ds, hp.batch_size, train=True, crop=crop, flip=True, lighting=hp.lighting,
                          seed=hp.seed, workers=workers, scale=net.input_scale, shard=run.shard)
