@@ -44,6 +44,7 @@ fi
 # MPI data-parallel tests and benchmark (K = 1, 2 ranks on this machine's CPUs).
 python3 -m pip install -q "nvidia-nccl-cu13" "mpi4py>=4" mpich >/dev/null 2>&1 || echo "pip install of nccl/mpi failed"
 step nccl python3 tools/nccl_check.py || true
+step dp_nccl python3 tools/dp_nccl_check.py || true
 step distributed python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_distributed.py tests/test_nccl.py || true
 step bench_dp python3 benchmarks/bench_dp.py --json "$OUT/bench_dp.json" || true
 
@@ -54,7 +55,7 @@ fi
 
 echo
 echo "=== summary ($(cat "$OUT/gpu.txt" 2>/dev/null), commit $(cat "$OUT/commit.txt" 2>/dev/null))"
-for name in build tests memcheck racecheck nccl distributed bench_dp bench_conv bench_train; do
+for name in build tests memcheck racecheck nccl dp_nccl distributed bench_dp bench_conv bench_train; do
   [ -n "${STATUS[$name]:-}" ] && printf '%-12s %s\n' "$name" "${STATUS[$name]}"
 done
 tail -n 3 "$OUT/tests.log" 2>/dev/null

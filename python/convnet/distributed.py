@@ -55,7 +55,7 @@ from . import _C
 from ._C import ops
 
 __all__ = ["Comm", "LocalComm", "MPIComm", "world", "launched_by_mpi", "DataParallel", "ReplicaDriftError",
-           "TrainingRun", "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
+           "TrainingRun", "choose_backend", "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
 
 # Environment variables a launcher sets in every rank (MPICH/hydra and Intel MPI: PMI_*; Open MPI:
 # OMPI_*; PMIx launchers: PMIX_RANK; MVAPICH: MV2_*). Without one of them we do not import mpi4py
@@ -163,6 +163,9 @@ class MPIComm(Comm):
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.thread_level = MPI.Query_thread()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
         self.phase = "start-up"  # what the job is doing, for the watchdog's message (DataParallel sets it)
         timeout_s = _env_seconds("CONVNET_DP_TIMEOUT", 600.0) if timeout_s is None else float(timeout_s)
         silence_s = _env_seconds("CONVNET_DP_SILENCE", 60.0) if silence_s is None else float(silence_s)
@@ -438,8 +441,9 @@ def param_digest(net, velocities: bool = True) -> str:
 class _Bucket:
     """Consecutive parameters in backward order, reduced together; flat float32 buffers."""
 
-    def __init__(self, index, params, layers, size):
+    def __init__(self, index, params, layers, size, device="cpu"):
         self.index = index
+        self.device = device
         self.params = params          # [(Param, offset, n)]
         self.layer_names = list(layers)  # the layers whose backward fills it, in backward order
         self.layers = set(layers)
@@ -453,19 +457,25 @@ class _Bucket:
 
 
 def _make_buckets(net, bucket_bytes: int):
-    buckets, cur, layers, size = [], [], [], 0
+    """Buckets of consecutive layers in backward order, about bucket_bytes each, never spanning two
+    devices (a two-tower net's towers: each bucket is reduced on its own device's communicator)."""
+    buckets, cur, layers, size, device = [], [], [], 0, None
     for layer in reversed(net.layers):  # backward order
         if not layer.params:
             continue
+        if cur and layer.device != device:
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device))
+            cur, layers, size = [], [], 0
+        device = layer.device
         for p in layer.params:
             cur.append((p, size, p.size))
             size += p.size
         layers.append(layer.name)
         if size * 4 >= bucket_bytes:
-            buckets.append(_Bucket(len(buckets), cur, layers, size))
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device))
             cur, layers, size = [], [], 0
     if cur:
-        buckets.append(_Bucket(len(buckets), cur, layers, size))
+        buckets.append(_Bucket(len(buckets), cur, layers, size, device))
     return buckets
 
 
@@ -541,7 +551,7 @@ class DataParallel:
 
     def __init__(self, net, comm: Comm | None = None, micro_batch: int | None = None,
                  reduction: str = "ordered", bucket_bytes: int = 4 << 20, check_every: int = 100,
-                 overlap: bool = True):
+                 overlap: bool = True, backend: str = "auto"):
         if reduction not in ("ordered", "fast"):
             raise ValueError(f"DataParallel: reduction must be 'ordered' or 'fast', got {reduction!r}")
         if micro_batch is not None and int(micro_batch) < 1:
@@ -558,7 +568,9 @@ class DataParallel:
         for b in self.buckets:
             b.bounds = shard_bounds(b.size, self.comm.size)
         self._by_layer = {name: b for b in self.buckets for name in b.layers}
-        self._comm = _CommThread(threaded=self.comm.size > 1 and self.overlap)
+        self.backend = choose_backend(backend, self.comm, net)
+        self._nccl = _NcclReducer(self) if self.backend == "nccl" else None
+        self._comm = _CommThread(threaded=self.comm.size > 1 and self.overlap and self._nccl is None)
         self._cuda = any(d.startswith("cuda") for d in net.devices)
         self.steps = 0
         self.timing = {"compute_s": 0.0, "wait_s": 0.0, "comm_busy_s": 0.0}
@@ -573,6 +585,9 @@ class DataParallel:
 
     def close(self):
         self._comm.close()
+        if self._nccl is not None:
+            self._nccl.close()
+            self._nccl = None
 
     # -- layout of a global batch -----------------------------------------------------------------
     def local_rows(self, global_batch: int) -> tuple:
@@ -645,7 +660,7 @@ class DataParallel:
         t1 = time.perf_counter()
         self._comm.wait()
         t2 = time.perf_counter()
-        for b in self.buckets:
+        for b in self.buckets if self._nccl is None else ():  # NCCL wrote the sums into p.grad
             for p, off, size in b.params:
                 p.grad.copy_(_C.Tensor.from_numpy(b.result[off:off + size].reshape(p.shape), "cpu"))
         self.net.update(lr, momentum, weight_decay)
@@ -677,6 +692,10 @@ class DataParallel:
 
     def _bucket_ready(self, b, t, L):
         """Bucket b's gradients of local micro-batch t are final: copy them out and reduce."""
+        if self._nccl is not None:
+            b.submitted = t
+            self._nccl.ready(b, t, L)
+            return
         if self._cuda:
             for d in self.net.devices:
                 if d.startswith("cuda"):
@@ -714,6 +733,135 @@ class DataParallel:
     def _fast(self, b, L):
         self.comm.allreduce_sum(b.local_sum)
         np.multiply(b.local_sum, np.float32(1.0 / (self.size * L)), out=b.result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The NCCL backend: the same fixed-order reduction on the GPU buffers
+
+def choose_backend(backend: str, comm: Comm, net) -> str:
+    """"host" (gradients copied to numpy, reduced over MPI) or "nccl" (reduced on the devices).
+
+    "auto": NCCL when every parameter is on a CUDA device and libnccl loads (convnet.nccl), and the
+    job has more than one rank; else the host path. "nccl": insist (ValueError for a net with
+    parameters off CUDA, NcclError when libnccl is missing); "host": never NCCL."""
+    if backend not in ("auto", "host", "nccl"):
+        raise ValueError(f"DataParallel: backend must be 'auto', 'host' or 'nccl', got {backend!r}")
+    if backend == "host":
+        return "host"
+    devices = sorted({l.device for l in net.layers if l.params})
+    on_cuda = bool(devices) and all(d.startswith("cuda") for d in devices)
+    if backend == "nccl":
+        if not on_cuda:
+            raise ValueError(f"DataParallel: backend='nccl' reduces GPU buffers; the net's parameters are on "
+                             f"{devices} (use backend='host' or 'auto')")
+        if comm.size > 1 and not isinstance(comm, MPIComm):
+            raise ValueError(f"DataParallel: backend='nccl' needs an MPI communicator to share NCCL's ids, got "
+                             f"{type(comm).__name__}")
+        from . import nccl
+        nccl.library()  # NcclError naming where it looked
+        return "nccl"
+    if on_cuda and comm.size > 1:
+        from . import nccl
+        return "nccl" if nccl.available() else "host"
+    return "host"
+
+
+class _NcclReducer:
+    """DataParallel's reduction on the devices with NCCL: one communicator per device the net's
+    parameters live on (a two-tower net: one per tower), over the K ranks.
+
+    Per parameter tensor (n floats, shards [b[k], b[k+1]) = shard_bounds(n, K)): a micro-batch's
+    gradient goes shard k to rank k (grouped ncclSend/ncclRecv, the host path's all-to-all); at the
+    last local micro-batch rank s adds its received shards in global micro-batch order with ops.add_
+    (float32, elementwise: the bytes of the host path's numpy sum), scales by 1/M, and every rank
+    broadcasts its shard into every replica's p.grad at b[s] (K grouped ncclBroadcast: an
+    allgatherv). reduction="fast": ncclAllReduce of the local sum. The device is synchronised after
+    each group (the next micro-batch's backward overwrites p.grad), so on the GPU the reduction does
+    not yet overlap backward."""
+
+    def __init__(self, dp: "DataParallel"):
+        from . import nccl
+        self.nccl = nccl
+        self.dp = dp
+        self.devices = sorted({b.device for b in dp.buckets})
+        K, r = dp.comm.size, dp.comm.rank
+        uids = [nccl.unique_id() for _ in self.devices] if r == 0 else None
+        uids = dp.comm.bcast_obj(uids) if K > 1 else uids
+        self.comms = dict(zip(self.devices, nccl.init_comms(uids, K, r, self.devices)))
+        self.rows = {}   # (bucket, param index) -> [micro-batch t][rank k] Tensor (shard,)
+        self.local = {}  # reduction="fast": (bucket, param index) -> Tensor, the local sum
+
+    def close(self):
+        for c in self.comms.values():
+            c.close()
+        self.comms = {}
+
+    def _sync(self, device):
+        _C.synchronize(device)
+
+    def ready(self, b, t, L):
+        dp, K, r = self.dp, self.dp.comm.size, self.dp.comm.rank
+        comm = self.comms[b.device]
+        self._sync(b.device)  # the gradients are written
+        _C.set_device(b.device)
+        if dp.reduction == "fast":
+            for i, (p, _, n) in enumerate(b.params):
+                if t == 0:
+                    self.local[(b.index, i)] = acc = _C.Tensor.empty((n,), b.device, "float32")
+                    ops.copy_(acc, p.grad.reshape([n]))
+                else:
+                    ops.add_(self.local[(b.index, i)], p.grad.reshape([n]), 1.0)
+            if t + 1 < L:
+                return
+            with self.nccl.group():
+                for i, (p, _, n) in enumerate(b.params):
+                    acc = self.local[(b.index, i)]
+                    comm.allreduce_sum(acc.data_ptr, acc.data_ptr, n)
+            self._sync(b.device)
+            for i, (p, _, n) in enumerate(b.params):
+                g = p.grad.reshape([n])
+                ops.fill_(g, 0.0)
+                ops.add_(g, self.local[(b.index, i)], float(np.float32(1.0 / (K * L))))
+            return
+        with self.nccl.group():
+            for i, (p, _, n) in enumerate(b.params):
+                bounds = shard_bounds(n, K)
+                c = int(bounds[r + 1] - bounds[r])
+                key = (b.index, i)
+                if key not in self.rows or len(self.rows[key]) != L:
+                    self.rows[key] = [[_C.Tensor.empty((c,), b.device, "float32") for _ in range(K)] for _ in range(L)]
+                for k in range(K):
+                    comm.send(p.grad.data_ptr + 4 * int(bounds[k]), int(bounds[k + 1] - bounds[k]), k)
+                    comm.recv(self.rows[key][t][k].data_ptr, c, k)
+        self._sync(b.device)  # the sends have read p.grad before the next micro-batch writes it
+        if t + 1 < L:
+            return
+        scale = float(np.float32(1.0 / (K * L)))
+        sums = []
+        for i, (p, _, n) in enumerate(b.params):
+            rows = self.rows[(b.index, i)]
+            c = int(rows[0][0].shape[0])
+            acc = _C.Tensor.empty((c,), b.device, "float32")
+            if c:
+                ops.copy_(acc, rows[0][0])
+                for k in range(K):  # global micro-batch k L + u, in order
+                    for u in range(L):
+                        if k or u:
+                            ops.add_(acc, rows[u][k], 1.0)
+                out = _C.Tensor.zeros((c,), b.device, "float32")
+                ops.add_(out, acc, scale)
+                acc = out
+            sums.append(acc)
+        self._sync(b.device)
+        with self.nccl.group():
+            for (p, _, n), acc in zip(b.params, sums):
+                bounds = shard_bounds(n, K)
+                for k in range(K):
+                    count = int(bounds[k + 1] - bounds[k])
+                    if count:
+                        dst = p.grad.data_ptr + 4 * int(bounds[k])
+                        comm.broadcast(acc.data_ptr if k == r else dst, dst, count, root=k)
+        self._sync(b.device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -757,11 +905,21 @@ class TrainingRun:
         """BatchLoader(shard=...): this rank's (index, count), None for one process."""
         return (self.rank, self.size) if self.size > 1 else None
 
+    def pick_device(self, device):
+        """device="auto" on K ranks: rank r of the n on this machine takes cuda:(r mod GPUs) (one
+        GPU per rank, as NCCL wants), the CPU without GPUs; any other value is kept."""
+        if device not in (None, "auto") or self.size == 1:
+            return device
+        gpus = [d for d in _C.devices() if d.startswith("cuda")]
+        if not gpus:
+            return "cpu"
+        return gpus[getattr(self.comm, "local_rank", self.rank) % len(gpus)]
+
     def describe(self) -> str:
         if self.dp is None:
             return ""
-        return (f", data parallel over {self.size} process{'es' if self.size > 1 else ''} ({self.comm.name}), "
-                f"micro-batches of {self.dp.micro_batch}, {self.dp.reduction} reduction")
+        return (f", data parallel over {self.size} process{'es' if self.size > 1 else ''} ({self.comm.name}, "
+                f"gradients on {self.dp.backend}), micro-batches of {self.dp.micro_batch}, {self.dp.reduction} reduction")
 
     # -- what only rank 0 does ----------------------------------------------------------------------
     def on_root(self, fn, *args, share: bool = False, **kwargs):
