@@ -472,6 +472,9 @@ def test_buckets_of_a_two_tower_net_stay_on_one_device():
         ("cuda:0", ["out"]), ("cuda:1", ["fc_b"]), ("cuda:0", ["fc_a"]), ("cuda:1", ["conv_b"]),
         ("cuda:0", ["conv_a"])]
     assert sum(b.size for b in buckets) == 3000 * 2 + 505 * 2 + 100
+    one_device = _StubNet([_StubLayer("a", "cpu", [4]), _StubLayer("b", "cpu", [4])])
+    one_device.layers[1].tower = 1  # two towers on one device: still two buckets
+    assert [b.layer_names for b in dist._make_buckets(one_device, 1 << 20)] == [["b"], ["a"]]
 
 
 def test_a_rank_takes_its_machines_gpu(monkeypatch):
@@ -485,3 +488,18 @@ def test_a_rank_takes_its_machines_gpu(monkeypatch):
     assert run.pick_device("auto") == "cuda:1" and run.pick_device("cuda:0") == "cuda:0"
     monkeypatch.setattr(dist._C, "devices", lambda: ["cpu"])
     assert run.pick_device("auto") == "cpu"
+
+
+def test_two_tower_net_reduces_each_tower_on_its_own_communicator(tmp_path):
+    # conv2 (and its LRN, pool) in tower 1: its bucket has its own communicator and thread; K = 2
+    # gives the bytes of one process, and the towers' buckets are separate.
+    _need_mpi()
+    sys.path.insert(0, str(HERE))
+    from dp_worker import config
+    net = convnet.Net(config(two_tower=True), device="cpu", seed=7)
+    dp = dist.DataParallel(net, micro_batch=4, bucket_bytes=1 << 30)
+    assert [(b.tower, b.layer_names) for b in dp.buckets] == [(0, ["fc4", "fc3"]), (1, ["conv2"]), (0, ["conv1"])]
+    assert len(dp._lanes) == 2 and dp.buckets[0].thread is dp.buckets[2].thread is not dp.buckets[1].thread
+    _launch(1, "train", str(tmp_path / "k1.npz"), "--steps", "6", "--two-tower")
+    _launch(2, "train", str(tmp_path / "k2.npz"), "--steps", "6", "--two-tower")
+    _assert_same_bytes(_state(tmp_path / "k1.npz"), _state(tmp_path / "k2.npz"), "two towers, K=2 vs K=1")

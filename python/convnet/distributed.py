@@ -122,6 +122,10 @@ class Comm:
     def close(self):
         pass
 
+    def dup(self) -> "Comm":
+        """A communicator over the same ranks whose traffic never matches this one's (a tower's)."""
+        return self
+
 
 class LocalComm(Comm):
     """One process: the collectives are copies."""
@@ -215,6 +219,9 @@ class MPIComm(Comm):
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
+
+    def dup(self):
+        return MPIComm(self.comm)
 
 
 def _env_seconds(name, default):
@@ -441,9 +448,12 @@ def param_digest(net, velocities: bool = True) -> str:
 class _Bucket:
     """Consecutive parameters in backward order, reduced together; flat float32 buffers."""
 
-    def __init__(self, index, params, layers, size, device="cpu"):
+    def __init__(self, index, params, layers, size, device="cpu", tower=0):
         self.index = index
         self.device = device
+        self.tower = tower
+        self.comm = None              # the tower's communicator and communication thread (DataParallel)
+        self.thread = None
         self.params = params          # [(Param, offset, n)]
         self.layer_names = list(layers)  # the layers whose backward fills it, in backward order
         self.layers = set(layers)
@@ -458,24 +468,24 @@ class _Bucket:
 
 def _make_buckets(net, bucket_bytes: int):
     """Buckets of consecutive layers in backward order, about bucket_bytes each, never spanning two
-    devices (a two-tower net's towers: each bucket is reduced on its own device's communicator)."""
-    buckets, cur, layers, size, device = [], [], [], 0, None
+    placements (device, tower): a two-tower net's towers are reduced on communicators of their own."""
+    buckets, cur, layers, size, device, tower = [], [], [], 0, None, None
     for layer in reversed(net.layers):  # backward order
         if not layer.params:
             continue
-        if cur and layer.device != device:
-            buckets.append(_Bucket(len(buckets), cur, layers, size, device))
+        if cur and (layer.device, getattr(layer, "tower", 0)) != (device, tower):
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
             cur, layers, size = [], [], 0
-        device = layer.device
+        device, tower = layer.device, getattr(layer, "tower", 0)
         for p in layer.params:
             cur.append((p, size, p.size))
             size += p.size
         layers.append(layer.name)
         if size * 4 >= bucket_bytes:
-            buckets.append(_Bucket(len(buckets), cur, layers, size, device))
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
             cur, layers, size = [], [], 0
     if cur:
-        buckets.append(_Bucket(len(buckets), cur, layers, size, device))
+        buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
     return buckets
 
 
@@ -570,7 +580,15 @@ class DataParallel:
         self._by_layer = {name: b for b in self.buckets for name in b.layers}
         self.backend = choose_backend(backend, self.comm, net)
         self._nccl = _NcclReducer(self) if self.backend == "nccl" else None
-        self._comm = _CommThread(threaded=self.comm.size > 1 and self.overlap and self._nccl is None)
+        # One communicator and one communication thread per placement (device, tower): a two-tower
+        # net's towers reduce concurrently, each on its own (the first one is `comm` itself).
+        places = list(dict.fromkeys((b.device, b.tower) for b in self.buckets))
+        threaded = self.comm.size > 1 and self.overlap and self._nccl is None
+        self._lanes = {}
+        for i, place in enumerate(places):
+            self._lanes[place] = (self.comm if i == 0 else self.comm.dup(), _CommThread(threaded))
+        for b in self.buckets:
+            b.comm, b.thread = self._lanes[(b.device, b.tower)]
         self._cuda = any(d.startswith("cuda") for d in net.devices)
         self.steps = 0
         self.timing = {"compute_s": 0.0, "wait_s": 0.0, "comm_busy_s": 0.0}
@@ -584,7 +602,11 @@ class DataParallel:
         return self.comm.size
 
     def close(self):
-        self._comm.close()
+        for i, (comm, thread) in enumerate(self._lanes.values()):
+            thread.close()
+            if i:
+                comm.close()
+        self._lanes = {}
         if self._nccl is not None:
             self._nccl.close()
             self._nccl = None
@@ -641,7 +663,8 @@ class DataParallel:
             raise ValueError(f"data parallel step: rank {self.rank} of {self.size} got {n} samples; its slice "
                              f"of a global batch of {B} is rows [{lo}, {hi}) = {hi - lo}")
         L, M = n // m, B // m
-        self.comm.phase = f"step {step}"
+        for comm, _ in self._lanes.values():
+            comm.phase = f"step {step}"
         self._start_step(L)
         stats = np.empty((L, 3), np.float64)
         t0 = time.perf_counter()
@@ -658,7 +681,8 @@ class DataParallel:
             st = s.numpy()
             stats[t] = (float(st[0]) * m, st[1], st[2])
         t1 = time.perf_counter()
-        self._comm.wait()
+        for _, thread in self._lanes.values():
+            thread.wait()
         t2 = time.perf_counter()
         for b in self.buckets if self._nccl is None else ():  # NCCL wrote the sums into p.grad
             for p, off, size in b.params:
@@ -666,7 +690,7 @@ class DataParallel:
         self.net.update(lr, momentum, weight_decay)
         self.timing["compute_s"] += t1 - t0
         self.timing["wait_s"] += t2 - t1
-        self.timing["comm_busy_s"] = self._comm.busy_s
+        self.timing["comm_busy_s"] = sum(thread.busy_s for _, thread in self._lanes.values())
         self.steps += 1
         if self.check_every and self.steps % self.check_every == 0:
             self.check_replicas(f"after step {step}")
@@ -706,17 +730,17 @@ class DataParallel:
         b.submitted = t
         last = t + 1 == L
         if self.reduction == "ordered":
-            self._comm.submit(lambda: self._ordered_piece(b, t, flat, last, L))
+            b.thread.submit(lambda: self._ordered_piece(b, t, flat, last, L))
         else:
             if t == 0:
                 b.local_sum = flat
             else:
                 np.add(b.local_sum, flat, out=b.local_sum)
             if last:
-                self._comm.submit(lambda: self._fast(b, L))
+                b.thread.submit(lambda: self._fast(b, L))
 
     def _ordered_piece(self, b, t, flat, last, L):
-        self.comm.alltoallv(flat, b.bounds, b.recv[t])
+        b.comm.alltoallv(flat, b.bounds, b.recv[t])
         if not last:
             return
         # rank s now holds shard s of every micro-batch's gradient: rank k's micro-batch t is global
@@ -728,10 +752,10 @@ class DataParallel:
                 if k or u:
                     np.add(acc, b.recv[u][k], out=acc)
         acc *= np.float32(1.0 / (K * L))
-        self.comm.allgatherv(acc, b.bounds, b.result)
+        b.comm.allgatherv(acc, b.bounds, b.result)
 
     def _fast(self, b, L):
-        self.comm.allreduce_sum(b.local_sum)
+        b.comm.allreduce_sum(b.local_sum)
         np.multiply(b.local_sum, np.float32(1.0 / (self.size * L)), out=b.result)
 
 
@@ -767,8 +791,8 @@ def choose_backend(backend: str, comm: Comm, net) -> str:
 
 
 class _NcclReducer:
-    """DataParallel's reduction on the devices with NCCL: one communicator per device the net's
-    parameters live on (a two-tower net: one per tower), over the K ranks.
+    """DataParallel's reduction on the devices with NCCL: one communicator per placement (device,
+    tower) of the net's parameters (a two-tower net: one per tower), over the K ranks.
 
     Per parameter tensor (n floats, shards [b[k], b[k+1]) = shard_bounds(n, K)): a micro-batch's
     gradient goes shard k to rank k (grouped ncclSend/ncclRecv, the host path's all-to-all); at the
@@ -783,11 +807,11 @@ class _NcclReducer:
         from . import nccl
         self.nccl = nccl
         self.dp = dp
-        self.devices = sorted({b.device for b in dp.buckets})
+        self.places = list(dict.fromkeys((b.device, b.tower) for b in dp.buckets))  # (device, tower)
         K, r = dp.comm.size, dp.comm.rank
-        uids = [nccl.unique_id() for _ in self.devices] if r == 0 else None
+        uids = [nccl.unique_id() for _ in self.places] if r == 0 else None
         uids = dp.comm.bcast_obj(uids) if K > 1 else uids
-        self.comms = dict(zip(self.devices, nccl.init_comms(uids, K, r, self.devices)))
+        self.comms = dict(zip(self.places, nccl.init_comms(uids, K, r, [d for d, _ in self.places])))
         self.rows = {}   # (bucket, param index) -> [micro-batch t][rank k] Tensor (shard,)
         self.local = {}  # reduction="fast": (bucket, param index) -> Tensor, the local sum
 
@@ -801,7 +825,7 @@ class _NcclReducer:
 
     def ready(self, b, t, L):
         dp, K, r = self.dp, self.dp.comm.size, self.dp.comm.rank
-        comm = self.comms[b.device]
+        comm = self.comms[(b.device, b.tower)]
         self._sync(b.device)  # the gradients are written
         _C.set_device(b.device)
         if dp.reduction == "fast":
