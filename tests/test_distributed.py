@@ -503,3 +503,20 @@ def test_two_tower_net_reduces_each_tower_on_its_own_communicator(tmp_path):
     _launch(1, "train", str(tmp_path / "k1.npz"), "--steps", "6", "--two-tower")
     _launch(2, "train", str(tmp_path / "k2.npz"), "--steps", "6", "--two-tower")
     _assert_same_bytes(_state(tmp_path / "k1.npz"), _state(tmp_path / "k2.npz"), "two towers, K=2 vs K=1")
+
+
+@pytest.mark.slow
+def test_train_on_4_ranks_resumed_on_2_equals_1_process(tmp_path):
+    # K = 4 without --micro-batch (each rank one micro-batch of 16 / 4 = 4, recorded in the
+    # checkpoint), resumed for a second epoch on K = 2 (two micro-batches of 4 per rank): the bytes of
+    # one process at --micro-batch 4 for both epochs.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    _train_cli(1, data, tmp_path / "k1", "--epochs", "2", "--lr-steps", "5", "--micro-batch", "4")
+    _train_cli(4, data, tmp_path / "k4", "--epochs", "1", "--lr-steps", "5")
+    assert _run_folder(tmp_path / "k4")[1]["hparams"]["micro_batch"] == 4
+    _train_cli(2, data, tmp_path / "k4", "--epochs", "2", "--lr-steps", "5", "--resume", str(tmp_path / "k4"))
+    s1, m1, log1 = _run_folder(tmp_path / "k1")
+    s2, m2, log2 = _run_folder(tmp_path / "k4")
+    _assert_same_bytes(s1, s2, "K=4 then K=2 vs K=1")
+    assert log1 == log2

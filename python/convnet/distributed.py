@@ -1014,6 +1014,8 @@ class TrainingRun:
             raise ValueError(f"data parallel: batch_size {B} must be a multiple of processes x micro_batch = "
                              f"{self.size} x {micro if micro is not None else 'batch_size / processes'} "
                              f"(every process computes the same number of whole micro-batches)")
+        if micro is None and hasattr(hp, "micro_batch"):
+            hp.micro_batch = m  # the checkpoint records it: a resume on another K keeps the arithmetic
         self.dp = DataParallel(net, self.comm, micro_batch=m, reduction=reduction, bucket_bytes=bucket_bytes,
                                check_every=check_every)
         self.global_batch = B
