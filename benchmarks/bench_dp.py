@@ -11,6 +11,8 @@ one OpenMP thread per rank so K ranks use K cores):
     --per-rank images per rank: weak scaling, global batch = K x per-rank), median of --steps steps
     after 2 warm-up steps, with the reduction overlapped with backward and (overlap=False) after it;
     scaling efficiency = images/s(K) / (K x images/s(1));
+  * convnet.train(..., distributed=comm) end to end on one epoch of the built-in data (loader,
+    steps, sharded validation), images/s as the history reports it;
   * for K >= 2: the reduction of 60,965,224 float32 (AlexNet 2012's parameters) in 4 MB buckets,
     ours vs MPI_Allreduce, median of 3.
 Data loading is not timed (one synthetic batch). Output: a table and JSON at --json (default
@@ -89,6 +91,13 @@ def inner(a):
             engine.append(time.perf_counter() - t0)
         out["reduce61M_ours_s"] = statistics.median(ours)
         out["reduce61M_allreduce_s"] = statistics.median(engine)
+    # convnet.train() end to end (loader, steps, sharded validation; rank 0 writes nothing here):
+    # one epoch of (steps + 2) global batches of the built-in data, micro-batches of per-rank.
+    from convnet.data import builtin
+    tr, te = builtin(n_train=B * (a.steps + 2), n_test=2 * B)
+    res = convnet.train(model="default", data=(tr, te), epochs=1, batch_size=B, micro_batch=a.per_rank, out_dir=False,
+                        workers=1, progress=False, distributed=comm)
+    out["train_images_per_s"] = res.history[0]["images_per_s"]
     if r == 0:
         print("BENCH_DP " + json.dumps(out), flush=True)
 
@@ -128,13 +137,13 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load "
           f"{os.getloadavg()[0]:.1f}; small net, {a.per_rank} images per rank, 1 thread per rank")
     print(f"{'K':>3} {'img/s':>8} {'eff.':>6} {'img/s serial':>13} {'step ms':>8} {'serial ms':>10} "
-          f"{'comm ms/step':>13} {'61M ours s':>11} {'61M allreduce s':>16}")
+          f"{'comm ms/step':>13} {'61M ours s':>11} {'61M allreduce s':>16} {'train() img/s':>14}")
     for r in rows:
         r["scaling_efficiency"] = r["images_per_s_overlap"] / (r["ranks"] * base)
         print(f"{r['ranks']:>3} {r['images_per_s_overlap']:>8.0f} {100 * r['scaling_efficiency']:>5.0f}% "
               f"{r['images_per_s_serial']:>13.0f} {1e3 * r['step_s_overlap']:>8.1f} {1e3 * r['step_s_serial']:>10.1f} "
               f"{1e3 * r['comm_busy_s_per_step_overlap']:>13.1f} {r.get('reduce61M_ours_s', float('nan')):>11.3f} "
-              f"{r.get('reduce61M_allreduce_s', float('nan')):>16.3f}")
+              f"{r.get('reduce61M_allreduce_s', float('nan')):>16.3f} {r['train_images_per_s']:>14.0f}")
     path = a.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_dp.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -229,6 +229,14 @@ convnet.upload_batches drives it for the training loop.
     const Device d = Device::parse(device);
     if (d.is_cuda()) { py::gil_scoped_release r; cuda::synchronize(d.index); }
   }, py::arg("device"), "Wait until all work queued on `device` has finished.");
+  m.def("set_device", [](const std::string& device) {
+    const int index = cuda_index(device, "set_device");
+#ifdef CONVNET_WITH_CUDA
+    cuda::set_device(index);
+#else
+    (void)index;
+#endif
+  }, py::arg("device"), "Make a CUDA device current for this thread (NCCL creates its communicators there).");
   m.def("memory_stats", [](const std::string& device) {
     py::dict out;
     const int index = cuda_index(device, "memory_stats");

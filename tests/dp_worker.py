@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--bad-rank", type=int, default=1)
     ap.add_argument("--start", default=None, help="npz state to start from (resume)")
     ap.add_argument("--first-step", type=int, default=0)
+    ap.add_argument("--two-tower", action="store_true", help="conv2, rnorm2, pool2 in tower 1 (its own communicator)")
     a = ap.parse_args()
 
     comm = dist.world("auto")
@@ -43,9 +44,16 @@ def main():
         run(a, comm)
 
 
+def config(two_tower=False):
+    cfg = small_config(num_classes=10, input_size=12, width=8)
+    if two_tower:
+        cfg = [dict(d, tower=1) if d["name"] in ("conv2", "rnorm2", "pool2") else d for d in cfg]
+    return cfg
+
+
 def run(a, comm):
     train, _ = builtin(n_train=400, n_test=10, seed=1)
-    net = convnet.Net(small_config(num_classes=10, input_size=12, width=8), device="cpu", seed=7)
+    net = convnet.Net(config(a.two_tower), device="cpu", seed=7)
     if a.start and comm.rank == 0:  # only rank 0 reads the checkpoint; the broadcast carries it
         with np.load(a.start) as z:
             net.load_state({k: z[k] for k in z.files})

@@ -413,3 +413,110 @@ def test_watchdog_settings_are_checked(monkeypatch):
         dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0)
     monkeypatch.setenv("CONVNET_DP_TIMEOUT", "")
     assert dist._env_seconds("CONVNET_DP_TIMEOUT", 600.0) == 600.0
+
+
+# --------------------------------------------------------------------------------------------------
+# NCCL inside DataParallel: the choice (the device path itself runs in tools/dp_nccl_check.py on a GPU)
+
+class _StubLayer:
+    def __init__(self, name, device, sizes):
+        from types import SimpleNamespace
+        self.name, self.device = name, device
+        self.params = [SimpleNamespace(size=n) for n in sizes]
+
+
+class _StubNet:
+    """What choose_backend and the bucketing read of a net: layers with a device and params."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+
+def test_backend_choice(monkeypatch):
+    from convnet import nccl
+
+    class TwoRanks(dist.LocalComm):
+        size = 2
+    cpu_net = _net()
+    gpu_net = _StubNet([_StubLayer("fc", "cuda:0", [10, 2])])
+    assert dist.choose_backend("auto", dist.LocalComm(), cpu_net) == "host"
+    assert dist.choose_backend("auto", TwoRanks(), cpu_net) == "host"
+    assert dist.choose_backend("host", TwoRanks(), gpu_net) == "host"
+    assert dist.choose_backend("auto", dist.LocalComm(), gpu_net) == "host"  # one process: nothing to reduce
+    monkeypatch.setattr(nccl, "available", lambda: True)
+    assert dist.choose_backend("auto", TwoRanks(), gpu_net) == "nccl"
+    monkeypatch.setattr(nccl, "available", lambda: False)
+    assert dist.choose_backend("auto", TwoRanks(), gpu_net) == "host"  # no libnccl: the host path
+    with pytest.raises(ValueError, match=r"backend='nccl' reduces GPU buffers; the net's parameters are on \['cpu'\]"):
+        dist.choose_backend("nccl", dist.LocalComm(), cpu_net)
+    with pytest.raises(ValueError, match="needs an MPI communicator"):
+        dist.choose_backend("nccl", TwoRanks(), gpu_net)
+    with pytest.raises(ValueError, match="backend must be"):
+        dist.choose_backend("gloo", TwoRanks(), gpu_net)
+    monkeypatch.setattr(nccl, "_lib", None)
+    monkeypatch.setenv("CONVNET_NCCL", "/nowhere/libnccl.so.2")
+    with pytest.raises(nccl.NcclError, match="cannot load /nowhere/libnccl.so.2"):
+        dist.choose_backend("nccl", dist.LocalComm(), gpu_net)
+    dp = dist.DataParallel(cpu_net, micro_batch=4)
+    assert dp.backend == "host" and dp._nccl is None
+
+
+def test_buckets_of_a_two_tower_net_stay_on_one_device():
+    # Two towers on two devices: every bucket is one device's (its own communicator reduces it),
+    # in backward order, covering every parameter once.
+    net = _StubNet([_StubLayer("conv_a", "cuda:0", [3000]), _StubLayer("conv_b", "cuda:1", [3000]),
+                    _StubLayer("fc_a", "cuda:0", [500, 5]), _StubLayer("fc_b", "cuda:1", [500, 5]),
+                    _StubLayer("out", "cuda:0", [100])])
+    buckets = dist._make_buckets(net, bucket_bytes=1 << 20)
+    assert [(b.device, b.layer_names) for b in buckets] == [
+        ("cuda:0", ["out"]), ("cuda:1", ["fc_b"]), ("cuda:0", ["fc_a"]), ("cuda:1", ["conv_b"]),
+        ("cuda:0", ["conv_a"])]
+    assert sum(b.size for b in buckets) == 3000 * 2 + 505 * 2 + 100
+    one_device = _StubNet([_StubLayer("a", "cpu", [4]), _StubLayer("b", "cpu", [4])])
+    one_device.layers[1].tower = 1  # two towers on one device: still two buckets
+    assert [b.layer_names for b in dist._make_buckets(one_device, 1 << 20)] == [["b"], ["a"]]
+
+
+def test_a_rank_takes_its_machines_gpu(monkeypatch):
+    run = dist.TrainingRun(False)
+    assert run.pick_device("auto") == "auto"  # one process: train() picks as before
+
+    class Rank3(dist.LocalComm):
+        rank, size, local_rank = 3, 4, 1
+    run.comm = Rank3()
+    monkeypatch.setattr(dist._C, "devices", lambda: ["cpu", "cuda:0", "cuda:1"])
+    assert run.pick_device("auto") == "cuda:1" and run.pick_device("cuda:0") == "cuda:0"
+    monkeypatch.setattr(dist._C, "devices", lambda: ["cpu"])
+    assert run.pick_device("auto") == "cpu"
+
+
+def test_two_tower_net_reduces_each_tower_on_its_own_communicator(tmp_path):
+    # conv2 (and its LRN, pool) in tower 1: its bucket has its own communicator and thread; K = 2
+    # gives the bytes of one process, and the towers' buckets are separate.
+    _need_mpi()
+    sys.path.insert(0, str(HERE))
+    from dp_worker import config
+    net = convnet.Net(config(two_tower=True), device="cpu", seed=7)
+    dp = dist.DataParallel(net, micro_batch=4, bucket_bytes=1 << 30)
+    assert [(b.tower, b.layer_names) for b in dp.buckets] == [(0, ["fc4", "fc3"]), (1, ["conv2"]), (0, ["conv1"])]
+    assert len(dp._lanes) == 2 and dp.buckets[0].thread is dp.buckets[2].thread is not dp.buckets[1].thread
+    _launch(1, "train", str(tmp_path / "k1.npz"), "--steps", "6", "--two-tower")
+    _launch(2, "train", str(tmp_path / "k2.npz"), "--steps", "6", "--two-tower")
+    _assert_same_bytes(_state(tmp_path / "k1.npz"), _state(tmp_path / "k2.npz"), "two towers, K=2 vs K=1")
+
+
+@pytest.mark.slow
+def test_train_on_4_ranks_resumed_on_2_equals_1_process(tmp_path):
+    # K = 4 without --micro-batch (each rank one micro-batch of 16 / 4 = 4, recorded in the
+    # checkpoint), resumed for a second epoch on K = 2 (two micro-batches of 4 per rank): the bytes of
+    # one process at --micro-batch 4 for both epochs.
+    _need_mpi()
+    data = _tiny_cifar(tmp_path / "data")
+    _train_cli(1, data, tmp_path / "k1", "--epochs", "2", "--lr-steps", "5", "--micro-batch", "4")
+    _train_cli(4, data, tmp_path / "k4", "--epochs", "1", "--lr-steps", "5")
+    assert _run_folder(tmp_path / "k4")[1]["hparams"]["micro_batch"] == 4
+    _train_cli(2, data, tmp_path / "k4", "--epochs", "2", "--lr-steps", "5", "--resume", str(tmp_path / "k4"))
+    s1, m1, log1 = _run_folder(tmp_path / "k1")
+    s2, m2, log2 = _run_folder(tmp_path / "k4")
+    _assert_same_bytes(s1, s2, "K=4 then K=2 vs K=1")
+    assert log1 == log2

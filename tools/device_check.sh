@@ -53,7 +53,7 @@ PLAN_FULL=(
   "build|150|CONVNET_CUDA=ON python3 -m pip install --no-build-isolation --no-deps -q . && python3 -c 'import convnet; print(convnet.build_info())'"
   "tests|150|CONVNET_SKIP_EMULATOR=1 CONVNET_TEST_DEVICES=cpu,cuda:0 python3 -m pytest -q --maxfail=20 -p no:cacheprovider -m 'not slow' --junitxml=\"\$OUT/junit_full.xml\" tests/"
   "racecheck|45|if command -v compute-sanitizer >/dev/null; then compute-sanitizer --tool racecheck --error-exitcode 9 python3 tools/sanitizer_case.py; else echo 'compute-sanitizer not found: racecheck not run'; fi"
-  "nccl|20|if python3 -c 'import nvidia.nccl' 2>/dev/null; then python3 tools/nccl_check.py; else echo 'nvidia-nccl-cu13 not installed: NCCL check not run'; fi"
+  "nccl|30|if python3 -c 'import nvidia.nccl' 2>/dev/null; then python3 tools/nccl_check.py && python3 tools/dp_nccl_check.py; else echo 'nvidia-nccl-cu13 not installed: NCCL checks not run'; fi"
   "bench_conv|90|python3 benchmarks/bench_conv.py --device cuda:0 --repeat 3 --iters 2 --warmup 1 --json \"\$OUT/bench_conv.json\""
   "bench_train|80|python3 benchmarks/bench_train.py --device cuda:0 --steps 10 --warmup 2 --json \"\$OUT/bench_train.json\""
 )

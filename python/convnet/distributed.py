@@ -55,7 +55,7 @@ from . import _C
 from ._C import ops
 
 __all__ = ["Comm", "LocalComm", "MPIComm", "world", "launched_by_mpi", "DataParallel", "ReplicaDriftError",
-           "TrainingRun", "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
+           "TrainingRun", "choose_backend", "shard_bounds", "evaluate", "param_digest", "guard", "announce"]
 
 # Environment variables a launcher sets in every rank (MPICH/hydra and Intel MPI: PMI_*; Open MPI:
 # OMPI_*; PMIx launchers: PMIX_RANK; MVAPICH: MV2_*). Without one of them we do not import mpi4py
@@ -122,6 +122,10 @@ class Comm:
     def close(self):
         pass
 
+    def dup(self) -> "Comm":
+        """A communicator over the same ranks whose traffic never matches this one's (a tower's)."""
+        return self
+
 
 class LocalComm(Comm):
     """One process: the collectives are copies."""
@@ -163,6 +167,9 @@ class MPIComm(Comm):
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.thread_level = MPI.Query_thread()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
         self.phase = "start-up"  # what the job is doing, for the watchdog's message (DataParallel sets it)
         timeout_s = _env_seconds("CONVNET_DP_TIMEOUT", 600.0) if timeout_s is None else float(timeout_s)
         silence_s = _env_seconds("CONVNET_DP_SILENCE", 60.0) if silence_s is None else float(silence_s)
@@ -212,6 +219,9 @@ class MPIComm(Comm):
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
+
+    def dup(self):
+        return MPIComm(self.comm)
 
 
 def _env_seconds(name, default):
@@ -438,8 +448,12 @@ def param_digest(net, velocities: bool = True) -> str:
 class _Bucket:
     """Consecutive parameters in backward order, reduced together; flat float32 buffers."""
 
-    def __init__(self, index, params, layers, size):
+    def __init__(self, index, params, layers, size, device="cpu", tower=0):
         self.index = index
+        self.device = device
+        self.tower = tower
+        self.comm = None              # the tower's communicator and communication thread (DataParallel)
+        self.thread = None
         self.params = params          # [(Param, offset, n)]
         self.layer_names = list(layers)  # the layers whose backward fills it, in backward order
         self.layers = set(layers)
@@ -453,19 +467,25 @@ class _Bucket:
 
 
 def _make_buckets(net, bucket_bytes: int):
-    buckets, cur, layers, size = [], [], [], 0
+    """Buckets of consecutive layers in backward order, about bucket_bytes each, never spanning two
+    placements (device, tower): a two-tower net's towers are reduced on communicators of their own."""
+    buckets, cur, layers, size, device, tower = [], [], [], 0, None, None
     for layer in reversed(net.layers):  # backward order
         if not layer.params:
             continue
+        if cur and (layer.device, getattr(layer, "tower", 0)) != (device, tower):
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
+            cur, layers, size = [], [], 0
+        device, tower = layer.device, getattr(layer, "tower", 0)
         for p in layer.params:
             cur.append((p, size, p.size))
             size += p.size
         layers.append(layer.name)
         if size * 4 >= bucket_bytes:
-            buckets.append(_Bucket(len(buckets), cur, layers, size))
+            buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
             cur, layers, size = [], [], 0
     if cur:
-        buckets.append(_Bucket(len(buckets), cur, layers, size))
+        buckets.append(_Bucket(len(buckets), cur, layers, size, device, tower))
     return buckets
 
 
@@ -541,7 +561,7 @@ class DataParallel:
 
     def __init__(self, net, comm: Comm | None = None, micro_batch: int | None = None,
                  reduction: str = "ordered", bucket_bytes: int = 4 << 20, check_every: int = 100,
-                 overlap: bool = True):
+                 overlap: bool = True, backend: str = "auto"):
         if reduction not in ("ordered", "fast"):
             raise ValueError(f"DataParallel: reduction must be 'ordered' or 'fast', got {reduction!r}")
         if micro_batch is not None and int(micro_batch) < 1:
@@ -558,7 +578,17 @@ class DataParallel:
         for b in self.buckets:
             b.bounds = shard_bounds(b.size, self.comm.size)
         self._by_layer = {name: b for b in self.buckets for name in b.layers}
-        self._comm = _CommThread(threaded=self.comm.size > 1 and self.overlap)
+        self.backend = choose_backend(backend, self.comm, net)
+        self._nccl = _NcclReducer(self) if self.backend == "nccl" else None
+        # One communicator and one communication thread per placement (device, tower): a two-tower
+        # net's towers reduce concurrently, each on its own (the first one is `comm` itself).
+        places = list(dict.fromkeys((b.device, b.tower) for b in self.buckets))
+        threaded = self.comm.size > 1 and self.overlap and self._nccl is None
+        self._lanes = {}
+        for i, place in enumerate(places):
+            self._lanes[place] = (self.comm if i == 0 else self.comm.dup(), _CommThread(threaded))
+        for b in self.buckets:
+            b.comm, b.thread = self._lanes[(b.device, b.tower)]
         self._cuda = any(d.startswith("cuda") for d in net.devices)
         self.steps = 0
         self.timing = {"compute_s": 0.0, "wait_s": 0.0, "comm_busy_s": 0.0}
@@ -572,7 +602,14 @@ class DataParallel:
         return self.comm.size
 
     def close(self):
-        self._comm.close()
+        for i, (comm, thread) in enumerate(self._lanes.values()):
+            thread.close()
+            if i:
+                comm.close()
+        self._lanes = {}
+        if self._nccl is not None:
+            self._nccl.close()
+            self._nccl = None
 
     # -- layout of a global batch -----------------------------------------------------------------
     def local_rows(self, global_batch: int) -> tuple:
@@ -626,7 +663,8 @@ class DataParallel:
             raise ValueError(f"data parallel step: rank {self.rank} of {self.size} got {n} samples; its slice "
                              f"of a global batch of {B} is rows [{lo}, {hi}) = {hi - lo}")
         L, M = n // m, B // m
-        self.comm.phase = f"step {step}"
+        for comm, _ in self._lanes.values():
+            comm.phase = f"step {step}"
         self._start_step(L)
         stats = np.empty((L, 3), np.float64)
         t0 = time.perf_counter()
@@ -643,15 +681,16 @@ class DataParallel:
             st = s.numpy()
             stats[t] = (float(st[0]) * m, st[1], st[2])
         t1 = time.perf_counter()
-        self._comm.wait()
+        for _, thread in self._lanes.values():
+            thread.wait()
         t2 = time.perf_counter()
-        for b in self.buckets:
+        for b in self.buckets if self._nccl is None else ():  # NCCL wrote the sums into p.grad
             for p, off, size in b.params:
                 p.grad.copy_(_C.Tensor.from_numpy(b.result[off:off + size].reshape(p.shape), "cpu"))
         self.net.update(lr, momentum, weight_decay)
         self.timing["compute_s"] += t1 - t0
         self.timing["wait_s"] += t2 - t1
-        self.timing["comm_busy_s"] = self._comm.busy_s
+        self.timing["comm_busy_s"] = sum(thread.busy_s for _, thread in self._lanes.values())
         self.steps += 1
         if self.check_every and self.steps % self.check_every == 0:
             self.check_replicas(f"after step {step}")
@@ -677,6 +716,10 @@ class DataParallel:
 
     def _bucket_ready(self, b, t, L):
         """Bucket b's gradients of local micro-batch t are final: copy them out and reduce."""
+        if self._nccl is not None:
+            b.submitted = t
+            self._nccl.ready(b, t, L)
+            return
         if self._cuda:
             for d in self.net.devices:
                 if d.startswith("cuda"):
@@ -687,17 +730,17 @@ class DataParallel:
         b.submitted = t
         last = t + 1 == L
         if self.reduction == "ordered":
-            self._comm.submit(lambda: self._ordered_piece(b, t, flat, last, L))
+            b.thread.submit(lambda: self._ordered_piece(b, t, flat, last, L))
         else:
             if t == 0:
                 b.local_sum = flat
             else:
                 np.add(b.local_sum, flat, out=b.local_sum)
             if last:
-                self._comm.submit(lambda: self._fast(b, L))
+                b.thread.submit(lambda: self._fast(b, L))
 
     def _ordered_piece(self, b, t, flat, last, L):
-        self.comm.alltoallv(flat, b.bounds, b.recv[t])
+        b.comm.alltoallv(flat, b.bounds, b.recv[t])
         if not last:
             return
         # rank s now holds shard s of every micro-batch's gradient: rank k's micro-batch t is global
@@ -709,11 +752,140 @@ class DataParallel:
                 if k or u:
                     np.add(acc, b.recv[u][k], out=acc)
         acc *= np.float32(1.0 / (K * L))
-        self.comm.allgatherv(acc, b.bounds, b.result)
+        b.comm.allgatherv(acc, b.bounds, b.result)
 
     def _fast(self, b, L):
-        self.comm.allreduce_sum(b.local_sum)
+        b.comm.allreduce_sum(b.local_sum)
         np.multiply(b.local_sum, np.float32(1.0 / (self.size * L)), out=b.result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The NCCL backend: the same fixed-order reduction on the GPU buffers
+
+def choose_backend(backend: str, comm: Comm, net) -> str:
+    """"host" (gradients copied to numpy, reduced over MPI) or "nccl" (reduced on the devices).
+
+    "auto": NCCL when every parameter is on a CUDA device and libnccl loads (convnet.nccl), and the
+    job has more than one rank; else the host path. "nccl": insist (ValueError for a net with
+    parameters off CUDA, NcclError when libnccl is missing); "host": never NCCL."""
+    if backend not in ("auto", "host", "nccl"):
+        raise ValueError(f"DataParallel: backend must be 'auto', 'host' or 'nccl', got {backend!r}")
+    if backend == "host":
+        return "host"
+    devices = sorted({l.device for l in net.layers if l.params})
+    on_cuda = bool(devices) and all(d.startswith("cuda") for d in devices)
+    if backend == "nccl":
+        if not on_cuda:
+            raise ValueError(f"DataParallel: backend='nccl' reduces GPU buffers; the net's parameters are on "
+                             f"{devices} (use backend='host' or 'auto')")
+        if comm.size > 1 and not isinstance(comm, MPIComm):
+            raise ValueError(f"DataParallel: backend='nccl' needs an MPI communicator to share NCCL's ids, got "
+                             f"{type(comm).__name__}")
+        from . import nccl
+        nccl.library()  # NcclError naming where it looked
+        return "nccl"
+    if on_cuda and comm.size > 1:
+        from . import nccl
+        return "nccl" if nccl.available() else "host"
+    return "host"
+
+
+class _NcclReducer:
+    """DataParallel's reduction on the devices with NCCL: one communicator per placement (device,
+    tower) of the net's parameters (a two-tower net: one per tower), over the K ranks.
+
+    Per parameter tensor (n floats, shards [b[k], b[k+1]) = shard_bounds(n, K)): a micro-batch's
+    gradient goes shard k to rank k (grouped ncclSend/ncclRecv, the host path's all-to-all); at the
+    last local micro-batch rank s adds its received shards in global micro-batch order with ops.add_
+    (float32, elementwise: the bytes of the host path's numpy sum), scales by 1/M, and every rank
+    broadcasts its shard into every replica's p.grad at b[s] (K grouped ncclBroadcast: an
+    allgatherv). reduction="fast": ncclAllReduce of the local sum. The device is synchronised after
+    each group (the next micro-batch's backward overwrites p.grad), so on the GPU the reduction does
+    not yet overlap backward."""
+
+    def __init__(self, dp: "DataParallel"):
+        from . import nccl
+        self.nccl = nccl
+        self.dp = dp
+        self.places = list(dict.fromkeys((b.device, b.tower) for b in dp.buckets))  # (device, tower)
+        K, r = dp.comm.size, dp.comm.rank
+        uids = [nccl.unique_id() for _ in self.places] if r == 0 else None
+        uids = dp.comm.bcast_obj(uids) if K > 1 else uids
+        self.comms = dict(zip(self.places, nccl.init_comms(uids, K, r, [d for d, _ in self.places])))
+        self.rows = {}   # (bucket, param index) -> [micro-batch t][rank k] Tensor (shard,)
+        self.local = {}  # reduction="fast": (bucket, param index) -> Tensor, the local sum
+
+    def close(self):
+        for c in self.comms.values():
+            c.close()
+        self.comms = {}
+
+    def _sync(self, device):
+        _C.synchronize(device)
+
+    def ready(self, b, t, L):
+        dp, K, r = self.dp, self.dp.comm.size, self.dp.comm.rank
+        comm = self.comms[(b.device, b.tower)]
+        self._sync(b.device)  # the gradients are written
+        _C.set_device(b.device)
+        if dp.reduction == "fast":
+            for i, (p, _, n) in enumerate(b.params):
+                if t == 0:
+                    self.local[(b.index, i)] = acc = _C.Tensor.empty((n,), b.device, "float32")
+                    ops.copy_(acc, p.grad.reshape([n]))
+                else:
+                    ops.add_(self.local[(b.index, i)], p.grad.reshape([n]), 1.0)
+            if t + 1 < L:
+                return
+            with self.nccl.group():
+                for i, (p, _, n) in enumerate(b.params):
+                    acc = self.local[(b.index, i)]
+                    comm.allreduce_sum(acc.data_ptr, acc.data_ptr, n)
+            self._sync(b.device)
+            for i, (p, _, n) in enumerate(b.params):
+                g = p.grad.reshape([n])
+                ops.fill_(g, 0.0)
+                ops.add_(g, self.local[(b.index, i)], float(np.float32(1.0 / (K * L))))
+            return
+        with self.nccl.group():
+            for i, (p, _, n) in enumerate(b.params):
+                bounds = shard_bounds(n, K)
+                c = int(bounds[r + 1] - bounds[r])
+                key = (b.index, i)
+                if key not in self.rows or len(self.rows[key]) != L:
+                    self.rows[key] = [[_C.Tensor.empty((c,), b.device, "float32") for _ in range(K)] for _ in range(L)]
+                for k in range(K):
+                    comm.send(p.grad.data_ptr + 4 * int(bounds[k]), int(bounds[k + 1] - bounds[k]), k)
+                    comm.recv(self.rows[key][t][k].data_ptr, c, k)
+        self._sync(b.device)  # the sends have read p.grad before the next micro-batch writes it
+        if t + 1 < L:
+            return
+        scale = float(np.float32(1.0 / (K * L)))
+        sums = []
+        for i, (p, _, n) in enumerate(b.params):
+            rows = self.rows[(b.index, i)]
+            c = int(rows[0][0].shape[0])
+            acc = _C.Tensor.empty((c,), b.device, "float32")
+            if c:
+                ops.copy_(acc, rows[0][0])
+                for k in range(K):  # global micro-batch k L + u, in order
+                    for u in range(L):
+                        if k or u:
+                            ops.add_(acc, rows[u][k], 1.0)
+                out = _C.Tensor.zeros((c,), b.device, "float32")
+                ops.add_(out, acc, scale)
+                acc = out
+            sums.append(acc)
+        self._sync(b.device)
+        with self.nccl.group():
+            for (p, _, n), acc in zip(b.params, sums):
+                bounds = shard_bounds(n, K)
+                for k in range(K):
+                    count = int(bounds[k + 1] - bounds[k])
+                    if count:
+                        dst = p.grad.data_ptr + 4 * int(bounds[k])
+                        comm.broadcast(acc.data_ptr if k == r else dst, dst, count, root=k)
+        self._sync(b.device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -757,11 +929,21 @@ class TrainingRun:
         """BatchLoader(shard=...): this rank's (index, count), None for one process."""
         return (self.rank, self.size) if self.size > 1 else None
 
+    def pick_device(self, device):
+        """device="auto" on K ranks: rank r of the n on this machine takes cuda:(r mod GPUs) (one
+        GPU per rank, as NCCL wants), the CPU without GPUs; any other value is kept."""
+        if device not in (None, "auto") or self.size == 1:
+            return device
+        gpus = [d for d in _C.devices() if d.startswith("cuda")]
+        if not gpus:
+            return "cpu"
+        return gpus[getattr(self.comm, "local_rank", self.rank) % len(gpus)]
+
     def describe(self) -> str:
         if self.dp is None:
             return ""
-        return (f", data parallel over {self.size} process{'es' if self.size > 1 else ''} ({self.comm.name}), "
-                f"micro-batches of {self.dp.micro_batch}, {self.dp.reduction} reduction")
+        return (f", data parallel over {self.size} process{'es' if self.size > 1 else ''} ({self.comm.name}, "
+                f"gradients on {self.dp.backend}), micro-batches of {self.dp.micro_batch}, {self.dp.reduction} reduction")
 
     # -- what only rank 0 does ----------------------------------------------------------------------
     def on_root(self, fn, *args, share: bool = False, **kwargs):
@@ -832,6 +1014,8 @@ class TrainingRun:
             raise ValueError(f"data parallel: batch_size {B} must be a multiple of processes x micro_batch = "
                              f"{self.size} x {micro if micro is not None else 'batch_size / processes'} "
                              f"(every process computes the same number of whole micro-batches)")
+        if micro is None and hasattr(hp, "micro_batch"):
+            hp.micro_batch = m  # the checkpoint records it: a resume on another K keeps the arithmetic
         self.dp = DataParallel(net, self.comm, micro_batch=m, reduction=reduction, bucket_bytes=bucket_bytes,
                                check_every=check_every)
         self.global_batch = B

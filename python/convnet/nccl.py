@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["NcclError", "find_library", "library", "version", "available", "NcclComm", "unique_id"]
+__all__ = ["NcclError", "find_library", "library", "version", "available", "NcclComm", "unique_id", "init_comms",
+           "group"]
 
 NCCL_UNIQUE_ID_BYTES = 128
 _FLOAT32, _SUM = 7, 0  # ncclFloat32, ncclSum (nccl.h)
@@ -130,6 +131,20 @@ class NcclComm:
                                                         ctypes.c_size_t(count), _FLOAT32, self.comm,
                                                         ctypes.c_void_p(stream)))
 
+    def broadcast(self, send: int, recv: int, count: int, root: int, stream: int = 0):
+        """recv (count floats) <- root's send, on every rank (K of them in a group: an allgatherv)."""
+        _check("ncclBroadcast", self.lib.ncclBroadcast(ctypes.c_void_p(send), ctypes.c_void_p(recv),
+                                                        ctypes.c_size_t(count), _FLOAT32, int(root), self.comm,
+                                                        ctypes.c_void_p(stream)))
+
+    def send(self, ptr: int, count: int, peer: int, stream: int = 0):
+        _check("ncclSend", self.lib.ncclSend(ctypes.c_void_p(ptr), ctypes.c_size_t(count), _FLOAT32, int(peer),
+                                              self.comm, ctypes.c_void_p(stream)))
+
+    def recv(self, ptr: int, count: int, peer: int, stream: int = 0):
+        _check("ncclRecv", self.lib.ncclRecv(ctypes.c_void_p(ptr), ctypes.c_size_t(count), _FLOAT32, int(peer),
+                                              self.comm, ctypes.c_void_p(stream)))
+
     def alltoallv(self, send: int, bounds, recv: int, stream: int = 0):
         """Floats [bounds[k], bounds[k+1]) of send go to rank k; recv row k (c = this rank's shard
         length floats each) gets rank k's piece. One ncclGroupStart/End of sends and receives."""
@@ -144,3 +159,35 @@ class NcclComm:
                                                       _FLOAT32, k, self.comm, ctypes.c_void_p(stream)))
         finally:
             _check("ncclGroupEnd", self.lib.ncclGroupEnd())
+
+
+def init_comms(uids, size: int, rank: int, devices) -> list:
+    """One NcclComm per device (a tower), communicator i over `size` ranks from uids[i]: created
+    together in one ncclGroupStart/End with each device made current (NCCL needs that when one
+    thread creates communicators on several devices)."""
+    from . import _C
+    if len(uids) != len(devices):
+        raise ValueError(f"init_comms: {len(uids)} unique ids for {len(devices)} devices")
+    lib = library()
+    comms = []
+    _check("ncclGroupStart", lib.ncclGroupStart())
+    try:
+        for uid, dev in zip(uids, devices):
+            _C.set_device(dev)
+            comms.append(NcclComm(uid, size, rank))
+    finally:
+        _check("ncclGroupEnd", lib.ncclGroupEnd())
+    return comms
+
+
+class group:
+    """`with nccl.group():` the calls inside are one ncclGroupStart/End (they run together)."""
+
+    def __enter__(self):
+        _check("ncclGroupStart", library().ncclGroupStart())
+        return self
+
+    def __exit__(self, *exc):
+        _check("ncclGroupEnd", library().ncclGroupEnd())
+        return False
+

@@ -149,7 +149,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if devices is not None:
         devices = [best_device(d) for d in devices]
         device = devices[0]
-    device = best_device(device)
+    device = best_device(run.pick_device(device))  # data parallel: one GPU per rank of a machine
     classes = num_classes or train_ds.num_classes
     if meta_in is not None:
         net = net_from_meta(meta_in, ckpt_path, device, devices)
