@@ -120,10 +120,10 @@ def test_kernel_workspace_oom_is_memory_error_with_bytes():
     # bytes, where it used to abort the process from inside the OpenMP region.
     out = run_isolated("""
         C = 1 << 25
-        x = convnet.zeros((1, 1, 1, C)); y = convnet.zeros((1, 1, 1, C))
+        x = convnet.zeros((1, 1, 1, C)); y = convnet.zeros((1, 1, 1, C)); dx = convnet.zeros((1, 1, 1, C))
         limit_memory(64 << 20)
         expect(MemoryError, lambda: ops.lrn_forward(x, y), "lrn", "bytes")
-        expect(MemoryError, lambda: ops.lrn_backward(x, y, x, y), "bytes")
+        expect(MemoryError, lambda: ops.lrn_backward(x, y, x, dx), "bytes")
         expect(MemoryError, lambda: _C.Tensor.empty((1 << 28,)), str(1 << 30) + " bytes")
     """)
     assert out.count("OK") == 3
@@ -136,9 +136,9 @@ def test_kernel_workspace_oom_is_memory_error_with_bytes():
 def test_lrn_zero_channels_and_empty_batches():
     out = run_isolated("""
         for shape in [(2, 3, 3, 0), (0, 3, 3, 5), (2, 0, 3, 5)]:
-            x, y = convnet.zeros(shape), convnet.zeros(shape)
+            x, y, dx = convnet.zeros(shape), convnet.zeros(shape), convnet.zeros(shape)
             ops.lrn_forward(x, y)
-            ops.lrn_backward(x, y, x, y)
+            ops.lrn_backward(x, y, x, dx)
             ops.lrn_forward(x, y, size=2**31 - 1)
         print("OK")
     """)
