@@ -1,7 +1,8 @@
-// The only pybind11 file: exposes Tensor, devices, build information and every op of ops.h as
-// convnet._C. Errors cross as Python exceptions: std::invalid_argument -> ValueError, OutOfMemoryError
-// -> MemoryError, std::runtime_error (CUDA failures) -> RuntimeError. Ops release the GIL while they
-// run, so data-loading threads keep working during a step.
+// The only pybind11 file: exposes Tensor, devices, build information, the runtime (runtime.h) and every
+// op of the op table (ops.def) as convnet._C; the ops' bindings and convnet._C.op_table come from the table.
+// Errors cross as Python exceptions: std::invalid_argument -> ValueError, OutOfMemoryError -> MemoryError,
+// std::runtime_error (CUDA failures) -> RuntimeError. Ops release the GIL while they run, so
+// data-loading threads keep working during a step.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,6 +13,7 @@
 #include "cpu/gemm_bf16.h"
 #include "cpu/parallel.h"
 #include "ops.h"
+#include "runtime.h"
 #include "streams.h"
 #include "tensor.h"
 #include "upload.h"
@@ -124,12 +126,6 @@ py::dict build_info() {
   return info;
 }
 
-int cuda_index(const std::string& device, const char* what) {
-  const Device d = Device::parse(device);
-  if (!d.is_cuda()) throw std::invalid_argument(std::string(what) + ": '" + device + "' is not a CUDA device");
-  return d.index;
-}
-
 using GIL = py::call_guard<py::gil_scoped_release>;
 using ops::Pair;
 
@@ -225,87 +221,31 @@ convnet.upload_batches drives it for the training loop.
 
   m.def("devices", &devices, "Devices this build can run on here: 'cpu', then 'cuda:0', 'cuda:1', ...");
   m.def("build_info", &build_info, "How this module was built and what it found: CUDA, architectures, threads.");
-  m.def("synchronize", [](const std::string& device) {
-    const Device d = Device::parse(device);
-    if (d.is_cuda()) { py::gil_scoped_release r; cuda::synchronize(d.index); }
-  }, py::arg("device"), "Wait until all work queued on `device` has finished.");
-  m.def("set_device", [](const std::string& device) {
-    const int index = cuda_index(device, "set_device");
-#ifdef CONVNET_WITH_CUDA
-    cuda::set_device(index);
-#else
-    (void)index;
-#endif
-  }, py::arg("device"), "Make a CUDA device current for this thread (NCCL creates its communicators there).");
+  // ---- the runtime: devices, streams and copies between streams (csrc/runtime.h) -----------------
+  m.def("synchronize", &runtime::synchronize, py::arg("device"), GIL(),
+        "Wait until all work queued on `device` has finished.");
+  m.def("set_device", &runtime::set_device, py::arg("device"),
+        "Make a CUDA device current for this thread (NCCL creates its communicators there).");
   m.def("memory_stats", [](const std::string& device) {
+    const runtime::MemoryStats s = runtime::memory_stats(device);
     py::dict out;
-    const int index = cuda_index(device, "memory_stats");
-    out["allocated_bytes"] = cuda::allocated_bytes(index);
-    out["cached_bytes"] = cuda::cached_bytes(index);
+    out["allocated_bytes"] = s.allocated_bytes;
+    out["cached_bytes"] = s.cached_bytes;
     return out;
   }, py::arg("device"), "Bytes held by tensors and by the caching allocator on a CUDA device.");
-  m.def("empty_cache", [](const std::string& device) {
-    const int index = cuda_index(device, "empty_cache");
-    cuda::empty_cache(index);
-  }, py::arg("device"), "Return the caching allocator's free blocks on a CUDA device to the driver.");
-  m.def("can_access_peer", [](const std::string& a, const std::string& b) {
-    const int ia = cuda_index(a, "can_access_peer"), ib = cuda_index(b, "can_access_peer");
-    return cuda::can_access_peer(ia, ib);
-  }, py::arg("device"), py::arg("peer"));
-  // ---- streams and copies for model parallelism (csrc/streams.h, cuda/runtime/device_runtime.cu) ----------------
+  m.def("empty_cache", &runtime::empty_cache, py::arg("device"),
+        "Return the caching allocator's free blocks on a CUDA device to the driver.");
+  m.def("can_access_peer", &runtime::can_access_peer, py::arg("device"), py::arg("peer"));
   m.attr("stream_slots") = cuda::kStreamSlots;  // towers a device can run concurrently
-  m.def("set_stream", [](const std::string& device, int slot) {
-    const Device d = Device::parse(device);
-    if (slot < 0 || slot >= cuda::kStreamSlots)
-      throw std::invalid_argument("set_stream: slot " + std::to_string(slot) + " outside [0, " +
-                                  std::to_string(cuda::kStreamSlots) + ")");
-    if (d.is_cuda()) cuda::set_stream_slot(d.index, slot);
-  }, py::arg("device"), py::arg("slot"),
-     "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
-  m.def("stream_barrier", [](const std::vector<std::string>& devices) {
-    std::vector<int> idx;
-    for (const auto& name : devices) {
-      const Device d = Device::parse(name);
-      if (d.is_cuda()) idx.push_back(d.index);
-    }
-    if (idx.empty()) return;  // cpu only: nothing is queued
-    py::gil_scoped_release r;
-    cuda::stream_barrier(idx);
-  }, py::arg("devices"), "Every stream of these devices waits for everything queued on all of them.");
-  m.def("copy_between", [](const Tensor& dst, int dst_slot, const Tensor& src, int src_slot) {
-    const char* op = "copy_between";
-    if (!dst.defined() || !src.defined()) throw std::invalid_argument(std::string(op) + ": undefined tensor");
-    if (dst.dtype() != src.dtype() || dst.shape() != src.shape())
-      throw std::invalid_argument(std::string(op) + ": dst is " + dst.describe() + ", src is " + src.describe());
-    if (dst_slot < 0 || dst_slot >= cuda::kStreamSlots || src_slot < 0 || src_slot >= cuda::kStreamSlots)
-      throw std::invalid_argument(std::string(op) + ": stream slot outside [0, " + std::to_string(cuda::kStreamSlots) + ")");
-    if (dst.same_storage(src))
-      throw std::invalid_argument(std::string(op) + ": dst and src share storage");
-    py::gil_scoped_release r;
-    const Device dd = dst.device(), sd = src.device();
-    if (dd.is_cuda() && sd.is_cuda()) {
-      cuda::copy_between(dd.index, dst_slot, dst.raw(), sd.index, src_slot, src.raw(), src.nbytes(), false);
-      return;
-    }
-    // host <-> device: synchronous, on the CUDA side's slot
-    const int dev = dd.is_cuda() ? dd.index : (sd.is_cuda() ? sd.index : -1);
-    if (dev >= 0) {
-      const int previous = cuda::stream_slot(dev);
-      cuda::set_stream_slot(dev, dd.is_cuda() ? dst_slot : src_slot);
-      try {
-        ops::copy_(dst, src);
-      } catch (...) {
-        cuda::set_stream_slot(dev, previous);
-        throw;
-      }
-      cuda::set_stream_slot(dev, previous);
-      return;
-    }
-    ops::copy_(dst, src);
-  }, py::arg("dst"), py::arg("dst_slot"), py::arg("src"), py::arg("src_slot"),
-     "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
-     "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
-     "the next stream_barrier. Any devices; a plain copy on the CPU.");
+  m.def("set_stream", &runtime::set_stream, py::arg("device"), py::arg("slot"),
+        "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
+  m.def("stream_barrier", &runtime::stream_barrier, py::arg("devices"), GIL(),
+        "Every stream of these devices waits for everything queued on all of them.");
+  m.def("copy_between", &runtime::copy_between, py::arg("dst"), py::arg("dst_slot"), py::arg("src"),
+        py::arg("src_slot"), GIL(),
+        "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
+        "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
+        "the next stream_barrier. Any devices; a plain copy on the CPU.");
   m.def("conv_output_shape", [](py::iterable x_shape, py::iterable w_shape, Pair stride, Pair pad, int groups) {
     const ConvShape s = ops::conv_shape(to_shape(x_shape), to_shape(w_shape), stride, pad, groups, "conv_output_shape");
     return py::make_tuple(s.N, s.P, s.Q, s.K);
@@ -353,64 +293,55 @@ convnet.upload_batches drives it for the training loop.
 
   // ---- ops (contracts in csrc/ops.h) ---------------------------------------------------------
   py::module_ o = m.def_submodule("ops", "Every op of convnet; outputs are passed in and written.");
-  o.def("copy_", &ops::copy_, py::arg("dst"), py::arg("src"), GIL(), "dst <- src, across any two devices.");
-  o.def("fill_", &ops::fill_, py::arg("t"), py::arg("value"), GIL());
-  o.def("add_", &ops::add_, py::arg("dst"), py::arg("src"), py::arg("alpha") = 1.0f, GIL(), "dst += alpha * src");
-  o.def("gemm", &ops::gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
-        py::arg("trans_b") = false, py::arg("alpha") = 1.0f, py::arg("beta") = 0.0f, GIL(),
-        "c (M, N) = alpha op(a) op(b) + beta c");
-  o.def("fc_forward", &ops::fc_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
-        py::arg("accumulate") = false, py::arg("relu") = false, GIL(),
-        "y (N, out) (=|+=) x (N, in) w (out, in)^T + b (out,); relu: then y = max(0, y)");
-  o.def("fc_backward_data", &ops::fc_backward_data, py::arg("dy"), py::arg("w"), py::arg("dx"),
-        py::arg("accumulate") = false, GIL(), "dx (N, in) (=|+=) dy (N, out) w (out, in)");
-  o.def("fc_backward_weights", &ops::fc_backward_weights, py::arg("dy"), py::arg("x"), py::arg("dw"),
-        py::arg("db"), GIL(), "dw (out, in) = dy^T x; db (out,) = dy summed over N");
-  o.def("relu_forward", &ops::relu_forward, py::arg("x"), py::arg("y"), GIL());
-  o.def("relu_backward", &ops::relu_backward, py::arg("y"), py::arg("dy"), py::arg("dx"), GIL());
-  o.def("dropout_forward", &ops::dropout_forward, py::arg("x"), py::arg("y"), py::arg("p"), py::arg("seed"),
-        py::arg("counter"), py::arg("offset") = 0, GIL(),
-        "Inverted dropout; element i's mask is element offset + i of the Philox4x32-10 draw (seed, counter).");
-  o.def("dropout_backward", &ops::dropout_backward, py::arg("dy"), py::arg("dx"), py::arg("p"), py::arg("seed"),
-        py::arg("counter"), py::arg("offset") = 0, GIL());
-  o.def("softmax_cross_entropy", &ops::softmax_cross_entropy, py::arg("logits"), py::arg("labels"),
-        py::arg("dlogits"), py::arg("stats"), GIL(),
-        "stats (3,) <- [mean loss, top-1 hits, top-5 hits]; dlogits <- (softmax - onehot) / N unless None.");
-  o.def("sgd_update", &ops::sgd_update, py::arg("params"), py::arg("grads"), py::arg("velocities"),
-        py::arg("lrs"), py::arg("weight_decays"), py::arg("momentum"), GIL(),
-        "v <- m v - wd lr w - lr g; w <- w + v, for every parameter in one call.");
-  o.def("conv_forward", &ops::conv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
-        py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, py::arg("relu") = false, GIL(),
-        "y (N, P, Q, K) (=|+=) conv(x (N, H, W, C), w (K, R, S, C/g)) + b; relu: then y = max(0, y)");
-  o.def("conv_backward_data", &ops::conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("dx"),
-        py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, GIL());
-  o.def("conv_backward_filter", &ops::conv_backward_filter, py::arg("dy"), py::arg("x"), py::arg("dw"),
-        py::arg("db"), py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, GIL());
+  // every op of the table csrc/ops.def, with its argument names and defaults
+#define CONVNET_OP(name, shape_rule, doc, args) o.def(#name, &ops::name args, GIL(), doc);
+#define IN(type, name) , py::arg(#name)
+#define OUT(type, name) , py::arg(#name)
+#define ACC(type, name) , py::arg(#name)
+#define ATTR(type, name) , py::arg(#name)
+#define ATTR_D(type, name, default_value) , py::arg(#name) = default_value
+#include "ops.def"
+#undef CONVNET_OP
+#undef IN
+#undef OUT
+#undef ACC
+#undef ATTR
+#undef ATTR_D
+
+  // The layers' defaults (layers.py LRN, MaxPool, AvgPool) are the ops' defaults (ops.h LrnDefaults,
+  // PoolDefaults).
   using Lrn = ops::LrnDefaults;
   using Pool = ops::PoolDefaults;
-  // The layers' defaults (layers.py LRN, MaxPool, AvgPool) come from the same constants.
   m.attr("lrn_defaults") = py::dict(py::arg("size") = Lrn::size, py::arg("alpha") = Lrn::alpha,
                                     py::arg("beta") = Lrn::beta, py::arg("k") = Lrn::k);
   m.attr("pool_defaults") = py::dict(py::arg("size") = Pool::window, py::arg("stride") = Pool::stride,
                                      py::arg("pad") = Pool::pad);
-  const Pair pool_window{Pool::window, Pool::window}, pool_stride{Pool::stride, Pool::stride},
-      pool_pad{Pool::pad, Pool::pad};
-  o.def("lrn_forward", &ops::lrn_forward, py::arg("x"), py::arg("y"), py::arg("size") = Lrn::size,
-        py::arg("alpha") = float(Lrn::alpha), py::arg("beta") = float(Lrn::beta), py::arg("k") = float(Lrn::k),
-        py::arg("alpha_over_size") = false,
-        GIL(), "y = x / (k + alpha sum_window x^2)^beta across channels (alpha / size if alpha_over_size)");
-  o.def("lrn_backward", &ops::lrn_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("dx"),
-        py::arg("size") = Lrn::size, py::arg("alpha") = float(Lrn::alpha), py::arg("beta") = float(Lrn::beta),
-        py::arg("k") = float(Lrn::k), py::arg("alpha_over_size") = false, GIL());
-  o.def("max_pool_forward", &ops::max_pool_forward, py::arg("x"), py::arg("y"), py::arg("argmax"),
-        py::arg("window") = pool_window, py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
-  o.def("max_pool_backward", &ops::max_pool_backward, py::arg("dy"), py::arg("argmax"), py::arg("dx"),
-        py::arg("window") = pool_window, py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
-  o.def("avg_pool_forward", &ops::avg_pool_forward, py::arg("x"), py::arg("y"), py::arg("window") = pool_window,
-        py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
-  o.def("avg_pool_backward", &ops::avg_pool_backward, py::arg("dy"), py::arg("dx"), py::arg("window") = pool_window,
-        py::arg("stride") = pool_stride, py::arg("pad") = pool_pad, GIL());
+
+  // the table itself, for tests/test_op_inventory.py and the tools: one dict per op, in table order,
+  // {"name", "shape_rule", "doc", "args": [(name, role, type, has_default)]}, role one of "input",
+  // "output", "accumulate", "attribute"
+  py::list table;
+#define CONVNET_OP(name, shape_rule, doc, args) \
+  {                                             \
+    py::list a;                                 \
+    args py::dict op;                           \
+    op["name"] = #name;                         \
+    op["shape_rule"] = #shape_rule;             \
+    op["doc"] = doc;                            \
+    op["args"] = a;                             \
+    table.append(op);                           \
+  }
+#define IN(type, name) a.append(py::make_tuple(#name, "input", #type, false));
+#define OUT(type, name) a.append(py::make_tuple(#name, "output", #type, false));
+#define ACC(type, name) a.append(py::make_tuple(#name, "accumulate", #type, false));
+#define ATTR(type, name) a.append(py::make_tuple(#name, "attribute", #type, false));
+#define ATTR_D(type, name, default_value) a.append(py::make_tuple(#name, "attribute", #type, true));
+#include "ops.def"
+#undef CONVNET_OP
+#undef IN
+#undef OUT
+#undef ACC
+#undef ATTR
+#undef ATTR_D
+  m.attr("op_table") = table;
 }

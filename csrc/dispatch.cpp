@@ -2,16 +2,20 @@
 //
 // Each op checks dtypes, ranks, shapes and devices first and raises std::invalid_argument (ValueError
 // in Python) with the op's name and the shapes involved, so a kernel never sees a bad argument. Then
-// it calls the cpu:: or cuda:: kernel of backend.h on the tensors' device.
+// it calls the cpu:: or cuda:: kernel of backend.h on the tensors' device. What every op checks alike
+// (defined, dtype, one device, no aliasing) is check_tensors, driven by the op table (ops.def); what
+// follows it in each op is that op's own contract (ranks, shapes, attributes).
 #include "ops.h"
 
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace convnet {
 namespace ops {
@@ -54,7 +58,7 @@ void need_shape(const char* op, const char* name, const Tensor& t, const std::ve
 }
 
 // All tensors on one device; returns it.
-Device same_device(const char* op, std::initializer_list<Arg> args) {
+Device same_device(const char* op, const std::vector<Arg>& args) {
   const Arg* first = nullptr;
   for (const Arg& a : args) {
     if (!a.t || !a.t->defined()) continue;
@@ -108,6 +112,80 @@ int64_t sliding_extent(int64_t in, int64_t pad, int64_t window, int64_t stride) 
 }
 
 std::string pair_str(Pair p) { return "(" + std::to_string(p.first) + ", " + std::to_string(p.second) + ")"; }
+
+// ---------------------------------------------------------------------------------------------
+// the shared prologue, from the op table (ops.def)
+
+enum class Role { Input, Output, Accumulate };
+enum class Kind { Float32, Int32, OptionalFloat32 };
+struct TensorArg {
+  const char* name;
+  Role role;
+  Kind kind;
+};
+struct OpSpec {
+  const char* name;
+  const char* shape_rule;
+  std::vector<TensorArg> tensors;  // the Tensor / IntTensor / OptTensor arguments, in call order
+};
+
+// spec::<op>: the tensor arguments of each op of ops.def with their roles and dtypes. copy_ (any dtype,
+// two devices) and sgd_update (lists) have none here and check their own.
+namespace spec {
+#define CONVNET_SPEC_Tensor(name, role) TensorArg{#name, role, Kind::Float32},
+#define CONVNET_SPEC_IntTensor(name, role) TensorArg{#name, role, Kind::Int32},
+#define CONVNET_SPEC_OptTensor(name, role) TensorArg{#name, role, Kind::OptionalFloat32},
+#define CONVNET_SPEC_AnyTensor(name, role)
+#define CONVNET_SPEC_TensorList(name, role)
+#define CONVNET_OP(name, shape_rule, doc, args) const OpSpec name{#name, #shape_rule, {args}};
+#define IN(type, name) CONVNET_SPEC_##type(name, Role::Input)
+#define OUT(type, name) CONVNET_SPEC_##type(name, Role::Output)
+#define ACC(type, name) CONVNET_SPEC_##type(name, Role::Accumulate)
+#define ATTR(type, name)
+#define ATTR_D(type, name, default_value)
+#include "ops.def"
+#undef CONVNET_OP
+#undef IN
+#undef OUT
+#undef ACC
+#undef ATTR
+#undef ATTR_D
+}  // namespace spec
+
+// What every op checks first, written once: each tensor is defined (an OptTensor may be None) and of
+// its dtype; all are on one device (returned); no output or accumulated tensor shares memory with an
+// input, unless the op is elementwise (which may run in place). Tensors are contiguous by
+// construction (tensor.h), so there is no stride to check. `tensors` are the op's tensor arguments in
+// the order of spec.tensors (nullptr for an OptTensor that is None).
+Device check_tensors(const OpSpec& spec, std::initializer_list<const Tensor*> tensors) {
+  const char* op = spec.name;
+  if (tensors.size() != spec.tensors.size())
+    throw std::logic_error(std::string(op) + ": dispatch passed " + std::to_string(tensors.size()) +
+                           " tensors to check_tensors, ops.def declares " + std::to_string(spec.tensors.size()));
+  const TensorArg* arg = spec.tensors.data();
+  for (const Tensor* t : tensors) {
+    const TensorArg& a = *arg++;
+    if (a.kind == Kind::OptionalFloat32 && !t) continue;
+    if (a.kind == Kind::Int32) {
+      need_defined(op, a.name, *t);
+      if (t->dtype() != DType::Int32) fail(op, std::string(a.name) + " must be int32, got " + t->describe());
+    } else {
+      need_f32(op, a.name, *t);
+    }
+  }
+  std::vector<Arg> all;
+  for (size_t i = 0; i < tensors.size(); ++i) all.push_back({spec.tensors[i].name, tensors.begin()[i]});
+  const Device dev = same_device(op, all);
+  if (std::strcmp(spec.shape_rule, "elementwise") != 0) {
+    for (size_t o = 0; o < all.size(); ++o) {
+      if (spec.tensors[o].role == Role::Input || !all[o].t) continue;
+      for (size_t i = 0; i < all.size(); ++i)
+        if (spec.tensors[i].role == Role::Input && all[i].t)
+          no_alias(op, all[o].name, *all[o].t, all[i].name, *all[i].t);
+    }
+  }
+  return dev;
+}
 
 }  // namespace
 
@@ -220,16 +298,14 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& t, float value) {
-  need_f32("fill_", "t", t);
-  CONVNET_DISPATCH(t.device(), fill(t.f32(), t.numel(), value));
+  const Device dev = check_tensors(spec::fill_, {&t});
+  CONVNET_DISPATCH(dev, fill(t.f32(), t.numel(), value));
 }
 
 void add_(const Tensor& dst, const Tensor& src, float alpha) {
   const char* op = "add_";
-  need_f32(op, "dst", dst);
-  need_f32(op, "src", src);
+  const Device dev = check_tensors(spec::add_, {&dst, &src});
   need_shape(op, "dst", dst, src.shape(), "src " + src.shape_str());
-  const Device dev = same_device(op, {{"dst", &dst}, {"src", &src}});
   CONVNET_DISPATCH(dev, add(dst.f32(), src.f32(), dst.numel(), alpha));
 }
 
@@ -239,15 +315,10 @@ void add_(const Tensor& dst, const Tensor& src, float alpha) {
 void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha,
           float beta) {
   const char* op = "gemm";
-  need_f32(op, "a", a);
-  need_f32(op, "b", b);
-  need_f32(op, "c", c);
+  const Device dev = check_tensors(spec::gemm, {&a, &b, &c});
   need_dim(op, "a", a, 2, "(rows, cols)");
   need_dim(op, "b", b, 2, "(rows, cols)");
   need_dim(op, "c", c, 2, "(rows, cols)");
-  const Device dev = same_device(op, {{"a", &a}, {"b", &b}, {"c", &c}});
-  no_alias(op, "c", c, "a", a);
-  no_alias(op, "c", c, "b", b);
   const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
   const int64_t Kb = trans_b ? b.size(1) : b.size(0), N = trans_b ? b.size(0) : b.size(1);
   if (K != Kb)
@@ -271,12 +342,8 @@ std::pair<int64_t, int64_t> fc_rows_cols(const char* op, const char* name, const
 void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, bool accumulate,
                 bool relu) {
   const char* op = "fc_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "w", w);
-  need_f32(op, "y", y);
-  if (b) need_f32(op, "b", *b);
+  const Device dev = check_tensors(spec::fc_forward, {&x, &w, ptr(b), &y});
   need_dim(op, "w", w, 2, "(out, in)");
-  const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
   const auto [N, in] = fc_rows_cols(op, "x", x);
   if (w.size(1) != in)
     fail(op, "w " + w.shape_str() + " expects " + std::to_string(w.size(1)) + " input features but x " +
@@ -292,12 +359,9 @@ void fc_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tens
 
 void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) {
   const char* op = "fc_backward_data";
-  need_f32(op, "dy", dy);
-  need_f32(op, "w", w);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::fc_backward_data, {&dy, &w, &dx});
   need_dim(op, "w", w, 2, "(out, in)");
   need_dim(op, "dy", dy, 2, "(N, out)");
-  const Device dev = same_device(op, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
   const auto [N, in] = fc_rows_cols(op, "dx", dx);
   need_shape(op, "dy", dy, {N, w.size(0)}, "dx " + dx.shape_str() + " and w " + w.shape_str());
   if (in != w.size(1))
@@ -310,12 +374,8 @@ void fc_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, bool 
 
 void fc_backward_weights(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db) {
   const char* op = "fc_backward_weights";
-  need_f32(op, "dy", dy);
-  need_f32(op, "x", x);
-  need_f32(op, "dw", dw);
-  if (db) need_f32(op, "db", *db);
+  const Device dev = check_tensors(spec::fc_backward_weights, {&dy, &x, &dw, ptr(db)});
   need_dim(op, "dy", dy, 2, "(N, out)");
-  const Device dev = same_device(op, {{"dy", &dy}, {"x", &x}, {"dw", &dw}, {"db", ptr(db)}});
   const auto [N, in] = fc_rows_cols(op, "x", x);
   if (dy.size(0) != N) fail(op, "dy " + dy.shape_str() + " and x " + x.shape_str() + " have different batch sizes");
   const int64_t out = dy.size(1);
@@ -333,21 +393,16 @@ void fc_backward_weights(const Tensor& dy, const Tensor& x, const Tensor& dw, co
 
 void relu_forward(const Tensor& x, const Tensor& y) {
   const char* op = "relu_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
+  const Device dev = check_tensors(spec::relu_forward, {&x, &y});
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
   CONVNET_DISPATCH(dev, relu_forward(x.f32(), y.f32(), x.numel()));
 }
 
 void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
   const char* op = "relu_backward";
-  need_f32(op, "y", y);
-  need_f32(op, "dy", dy);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::relu_backward, {&y, &dy, &dx});
   need_shape(op, "dy", dy, y.shape(), "y " + y.shape_str());
   need_shape(op, "dx", dx, y.shape(), "y " + y.shape_str());
-  const Device dev = same_device(op, {{"y", &y}, {"dy", &dy}, {"dx", &dx}});
   CONVNET_DISPATCH(dev, relu_backward(y.f32(), dy.f32(), dx.f32(), y.numel()));
 }
 
@@ -360,43 +415,31 @@ void need_probability(const char* op, float p) {
 void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter,
                      uint64_t offset) {
   const char* op = "dropout_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
+  const Device dev = check_tensors(spec::dropout_forward, {&x, &y});
   need_probability(op, p);
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
   CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter, offset));
 }
 
 void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed, uint64_t counter,
                       uint64_t offset) {
   const char* op = "dropout_backward";
-  need_f32(op, "dy", dy);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::dropout_backward, {&dy, &dx});
   need_probability(op, p);
   need_shape(op, "dx", dx, dy.shape(), "dy " + dy.shape_str());
-  const Device dev = same_device(op, {{"dy", &dy}, {"dx", &dx}});
   CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter, offset));
 }
 
 void softmax_cross_entropy(const Tensor& logits, const Tensor& labels, const OptTensor& dlogits,
                            const Tensor& stats) {
   const char* op = "softmax_cross_entropy";
-  need_f32(op, "logits", logits);
+  const Device dev = check_tensors(spec::softmax_cross_entropy, {&logits, &labels, ptr(dlogits), &stats});
   need_dim(op, "logits", logits, 2, "(N, classes)");
-  need_defined(op, "labels", labels);
-  if (labels.dtype() != DType::Int32) fail(op, "labels must be int32, got " + labels.describe());
   need_shape(op, "labels", labels, {logits.size(0)}, "logits " + logits.shape_str());
-  need_f32(op, "stats", stats);
   need_shape(op, "stats", stats, {3}, "[loss, top-1 hits, top-5 hits]");
-  if (dlogits) {
-    need_f32(op, "dlogits", *dlogits);
-    need_shape(op, "dlogits", *dlogits, logits.shape(), "logits " + logits.shape_str());
-    no_alias(op, "dlogits", *dlogits, "logits", logits);
-  }
+  if (dlogits) need_shape(op, "dlogits", *dlogits, logits.shape(), "logits " + logits.shape_str());
   no_alias_any(op, "stats", stats, {{"logits", &logits}, {"dlogits", ptr(dlogits)}});
   if (logits.size(0) == 0 || logits.size(1) == 0) fail(op, "logits " + logits.shape_str() + " is empty");
-  const Device dev = same_device(op, {{"logits", &logits}, {"labels", &labels}, {"dlogits", ptr(dlogits)}, {"stats", &stats}});
   // Labels are checked on the host only when they live there; the kernels treat an out-of-range
   // label as a hit of nothing with loss -log(eps) rather than reading out of bounds.
   if (!dev.is_cuda()) {
@@ -465,14 +508,10 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
                   Pair pad, int groups, bool accumulate, bool relu) {
   const char* op = "conv_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "w", w);
-  need_f32(op, "y", y);
-  if (b) need_f32(op, "b", *b);
+  const Device dev = check_tensors(spec::conv_forward, {&x, &w, ptr(b), &y});
   const ConvShape s = conv_shape(x.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
-  const Device dev = same_device(op, {{"x", &x}, {"w", &w}, {"b", ptr(b)}, {"y", &y}});
   no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
   CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu));
 }
@@ -480,12 +519,9 @@ void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Te
 void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,
                         int groups, bool accumulate) {
   const char* op = "conv_backward_data";
-  need_f32(op, "dy", dy);
-  need_f32(op, "w", w);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::conv_backward_data, {&dy, &w, &dx});
   const ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "dx " + dx.shape_str() + " with w " + w.shape_str());
-  const Device dev = same_device(op, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
   no_alias_any(op, "dx", dx, {{"dy", &dy}, {"w", &w}});
   CONVNET_DISPATCH(dev, conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate));
 }
@@ -493,14 +529,10 @@ void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pai
 void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,
                           Pair stride, Pair pad, int groups, bool accumulate) {
   const char* op = "conv_backward_filter";
-  need_f32(op, "dy", dy);
-  need_f32(op, "x", x);
-  need_f32(op, "dw", dw);
-  if (db) need_f32(op, "db", *db);
+  const Device dev = check_tensors(spec::conv_backward_filter, {&dy, &x, &dw, ptr(db)});
   const ConvShape s = conv_shape(x.shape(), dw.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with dw " + dw.shape_str());
   if (db) need_shape(op, "db", *db, {s.K}, "dw " + dw.shape_str());
-  const Device dev = same_device(op, {{"dy", &dy}, {"x", &x}, {"dw", &dw}, {"db", ptr(db)}});
   no_alias_any(op, "dw", dw, {{"dy", &dy}, {"x", &x}, {"db", ptr(db)}});
   if (db) no_alias_any(op, "db", *db, {{"dy", &dy}, {"x", &x}});
   CONVNET_DISPATCH(dev, conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate));
@@ -526,29 +558,22 @@ int64_t pixel_rows(const Tensor& x) { return x.numel() ? x.numel() / x.size(-1) 
 void lrn_forward(const Tensor& x, const Tensor& y, int size, float alpha, float beta, float k,
                  bool alpha_over_size) {
   const char* op = "lrn_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
+  const Device dev = check_tensors(spec::lrn_forward, {&x, &y});
   need_dim(op, "x", x, 4, "(N, H, W, C)");
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
   const LrnParams p = lrn_params(op, size, alpha, beta, k, alpha_over_size);
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
-  no_alias(op, "y", y, "x", x);
   CONVNET_DISPATCH(dev, lrn_forward(x.f32(), y.f32(), pixel_rows(x), to_int(op, "C", x.size(-1)), p));
 }
 
 void lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx, int size,
                   float alpha, float beta, float k, bool alpha_over_size) {
   const char* op = "lrn_backward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
-  need_f32(op, "dy", dy);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::lrn_backward, {&x, &y, &dy, &dx});
   need_dim(op, "x", x, 4, "(N, H, W, C)");
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
   need_shape(op, "dy", dy, x.shape(), "x " + x.shape_str());
   need_shape(op, "dx", dx, x.shape(), "x " + x.shape_str());
   const LrnParams p = lrn_params(op, size, alpha, beta, k, alpha_over_size);
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"dy", &dy}, {"dx", &dx}});
   no_alias_any(op, "dx", dx, {{"dy", &dy}, {"x", &x}, {"y", &y}});
   CONVNET_DISPATCH(dev, lrn_backward(x.f32(), y.f32(), dy.f32(), dx.f32(), pixel_rows(x), to_int(op, "C", x.size(-1)), p));
 }
@@ -556,52 +581,36 @@ void lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tens
 void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax, Pair window, Pair stride,
                       Pair pad) {
   const char* op = "max_pool_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
-  need_defined(op, "argmax", argmax);
-  if (argmax.dtype() != DType::Int32) fail(op, "argmax must be int32, got " + argmax.describe());
+  const Device dev = check_tensors(spec::max_pool_forward, {&x, &y, &argmax});
   const PoolShape s = pool_shape(x.shape(), window, stride, pad, op);
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
   need_shape(op, "argmax", argmax, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}, {"argmax", &argmax}});
-  no_alias(op, "y", y, "x", x);
   CONVNET_DISPATCH(dev, max_pool_forward(s, x.f32(), y.f32(), argmax.i32()));
 }
 
 void max_pool_backward(const Tensor& dy, const Tensor& argmax, const Tensor& dx, Pair window,
                        Pair stride, Pair pad) {
   const char* op = "max_pool_backward";
-  need_f32(op, "dy", dy);
-  need_f32(op, "dx", dx);
-  need_defined(op, "argmax", argmax);
-  if (argmax.dtype() != DType::Int32) fail(op, "argmax must be int32, got " + argmax.describe());
+  const Device dev = check_tensors(spec::max_pool_backward, {&dy, &argmax, &dx});
   const PoolShape s = pool_shape(dx.shape(), window, stride, pad, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
   need_shape(op, "argmax", argmax, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
-  const Device dev = same_device(op, {{"dy", &dy}, {"argmax", &argmax}, {"dx", &dx}});
-  no_alias(op, "dx", dx, "dy", dy);
   CONVNET_DISPATCH(dev, max_pool_backward(s, dy.f32(), argmax.i32(), dx.f32()));
 }
 
 void avg_pool_forward(const Tensor& x, const Tensor& y, Pair window, Pair stride, Pair pad) {
   const char* op = "avg_pool_forward";
-  need_f32(op, "x", x);
-  need_f32(op, "y", y);
+  const Device dev = check_tensors(spec::avg_pool_forward, {&x, &y});
   const PoolShape s = pool_shape(x.shape(), window, stride, pad, op);
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.C}, "x " + x.shape_str() + " pooled");
-  const Device dev = same_device(op, {{"x", &x}, {"y", &y}});
-  no_alias(op, "y", y, "x", x);
   CONVNET_DISPATCH(dev, avg_pool_forward(s, x.f32(), y.f32()));
 }
 
 void avg_pool_backward(const Tensor& dy, const Tensor& dx, Pair window, Pair stride, Pair pad) {
   const char* op = "avg_pool_backward";
-  need_f32(op, "dy", dy);
-  need_f32(op, "dx", dx);
+  const Device dev = check_tensors(spec::avg_pool_backward, {&dy, &dx});
   const PoolShape s = pool_shape(dx.shape(), window, stride, pad, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.C}, "dx " + dx.shape_str() + " pooled");
-  const Device dev = same_device(op, {{"dy", &dy}, {"dx", &dx}});
-  no_alias(op, "dx", dx, "dy", dy);
   CONVNET_DISPATCH(dev, avg_pool_backward(s, dy.f32(), dx.f32()));
 }
 

@@ -1,17 +1,20 @@
-"""The op inventory: every op of the op list has each thing an op needs, or this test names what is missing.
+"""The op inventory: every op of the op table has each thing an op needs, or this test names what is missing.
 
-For each op (the `void` functions of namespace ops in csrc/ops.h):
+For each op of csrc/ops.def (as compiled: convnet._C.op_table):
   * a NumPy float64 reference in tests/reference.py (`reference_name` says which function);
   * a test that takes the `device` fixture (so it runs on every backend) and calls `ops.<op>`;
-  * where the op computes a gradient, a test that calls both `ops.<op>` and `check_gradient`;
-  * an entry (a call `ops.<op>(`) in each tool that runs every op: tools/sanitizer_case.py
-    (compute-sanitizer on a GPU) and tools/cuda_emu/order_check.py (the emulator's race check);
-  * a binding: `convnet.ops.<op>`, and no binding that is not in the op list.
+  * where the op computes a gradient (an output named d<something>), a test on every backend that calls
+    `ops.<op>` and `check_gradient`;
+  * an entry in each tool that runs every op: tools/sanitizer_case.py (compute-sanitizer on a GPU) and
+    tools/cuda_emu/order_check.py (the emulator's race check), either a call `ops.<op>(` or, for an
+    elementwise op with defaulted attributes, the generic case of tools/op_cases.py;
+  * a binding: `convnet.ops.<op>`, and no binding that is not in the table.
 Static checks read the test files' syntax trees, so a test that is skipped here still counts.
 """
 import ast
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -20,16 +23,18 @@ import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOLS = ["tools/sanitizer_case.py", "tools/cuda_emu/order_check.py"]
+sys.path.insert(0, str(ROOT / "tools"))
+import op_cases  # noqa: E402
+
+TABLE = {op["name"]: op for op in convnet._C.op_table}
+OPS = list(TABLE)
+GENERIC = {op["name"] for op in op_cases.generic_ops(convnet._C.op_table)}
 
 
-def op_list():
-    """Names of the ops declared in csrc/ops.h (the void functions of namespace ops)."""
-    text = (ROOT / "csrc" / "ops.h").read_text()
-    body = text[text.index("namespace ops {"):]
-    return re.findall(r"^void (\w+)\(", body, re.M)
-
-
-OPS = op_list()
+def declared_in_ops_def():
+    """Names of the CONVNET_OP entries of csrc/ops.def, read as text (the table the build compiled
+    must be this one)."""
+    return re.findall(r"^CONVNET_OP\((\w+),", (ROOT / "csrc" / "ops.def").read_text(), re.M)
 
 
 def reference_name(op):
@@ -39,8 +44,13 @@ def reference_name(op):
     return re.sub(r"_backward_(data|filter|weights)$", "_backward", op.rstrip("_"))
 
 
+TENSOR_NAMES = {name for op in TABLE.values() for name, role, _, _ in op["args"] if role != "attribute"}
+
+
 def computes_gradient(op):
-    return "_backward" in op or op == "softmax_cross_entropy"
+    """An op that writes a tensor named d<t>, t a tensor argument of some op: dx, dw, db, dlogits."""
+    return any(role in ("output", "accumulate") and name[:1] == "d" and name[1:] in TENSOR_NAMES
+               for name, role, _, _ in TABLE[op]["args"])
 
 
 def _ops_used(node):
@@ -91,8 +101,19 @@ TESTS = _test_functions()
 
 
 def test_op_list_is_found():
-    # guards the parser: an empty or short list would make every check below pass
+    # guards the table: an empty or short list would make every check below pass
     assert len(OPS) >= 20 and "conv_forward" in OPS and "copy_" in OPS, OPS
+    assert OPS == declared_in_ops_def(), "convnet._C.op_table differs from csrc/ops.def: rebuild"
+    grads = [op for op in OPS if computes_gradient(op)]
+    assert "conv_backward_filter" in grads and "softmax_cross_entropy" in grads and "relu_forward" not in grads
+
+
+def test_table_roles_and_rules():
+    for op in TABLE.values():
+        assert op["shape_rule"] and op["doc"], op["name"]
+        for name, role, type_, _ in op["args"]:
+            assert role in ("input", "output", "accumulate", "attribute"), (op["name"], name, role)
+        assert any(role in ("output", "accumulate") for _, role, _, _ in op["args"]), f"{op['name']} writes nothing"
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -116,7 +137,9 @@ def test_op_has_gradient_check(op):
 @pytest.mark.parametrize("tool", TOOLS)
 @pytest.mark.parametrize("op", OPS)
 def test_op_has_tool_entry(op, tool):
-    assert f"ops.{op}(" in (ROOT / tool).read_text(), f"{op}: no case in {tool} (it runs every op)"
+    text = (ROOT / tool).read_text()
+    assert "op_cases" in text, f"{tool} does not run the generic cases of tools/op_cases.py"
+    assert f"ops.{op}(" in text or op in GENERIC, f"{op}: no case in {tool} (it runs every op)"
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -126,4 +149,4 @@ def test_op_has_binding(op):
 
 def test_every_binding_is_in_the_op_list():
     bound = {name for name in dir(convnet.ops) if not name.startswith("__")}
-    assert bound <= set(OPS), f"bound in convnet.ops but not in the op list: {sorted(bound - set(OPS))}"
+    assert bound <= set(OPS), f"bound in convnet.ops but not in the op table: {sorted(bound - set(OPS))}"

@@ -3,11 +3,17 @@
 Shapes are small and odd so every kernel's edge handling runs; each result is read back, so a
 kernel fault surfaces here rather than later.
 """
+import os
+import sys
+
 import numpy as np
 
 import convnet
 
-ops = convnet.ops
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import op_cases  # noqa: E402
+
+ops = op_cases.Recorder(convnet.ops, convnet._C.op_table)  # notes which ops of the table ran
 dev = "cuda:0"
 rng = np.random.default_rng(0)
 
@@ -57,8 +63,15 @@ def run():
     for shape in ((7, 5), (7, 5), (3,)):
         up.put(rng.standard_normal(shape).astype(np.float32))
         up.get().numpy()
+    for op in op_cases.generic_ops(convnet._C.op_table):  # elementwise ops with no case above
+        if op["name"] not in ops.called:
+            for out in op_cases.run_generic(ops, op, lambda: t(1001), lambda: t(1001)):
+                out.numpy()
     convnet.synchronize(dev)
-    print("sanitizer case: every op ran")
+    missing = ops.missing()
+    if missing:
+        raise SystemExit(f"sanitizer case: no case for {missing} (add one above)")
+    print(f"sanitizer case: every op ran ({len(ops.called)} of the op table)")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,19 @@ Shapes are chosen to reach every kernel path: partial tiles, split-K GEMM and ba
 grouped and strided convolution, staged / one-pixel / global LRN, empty and padded pool windows,
 softmax rows wider than a block, sgd batches of more than 32 tensors.
 """
+import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import op_cases  # noqa: E402  (tools/op_cases.py: the op table's generic cases)
 
 
 def run(out_path, device="cuda:0"):
     import convnet
 
-    ops = convnet.ops
+    ops = op_cases.Recorder(convnet.ops, convnet._C.op_table)  # notes which ops of the table ran
     rng = np.random.default_rng(1234)
     results = {}
 
@@ -116,6 +120,13 @@ def run(out_path, device="cuda:0"):
     vs = [T(R(w.shape[0])) for w in ws]
     ops.sgd_update(ws, gs, vs, [0.01] * len(ws), [5e-4] * len(ws), 0.9)
     keep("sgd", *ws, *vs)
+    for op in op_cases.generic_ops(convnet._C.op_table):  # elementwise ops with no case above
+        if op["name"] not in ops.called:
+            for n in (1, 1001, 70000):
+                keep(f"{op['name']}{n}", *op_cases.run_generic(ops, op, lambda: T(R(n)), lambda: E(n)))
+    missing = ops.missing()
+    if missing:
+        raise SystemExit(f"order_check: no case for {missing} (add one to run())")
     np.savez(out_path, **results)
     print(f"order_check: {len(results)} outputs from {device} -> {out_path}")
 
