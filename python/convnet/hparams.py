@@ -43,6 +43,8 @@ class HParams:
     lighting: float = _field(0.1, "std of the PCA colour augmentation (paper 0.1; 0 = off)")
     eval_views: int = _field(1, "views per validation image: 1 (centre) or 10 (corners, centre, mirrored)")
     save_every: int = _field(1, "write the last checkpoint every N epochs (and at the end)")
+    precision: str = _field("fp32", "fp32 | tf32 | bf16: arithmetic of the conv and FC GEMMs; weights, "
+                                    "momentum and checkpoints stay fp32 (docs/architecture.md, Precision)")
 
     def resolved(self, big_net: bool) -> "HParams":
         """A copy with the derived values filled in (epochs, lr, lr_steps), validated."""
@@ -90,6 +92,8 @@ class HParams:
             bad("save_every", ">= 1")
         if self.eval_views not in (1, 10):
             bad("eval_views", "1 or 10")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            bad("precision", "'fp32', 'tf32' or 'bf16'")
         if self.schedule not in ("step", "plateau"):
             bad("schedule", "'step' or 'plateau'")
         if self.lr_steps is not None:

@@ -70,14 +70,14 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           patience: int | None = None, out_dir=None, resume=None, workers: int = 2, progress: bool = True,
           plot: bool = False, lighting: float | None = None, eval_views: int | None = None, log_every: int = 10,
           log_seconds: float = 60.0, save_every: int | None = None, devices=None, input_size: int | None = None,
-          num_classes: int | None = None) -> TrainResult:
+          num_classes: int | None = None, precision: str | None = None) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model       None (the small default net for <= 64 px images, else AlexNet 2012), a name ("default",
                 "2012", "owt"), a Net, a layer-config list or a config file path (models.build_model)
     data        None/"builtin", "cifar10:<path>", "cifar100:<path>", "imagenet:<path>" or (train, test)
     epochs, batch_size, lr, momentum, weight_decay, seed, schedule, lr_steps, patience, lighting,
-    eval_views, save_every   see hparams.HParams (None: from the checkpoint when resuming, else the
+    eval_views, save_every, precision   see hparams.HParams (None: from the checkpoint when resuming, else the
                 default there; lr defaults to 0.01 x batch_size / 128)
     device      "auto" (cuda:0 if present, else cpu), "cpu", "cuda:1", ...; devices: one per tower
     input_size, num_classes   of a named model (default: from the data)
@@ -93,7 +93,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     t_start = time.time()
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  seed=seed, schedule=schedule, lr_steps=list(lr_steps) if lr_steps is not None else None,
-                 patience=patience, lighting=lighting, eval_views=eval_views, save_every=save_every)
+                 patience=patience, lighting=lighting, eval_views=eval_views, save_every=save_every,
+                 precision=precision)
     given = {k: v for k, v in given.items() if v is not None}
     HParams(**given).validate()  # bad values fail before any data is read
     if plot:
@@ -143,6 +144,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if H != W:
         raise ValueError(f"train: the loader makes square crops; the net's input is {H}x{W}")
     hp = hp.resolved(big_net=max(H, W) > 64)
+    net.precision = hp.precision  # the GEMMs' arithmetic; parameters and checkpoints stay fp32
     sched_state = meta_in.get("schedule") if meta_in and hp.lr == hp_in.get("lr") else None
     sched = Schedule(hp.schedule, hp.lr, hp.lr_steps, hp.patience, state=sched_state)
 
