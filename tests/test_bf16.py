@@ -25,6 +25,8 @@ ops = convnet.ops
 _C = convnet._C
 
 KERNELS = [
+    pytest.param("amx", id="amx",
+                 marks=pytest.mark.skipif(not _C.cpu_has_amx_bf16(), reason="no AMX-BF16 tiles on this CPU/OS")),
     pytest.param("avx512_bf16", id="avx512_bf16",
                  marks=pytest.mark.skipif(not _C.cpu_has_avx512_bf16(), reason="this CPU lacks AVX512-BF16")),
     pytest.param("portable", id="portable"),
@@ -125,19 +127,20 @@ def test_gemm_tf32_is_fp32_on_cpu(rng):
 
 
 def test_bf16_kernels_agree(rng):
-    """The AVX512-BF16 and the portable kernel pack the same bits; their sums differ only in order."""
+    """The AVX512-BF16, AMX and portable kernels pack the same bits; their sums differ only in order."""
     if not _C.cpu_has_avx512_bf16():
         pytest.skip("this CPU lacks AVX512-BF16")
     a, b = f32(rng.standard_normal((77, 333))), f32(rng.standard_normal((333, 45)))
     outs = []
-    for kernel in ("avx512_bf16", "portable"):
+    for kernel in ("avx512_bf16", "portable") + (("amx",) if _C.cpu_has_amx_bf16() else ()):
         _C.set_bf16_kernel(kernel)
         c = poisoned((77, 45), "cpu")
         with convnet.use_precision("bf16"):
             ops.gemm(to_device(a, "cpu"), to_device(b, "cpu"), c)
         outs.append(c.numpy().astype(np.float64))
     _C.set_bf16_kernel("auto")
-    assert rel(outs[0], outs[1]) < 1e-6
+    for o in outs[1:]:
+        assert rel(outs[0], o) < 1e-6
 
 
 def test_precision_errors():
