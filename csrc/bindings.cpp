@@ -282,14 +282,16 @@ convnet.upload_batches drives it for the training loop.
   m.def("precision", []() { return std::string(cpu::precision_name(cpu::gemm_precision())); });
   m.def("set_bf16_kernel", [](const std::string& k) {
     if (k == "auto") cpu::set_bf16_kernel(cpu::Bf16Kernel::Auto);
+    else if (k == "amx") cpu::set_bf16_kernel(cpu::Bf16Kernel::Amx);
     else if (k == "avx512_bf16") cpu::set_bf16_kernel(cpu::Bf16Kernel::Avx512Bf16);
     else if (k == "portable") cpu::set_bf16_kernel(cpu::Bf16Kernel::Portable);
-    else throw std::invalid_argument("set_bf16_kernel: expected 'auto', 'avx512_bf16' or 'portable', got '" + k + "'");
-  }, py::arg("kernel"), "Force the BF16 GEMM kernel (tests): 'avx512_bf16' (ValueError where the CPU lacks "
-     "it), 'portable' (same rounding, FP32 multiply-adds), or 'auto' (by CPUID, the default).");
+    else throw std::invalid_argument("set_bf16_kernel: expected 'auto', 'amx', 'avx512_bf16' or 'portable', got '" + k + "'");
+  }, py::arg("kernel"), "Force the BF16 GEMM kernel (tests): 'amx' or 'avx512_bf16' (ValueError where the CPU "
+     "lacks it), 'portable' (same rounding, FP32 multiply-adds), or 'auto' (by CPUID, the default).");
   m.def("bf16_kernel", []() { return std::string(cpu::bf16_kernel_name(cpu::select_bf16_kernel())); },
-        "The kernel a BF16 GEMM uses now: 'avx512_bf16' or 'portable'.");
+        "The kernel a BF16 GEMM uses now: 'amx', 'avx512_bf16' or 'portable'.");
   m.def("cpu_has_avx512_bf16", &cpu::cpu_has_avx512_bf16);
+  m.def("cpu_has_amx_bf16", &cpu::cpu_has_amx_bf16);
 
   // ---- ops (contracts in csrc/ops.h) ---------------------------------------------------------
   py::module_ o = m.def_submodule("ops", "Every op of convnet; outputs are passed in and written.");

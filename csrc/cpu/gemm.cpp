@@ -559,13 +559,15 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
 
 void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
                      const PanelSource* Bsrc, const RowSource* Asrc) {
-  const Bf16Kernel kern = select_bf16_kernel();
+  Bf16Kernel kern = select_bf16_kernel();
+  if (kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16)) kern = Bf16Kernel::Avx512Bf16;  // tile shapes
   Bf16Buffers& buf = bf16_buffers();
+  if (kern == Bf16Kernel::Amx) bf16_amx_begin(MR);
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
     const int nc = std::min(NC, n1 - jc);
     for (int pc = 0; pc < p.K; pc += KC) {
-      const int kc = std::min(KC, p.K - pc), kp = (kc + 1) / 2;
+      const int kc = std::min(KC, p.K - pc), kp = bf16_panel_pairs(kern, (kc + 1) / 2);
       const float beta = pc == 0 ? p.beta : 1.0f;
       for (int jp = 0; jp < nc; jp += NR) {
         const float* panel = buf.stage;
@@ -580,7 +582,7 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
           const int mr = std::min(MR, mc - ip);
           if (Asrc) pack_a_rows(*Asrc, ic + ip, mr, pc, kc, p.alpha, buf.stage);
           else pack_a(p.trans_a, p.A, p.lda, ic + ip, mr, pc, kc, p.alpha, buf.stage);
-          bf16_pack_panel(kern, buf.stage, kc, MR, buf.a + static_cast<int64_t>(ip) * kp);
+          bf16_pack_panel(kern, buf.stage, kc, MR, buf.a + static_cast<int64_t>(ip) * kp, true);
         }
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
@@ -589,6 +591,13 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
             const int mr = std::min(MR, mc - ir);
             const uint32_t* ap = buf.a + static_cast<int64_t>(ir) * kp;
             float* c = p.C + static_cast<int64_t>(ic + ir) * p.ldc + jc + jr;
+            if constexpr (MR == 12 && NR == 32) {
+              if (kern == Bf16Kernel::Amx && nr == NR && mc - ir >= 2 * MR) {
+                bf16_amx_micro_kernel_2(kp, ap, bp, c, p.ldc, beta);
+                ir += MR;  // two panels done
+                continue;
+              }
+            }
             if (mr == MR && nr == NR) {
               bf16_micro_kernel<MR, NR>(kern, kp, ap, bp, c, p.ldc, beta);
             } else {
@@ -608,6 +617,7 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
       }
     }
   }
+  if (kern == Bf16Kernel::Amx) bf16_amx_end();
 }
 
 // C = beta * C (zeros when beta == 0, never reading C): the K == 0 / alpha == 0 case.

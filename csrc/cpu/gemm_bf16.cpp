@@ -25,8 +25,14 @@
 #include <stdexcept>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CONVNET_X86 1
+#endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define CONVNET_AMX 1
 #endif
 
 namespace convnet {
@@ -62,7 +68,26 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
+bool cpu_has_amx_bf16() {
+#ifdef CONVNET_AMX
+  static const bool has = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx = (d >> 22 & 1u) && (d >> 24 & 1u);  // AMX-BF16, AMX-TILE
+    if (!amx || !cpu_has_avx512_bf16()) return false;     // the panels are packed with AVX512-BF16
+    // Linux hands out the 8 KB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 void set_bf16_kernel(Bf16Kernel k) {
+  if (k == Bf16Kernel::Amx && !cpu_has_amx_bf16())
+    throw std::invalid_argument("set_bf16_kernel: this CPU (or its OS) offers no AMX-BF16 tiles; use 'auto', "
+                                "'avx512_bf16' or 'portable'");
   if (k == Bf16Kernel::Avx512Bf16 && !cpu_has_avx512_bf16())
     throw std::invalid_argument("set_bf16_kernel: this CPU lacks AVX512-BF16 (vdpbf16ps); use 'auto' or 'portable'");
   g_bf16_kernel.store(k, std::memory_order_relaxed);
@@ -73,11 +98,13 @@ Bf16Kernel forced_bf16_kernel() { return g_bf16_kernel.load(std::memory_order_re
 Bf16Kernel select_bf16_kernel() {
   const Bf16Kernel k = forced_bf16_kernel();
   if (k != Bf16Kernel::Auto) return k;
+  if (cpu_has_amx_bf16()) return Bf16Kernel::Amx;
   return cpu_has_avx512_bf16() ? Bf16Kernel::Avx512Bf16 : Bf16Kernel::Portable;
 }
 
 const char* bf16_kernel_name(Bf16Kernel k) {
   switch (k) {
+    case Bf16Kernel::Amx: return "amx";
     case Bf16Kernel::Avx512Bf16: return "avx512_bf16";
     case Bf16Kernel::Portable: return "portable";
     default: return "auto";
@@ -213,10 +240,110 @@ CONVNET_BF16_TARGET void micro_avx512(int kp, const uint32_t* __restrict Ap, con
 }
 #endif
 
+#ifdef CONVNET_AMX
+#define CONVNET_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f")))
+
+// Tiles: 0, 1 = C of panel 0 (MR x 16 floats each), 2, 3 = C of panel 1, 4, 5 = A of panels 0, 1
+// (MR rows x 16 pairs), 6, 7 = B (16 pairs x 16 columns). Per 16 k pairs: 2 + PANELS tile loads and
+// 2 x PANELS tdpbf16ps of MR x 16 x 32 multiply-adds. Two A panels (24 rows) share each B tile load:
+// with one, the kernel waited on B's tile loads (perf: the hottest instruction).
+template <int MR, int PANELS>
+CONVNET_AMX_TARGET void micro_amx(int kps, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc,
+                                  float beta) {
+  constexpr int NR = 32;
+  const uint32_t* Ap1 = Ap + static_cast<int64_t>(MR) * kps;  // the next panel of A
+  _tile_zero(0);
+  _tile_zero(1);
+  if (PANELS == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int p = 0; p < kps; p += 16) {
+    _tile_loadd(6, Bp + static_cast<int64_t>(p) * NR, NR * 4);
+    _tile_loadd(7, Bp + static_cast<int64_t>(p) * NR + 16, NR * 4);
+    _tile_loadd(4, Ap + p, kps * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if (PANELS == 2) {
+      _tile_loadd(5, Ap1 + p, kps * 4);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  if (beta == 0.0f) {
+    _tile_stored(0, C, ldc * 4);
+    _tile_stored(1, C + 16, ldc * 4);
+    if (PANELS == 2) {
+      _tile_stored(2, C + MR * ldc, ldc * 4);
+      _tile_stored(3, C + MR * ldc + 16, ldc * 4);
+    }
+    return;
+  }
+  alignas(64) float t[PANELS * MR * NR];
+  _tile_stored(0, t, NR * 4);
+  _tile_stored(1, t + 16, NR * 4);
+  if (PANELS == 2) {
+    _tile_stored(2, t + MR * NR, NR * 4);
+    _tile_stored(3, t + MR * NR + 16, NR * 4);
+  }
+  for (int i = 0; i < PANELS * MR; ++i)
+    for (int j = 0; j < NR; ++j) C[i * ldc + j] = beta * C[i * ldc + j] + t[i * NR + j];
+}
+
+struct TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+CONVNET_AMX_TARGET void amx_load_config(int mr) {
+  TileConfig c;
+  std::memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = static_cast<uint8_t>(t < 6 ? mr : 16);
+  }
+  _tile_loadconfig(&c);
+}
+
+CONVNET_AMX_TARGET void amx_release() { _tile_release(); }
+#endif
+
 }  // namespace
 
-void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst) {
+void bf16_amx_begin(int rows) {
+#ifdef CONVNET_AMX
+  amx_load_config(rows);
+#else
+  (void)rows;
+#endif
+}
+
+void bf16_amx_end() {
+#ifdef CONVNET_AMX
+  amx_release();
+#endif
+}
+
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst, bool a_rows) {
 #ifdef CONVNET_X86
+  if (k == Bf16Kernel::Amx) {
+    const int kp = (kc + 1) / 2, kps = bf16_panel_pairs(k, kp);
+    if (!a_rows) {
+      pack_panel_avx512(src, kc, w, dst);
+      std::fill(dst + static_cast<int64_t>(kp) * w, dst + static_cast<int64_t>(kps) * w, 0u);
+      return;
+    }
+    thread_local uint32_t pairs[16 * 256];  // (kp, w) for w <= 16, kp <= 256
+    pack_panel_avx512(src, kc, w, pairs);
+    for (int i = 0; i < w; ++i) {
+      uint32_t* d = dst + static_cast<int64_t>(i) * kps;
+      for (int p = 0; p < kp; ++p) d[p] = pairs[p * w + i];
+      for (int p = kp; p < kps; ++p) d[p] = 0u;
+    }
+    return;
+  }
   if (k == Bf16Kernel::Avx512Bf16) {
     pack_panel_avx512(src, kc, w, dst);
     return;
@@ -229,14 +356,31 @@ void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* ds
 template <int MR, int NR>
 void bf16_micro_kernel(Bf16Kernel k, int kp, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc,
                        float beta) {
+#ifdef CONVNET_AMX
+  if constexpr (NR == 32 && MR <= 16) {
+    if (k == Bf16Kernel::Amx) {
+      micro_amx<MR, 1>(kp, Ap, Bp, C, ldc, beta);
+      return;
+    }
+  }
+#endif
 #ifdef CONVNET_X86
-  if (k == Bf16Kernel::Avx512Bf16) {
+  if (k == Bf16Kernel::Avx512Bf16 || k == Bf16Kernel::Amx) {
     micro_avx512<MR, NR>(kp, Ap, Bp, C, ldc, beta);
     return;
   }
 #endif
   (void)k;
   micro_portable<MR, NR>(kp, Ap, Bp, C, ldc, beta);
+}
+
+void bf16_amx_micro_kernel_2(int kps, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc, float beta) {
+#ifdef CONVNET_AMX
+  micro_amx<12, 2>(kps, Ap, Bp, C, ldc, beta);
+#else
+  (void)kps, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)beta;
+  throw std::logic_error("bf16_amx_micro_kernel_2 without AMX");
+#endif
 }
 
 template void bf16_micro_kernel<12, 32>(Bf16Kernel, int, const uint32_t*, const uint32_t*, float*, int64_t, float);

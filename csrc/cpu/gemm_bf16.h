@@ -14,7 +14,8 @@
 // gemm.cpp) becomes ceil(kc/2) x w uint32, element (p, j) = bf16(x[2p][j]) | bf16(x[2p+1][j]) << 16
 // (a zero high half when kc is odd): the (even k, odd k) pair that one vdpbf16ps lane multiplies.
 //
-// Kernels: AVX512-BF16 (vcvtne2ps2bf16 + vdpbf16ps, compiled with a target attribute so the module
+// Kernels: AMX-BF16 (tdpbf16ps on 12 x 16 tiles; Sapphire Rapids and later, where the kernel grants
+// the tile state through arch_prctl), AVX512-BF16 (vcvtne2ps2bf16 + vdpbf16ps, compiled with a target attribute so the module
 // builds for any x86-64) where CPUID reports it; elsewhere a portable kernel with the SAME rounding
 // (bit-identical packed operands) and float32 multiply-adds: slower, same precision. Chosen at run
 // time (select_bf16_kernel); tests force each one (convnet._C.set_bf16_kernel).
@@ -30,21 +31,33 @@ Precision gemm_precision();
 void set_gemm_precision(Precision p);
 const char* precision_name(Precision p);  // "fp32", "tf32", "bf16"
 
-enum class Bf16Kernel { Auto, Avx512Bf16, Portable };
+enum class Bf16Kernel { Auto, Amx, Avx512Bf16, Portable };
 bool cpu_has_avx512_bf16();               // CPUID (and the OS saving zmm state)
+bool cpu_has_amx_bf16();                  // CPUID AMX-BF16 + AMX-TILE and the kernel granted tile state
+// The K pairs a packed panel holds for kernel k: kp, or kp rounded up to 16 for AMX (a tile's depth).
+inline int bf16_panel_pairs(Bf16Kernel k, int kp) { return k == Bf16Kernel::Amx ? (kp + 15) / 16 * 16 : kp; }
 void set_bf16_kernel(Bf16Kernel k);       // Avx512Bf16 on a CPU without it: std::invalid_argument
 Bf16Kernel forced_bf16_kernel();          // as set (Auto by default)
 Bf16Kernel select_bf16_kernel();          // the kernel a BF16 GEMM uses now (never Auto)
-const char* bf16_kernel_name(Bf16Kernel k);  // "auto", "avx512_bf16", "portable"
+const char* bf16_kernel_name(Bf16Kernel k);  // "auto", "amx", "avx512_bf16", "portable"
 
-// One micro-panel: src (kc, w) float32 k-major -> dst (ceil(kc/2), w) BF16 pairs (layout above).
-void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst);
+// One micro-panel: src (kc, w) float32 k-major -> dst (kps, w) BF16 pairs (layout above), kps =
+// bf16_panel_pairs(k, ceil(kc/2)), pairs past ceil(kc/2) zero. For AMX an A panel (w = MR, a_rows)
+// is stored row-major instead, dst (w, kps): a tile row is one row of A, 16 pairs = 64 bytes.
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst, bool a_rows = false);
+// Per thread, around a run of AMX micro-kernels: load the tile configuration / release the tiles.
+void bf16_amx_begin(int rows);  // rows = MR: the A and C tiles' height
+void bf16_amx_end();
 
 // C[MR x NR] (row stride ldc) = acc + beta * C, acc = sum over kp pairs of Ap[p] (x) Bp[p] in float32;
 // beta == 0 never reads C. Instantiated for gemm.cpp's tile shapes (12 x 32, 6 x 16, 4 x 16).
 template <int MR, int NR>
 void bf16_micro_kernel(Bf16Kernel k, int kp, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc,
                        float beta);
+
+// AMX only, MR = 12, NR = 32: two vertically adjacent full tiles at once (A panels Ap and
+// Ap + 12 * kps, C rows 0..23), so each B tile load feeds two A tiles.
+void bf16_amx_micro_kernel_2(int kps, const uint32_t* Ap, const uint32_t* Bp, float* C, int64_t ldc, float beta);
 
 // Round to nearest even, NaN stays NaN (quiet), denormals flush to signed zero: what vcvtne2ps2bf16
 // does, so both kernels pack the same bits.

@@ -62,6 +62,8 @@ def _hparam_flags(t):
         extra = {}
         if f.name == "schedule":
             extra["choices"] = ["step", "plateau"]
+        elif f.name == "precision":
+            extra["choices"] = ["fp32", "tf32", "bf16"]
         elif f.name == "eval_views":
             extra = {"choices": [1, 10], "type": int}
         elif f.name == "reduction":

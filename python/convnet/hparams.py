@@ -49,6 +49,8 @@ class HParams:
                                            "(default: batch-size / processes; one process: the whole batch)")
     reduction: str = _field("ordered", "data parallel gradient sum: ordered (one fixed order, the same bytes "
                                        "for any number of processes) | fast (the MPI allreduce, not bit-identical)")
+    precision: str = _field("fp32", "fp32 | tf32 | bf16: arithmetic of the conv and FC GEMMs; weights, "
+                                    "momentum and checkpoints stay fp32 (docs/architecture.md, Precision)")
 
     def resolved(self, big_net: bool) -> "HParams":
         """A copy with the derived values filled in (epochs, lr, lr_steps), validated."""
@@ -96,6 +98,8 @@ class HParams:
             bad("save_every", ">= 1")
         if self.eval_views not in (1, 10):
             bad("eval_views", "1 or 10")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            bad("precision", "'fp32', 'tf32' or 'bf16'")
         if self.schedule not in ("step", "plateau"):
             bad("schedule", "'step' or 'plateau'")
         if self.lr_steps is not None:

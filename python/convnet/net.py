@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _C
 from ._C import ops
+from .precision import check_precision, use_precision
 from .preprocess import PIXEL_SCALE, check_pixel_range, test_input
 from .layers import Context, Copy, Data, Layer, SoftmaxCrossEntropy, layer_from_config
 from .tensor import as_labels
@@ -142,7 +143,8 @@ class Net:
     """
 
     def __init__(self, layers, device: str | None = None, seed: int = 0, meta: dict | None = None,
-                 allocate: bool = True, devices=None):
+                 allocate: bool = True, devices=None, precision: str = "fp32"):
+        self.precision = precision  # fp32 | tf32 | bf16 of its GEMMs (convnet/precision.py)
         configs, file_meta = load_config(layers)
         self.meta = {**file_meta, **(meta or {})}
         user = [c if isinstance(c, Layer) else layer_from_config(c, device) for c in configs]
@@ -177,6 +179,16 @@ class Net:
         self._slot = {}           # device -> the compute stream selected last (CUDA)
         if allocate:  # allocate=False: shapes only (summary, inspection), no parameter tensors
             self.init_params(seed)
+
+    @property
+    def precision(self) -> str:
+        """fp32 | tf32 | bf16: the arithmetic of the conv and FC GEMMs in this net's passes
+        (python/convnet/precision.py). Parameters, gradients and activations stay float32."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str):
+        self._precision = check_precision(value, "Net")
 
     # -- graph -------------------------------------------------------------------------------------
     @staticmethod
@@ -427,11 +439,12 @@ class Net:
         self._ctx = ctx
         self._barrier()
         try:
-            for l in self.layers:
-                if isinstance(l, Data) or (isinstance(l, SoftmaxCrossEntropy) and labels is None):
-                    continue
-                self._use(l)
-                l.forward([self._out[i] for i in l.inputs], self._out[l.name], ctx)
+            with use_precision(self.precision):
+                for l in self.layers:
+                    if isinstance(l, Data) or (isinstance(l, SoftmaxCrossEntropy) and labels is None):
+                        continue
+                    self._use(l)
+                    l.forward([self._out[i] for i in l.inputs], self._out[l.name], ctx)
         finally:
             self._end_pass()
         if labels is not None and self.cost_layer is not None:
@@ -448,7 +461,8 @@ class Net:
             raise RuntimeError("Net.backward: call forward(x, labels, train=True) first")
         self._barrier()
         try:
-            self._backward_layers(ctx, on_layer)
+            with use_precision(self.precision):
+                self._backward_layers(ctx, on_layer)
         finally:
             self._end_pass()
 

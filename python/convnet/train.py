@@ -75,7 +75,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
           plot: bool = False, lighting: float | None = None, eval_views: int | None = None, log_every: int = 10,
           log_seconds: float = 60.0, save_every: int | None = None, devices=None, input_size: int | None = None,
           num_classes: int | None = None, image_size: int | None = None, distributed="auto",
-          micro_batch: int | None = None, reduction: str | None = None) -> TrainResult:
+          micro_batch: int | None = None, reduction: str | None = None, precision: str | None = None) -> TrainResult:
     """Train a net with SGD; returns a TrainResult (the net and its per-epoch history).
 
     model       None (the small default net for <= 64 px images, else AlexNet 2012), a name ("default",
@@ -84,8 +84,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                 (data.open_data); image_size: the side image folders are resized to (default 256 for
                 the AlexNets, input x 8/7 for smaller nets: data.folder_image_size)
     epochs, batch_size, lr, momentum, weight_decay, seed, schedule, lr_steps, patience, lighting,
-    eval_views, save_every   see hparams.HParams (None: from the checkpoint when resuming, else the
-                default there; lr defaults to 0.01 x batch_size / 128); so are micro_batch, reduction
+    eval_views, save_every, precision   see hparams.HParams (None: from the checkpoint when resuming,
+                else the default there; lr defaults to 0.01 x batch_size / 128); so are micro_batch, reduction
     device      "auto" (cuda:0 if present, else cpu), "cpu", "cuda:1", ...; devices: one per tower
     input_size, num_classes   of a named model (default: from the data)
     out_dir     the run folder (checkpoint.npz = last, best.npz, log.jsonl, train.log, plots); default
@@ -106,7 +106,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  seed=seed, schedule=schedule, lr_steps=list(lr_steps) if lr_steps is not None else None,
                  patience=patience, lighting=lighting, eval_views=eval_views, save_every=save_every,
-                 micro_batch=micro_batch, reduction=reduction)
+                 micro_batch=micro_batch, reduction=reduction, precision=precision)
     given = {k: v for k, v in given.items() if v is not None}
     HParams(**given).validate()  # bad values fail before any data is read
     run = TrainingRun(distributed)  # one process, or this rank of a data-parallel job
@@ -167,6 +167,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if H != W:
         raise ValueError(f"train: the loader makes square crops; the net's input is {H}x{W}")
     hp = hp.resolved(big_net=max(H, W) > 64)
+    net.precision = hp.precision  # the GEMMs' arithmetic; parameters and checkpoints stay fp32
     sched_state = meta_in.get("schedule") if meta_in and hp.lr == hp_in.get("lr") else None
     sched = Schedule(hp.schedule, hp.lr, hp.lr_steps, hp.patience, state=sched_state)
 
