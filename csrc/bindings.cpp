@@ -303,12 +303,6 @@ convnet.upload_batches drives it for the training loop.
 #define ATTR(type, name) , py::arg(#name)
 #define ATTR_D(type, name, default_value) , py::arg(#name) = default_value
 #include "ops.def"
-#undef CONVNET_OP
-#undef IN
-#undef OUT
-#undef ACC
-#undef ATTR
-#undef ATTR_D
 
   // The layers' defaults (layers.py LRN, MaxPool, AvgPool) are the ops' defaults (ops.h LrnDefaults,
   // PoolDefaults).
@@ -339,11 +333,5 @@ convnet.upload_batches drives it for the training loop.
 #define ATTR(type, name) a.append(py::make_tuple(#name, "attribute", #type, false));
 #define ATTR_D(type, name, default_value) a.append(py::make_tuple(#name, "attribute", #type, true));
 #include "ops.def"
-#undef CONVNET_OP
-#undef IN
-#undef OUT
-#undef ACC
-#undef ATTR
-#undef ATTR_D
   m.attr("op_table") = table;
 }

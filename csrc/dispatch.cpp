@@ -144,12 +144,6 @@ namespace spec {
 #define ATTR(type, name)
 #define ATTR_D(type, name, default_value)
 #include "ops.def"
-#undef CONVNET_OP
-#undef IN
-#undef OUT
-#undef ACC
-#undef ATTR
-#undef ATTR_D
 }  // namespace spec
 
 // What every op checks first, written once: each tensor is defined (an OptTensor may be None) and of

@@ -45,6 +45,13 @@ struct LrnDefaults {
 struct PoolDefaults {
   static constexpr int window = 3, stride = 2, pad = 0;  // overlapping max-pool 3/2
 };
+// The same in the types of the ops' arguments: the defaults of the LRN and pool entries of ops.def.
+inline constexpr int kLrnSize = LrnDefaults::size;
+inline constexpr float kLrnAlpha = float(LrnDefaults::alpha), kLrnBeta = float(LrnDefaults::beta),
+                       kLrnK = float(LrnDefaults::k);
+inline constexpr Pair kPoolWindow{PoolDefaults::window, PoolDefaults::window};
+inline constexpr Pair kPoolStride{PoolDefaults::stride, PoolDefaults::stride};
+inline constexpr Pair kPoolPad{PoolDefaults::pad, PoolDefaults::pad};
 
 // ---- the declarations: void name(params) for every entry of ops.def -------------------------------
 #define CONVNET_OP(name, shape_rule, doc, args) void name(CONVNET_DROP_FIRST(~ args));
@@ -54,12 +61,6 @@ struct PoolDefaults {
 #define ATTR(type, name) , CONVNET_CPP_TYPE_##type name
 #define ATTR_D(type, name, default_value) , CONVNET_CPP_TYPE_##type name = default_value
 #include "ops.def"
-#undef CONVNET_OP
-#undef IN
-#undef OUT
-#undef ACC
-#undef ATTR
-#undef ATTR_D
 
 // Geometry helpers (also used by Python through the bindings): they raise ValueError for a window
 // larger than the padded input, a non-positive stride, negative padding or bad groups.
