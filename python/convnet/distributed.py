@@ -1074,8 +1074,7 @@ def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, view
     runs only its rows [lo, hi) of every batch of `batch_size`, the per-sample losses and hits are
     gathered in sample order and summed in that order, so every rank returns the same
     {"loss", "top1_err", "top5_err", "top1_acc", "n", "views"} for any number of ranks."""
-    from .evaluate import _prefetch_map, check_fit
-    from .net import softmax
+    from .evaluate import _prefetch_map, check_fit, view_probs
     from .preprocess import test_input
     if views not in (1, 10):
         raise ValueError(f"evaluate: views must be 1 or 10, got {views}")
@@ -1104,12 +1103,8 @@ def evaluate(net, dataset, comm: Comm | None = None, batch_size: int = 128, view
         if x is None:
             mine.append(np.empty((0, 3)))
             continue
-        probs, finite = 0.0, np.ones(len(labels), dtype=bool)
-        for v in range(views):
-            logits = net.forward(x[v]).numpy()
-            finite &= np.isfinite(logits).all(axis=1)
-            probs = probs + softmax(logits)
-        mine.append(per_sample_stats(probs / views, labels, finite))
+        probs, finite = view_probs(net, x)
+        mine.append(per_sample_stats(probs, labels, finite))
         if progress and time.time() - last > 5.0:
             last = time.time()
             print(f"  validating batch {len(mine)}/{len(chunks)}", file=sys.stderr, flush=True)

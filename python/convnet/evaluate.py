@@ -59,6 +59,17 @@ def _prefetch_map(fn, items, workers):
             yield out
 
 
+def view_probs(net: Net, x):
+    """(softmax averaged over the views (n, classes), rows whose logits were finite in every view (n,))
+    of test_input's views x (views, n, H, W, C)."""
+    probs, finite = 0.0, np.ones(x.shape[1], dtype=bool)
+    for view in x:
+        logits = net.forward(view).numpy()
+        finite &= np.isfinite(logits).all(axis=1)
+        probs = probs + softmax(logits)
+    return probs / len(x), finite
+
+
 def _errors(probs, labels, finite):
     """(summed loss, top-1 hits, top-5 hits) of probs (n, classes); rows not `finite` never hit."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -125,12 +136,8 @@ def evaluate(net: Net, data=None, views: int = 1, batch_size: int = 128, workers
         skipped += bad
         if x is None:
             continue
-        probs, finite = 0.0, np.ones(len(labels), dtype=bool)
-        for v in range(views):
-            logits = net.forward(x[v]).numpy()
-            finite &= np.isfinite(logits).all(axis=1)
-            probs = probs + softmax(logits)
-        l, h1, h5 = _errors(probs / views, labels, finite)
+        probs, finite = view_probs(net, x)
+        l, h1, h5 = _errors(probs, labels, finite)
         loss, top1, top5 = loss + l, top1 + h1, top5 + h5
         done += len(labels)
         if progress and time.time() - last >= PROGRESS_SECONDS:
