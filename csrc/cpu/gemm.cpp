@@ -444,14 +444,7 @@ inline void micro_kernel(int kc, const float* __restrict Ap, const float* __rest
     Ap += MR;
     Bp += NR;
   }
-  for (int i = 0; i < MR; ++i) {
-    float* c = C + i * ldc;
-    if (beta == 0.0f) {
-      for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
-    } else {
-      for (int j = 0; j < NR; ++j) c[j] = beta * c[j] + acc[i][j];
-    }
-  }
+  store_tile(&acc[0][0], NR, C, ldc, MR, NR, beta);
 }
 
 #endif
@@ -540,15 +533,7 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
             } else {
               // Edge tile: compute the whole padded tile locally, write back only mr x nr.
               micro_kernel(kc, ap, bp, tile, NR, 0.0f);
-              for (int i = 0; i < mr; ++i) {
-                float* ci = c + i * p.ldc;
-                const float* ti = tile + i * NR;
-                if (beta == 0.0f) {
-                  for (int j = 0; j < nr; ++j) ci[j] = ti[j];
-                } else {
-                  for (int j = 0; j < nr; ++j) ci[j] = beta * ci[j] + ti[j];
-                }
-              }
+              store_tile(tile, NR, c, p.ldc, mr, nr, beta);
             }
           }
         }
@@ -602,15 +587,7 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
               bf16_micro_kernel<MR, NR>(kern, kp, ap, bp, c, p.ldc, beta);
             } else {
               bf16_micro_kernel<MR, NR>(kern, kp, ap, bp, tile, NR, 0.0f);
-              for (int i = 0; i < mr; ++i) {
-                float* ci = c + i * p.ldc;
-                const float* ti = tile + i * NR;
-                if (beta == 0.0f) {
-                  for (int j = 0; j < nr; ++j) ci[j] = ti[j];
-                } else {
-                  for (int j = 0; j < nr; ++j) ci[j] = beta * ci[j] + ti[j];
-                }
-              }
+              store_tile(tile, NR, c, p.ldc, mr, nr, beta);
             }
           }
         }

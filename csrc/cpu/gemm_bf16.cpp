@@ -18,6 +18,7 @@
 // of its magnitude: ~3e-3 relative error norm on random data, well under the 1e-2 the tests allow.
 // vdpbf16ps treats denormal inputs and outputs as zero (no MXCSR); the packed inputs have none.
 #include "gemm_bf16.h"
+#include "gemm_internal.h"
 
 #include <algorithm>
 #include <atomic>
@@ -167,14 +168,7 @@ void micro_portable(int kp, const uint32_t* __restrict Ap, const uint32_t* __res
     Ap += MR;
     Bp += NR;
   }
-  for (int i = 0; i < MR; ++i) {
-    float* c = C + i * ldc;
-    if (beta == 0.0f) {
-      for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
-    } else {
-      for (int j = 0; j < NR; ++j) c[j] = beta * c[j] + acc[i][j];
-    }
-  }
+  store_tile(&acc[0][0], NR, C, ldc, MR, NR, beta);
 }
 
 #ifdef CONVNET_X86

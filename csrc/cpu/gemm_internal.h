@@ -1,6 +1,7 @@
-// Private interface between the CPU GEMM (gemm.cpp) and the CPU convolutions (conv.cpp): a B operand
-// packed once into the GEMM's own panel layout, then shared read-only by any number of serial GEMM
-// calls (the convolutions' per-thread chunks all multiply by the same weights).
+// Private interface of the CPU GEMM (gemm.cpp) for the CPU convolutions (conv.cpp) and the BF16
+// GEMM (gemm_bf16.cpp): a B operand packed once into the GEMM's own panel layout, then shared
+// read-only by any number of serial GEMM calls (the convolutions' per-thread chunks all multiply by
+// the same weights), and the write-back of a micro-kernel's tile.
 //
 // Layout of a packed op(B) (K, N): K is cut into blocks of KC rows (the last may be shorter); block
 // b (rows [b*KC, b*KC + kc)) starts at float b * KC * Np, Np = N rounded up to whole NR, and holds
@@ -54,6 +55,20 @@ struct RowSource {
 // C (M, N) = alpha * A Bp + beta * C, A from `a`, Bp a packed (K, N) B (pack_b_block), serial.
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
                         int ldc);
+
+// C (rows, cols; row stride ldc) = T (row stride ldt) when beta == 0 (C is never read), else
+// beta * C + T: how a micro-kernel's accumulator tile, or an edge tile's local copy, reaches C.
+inline void store_tile(const float* T, int ldt, float* C, int64_t ldc, int rows, int cols, float beta) {
+  for (int i = 0; i < rows; ++i) {
+    float* c = C + i * ldc;
+    const float* t = T + static_cast<int64_t>(i) * ldt;
+    if (beta == 0.0f) {
+      for (int j = 0; j < cols; ++j) c[j] = t[j];
+    } else {
+      for (int j = 0; j < cols; ++j) c[j] = beta * c[j] + t[j];
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace convnet
