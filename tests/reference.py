@@ -246,12 +246,15 @@ def max_pool_forward(x, R=3, S=3, stride=(2, 2), pad=(0, 0)):
     row-major window order; -1 (and y = 0) for a window with no valid input. NaN propagates as in
     PyTorch: a window holding a NaN gives NaN, and argmax is its first NaN (np.argmax's rule)."""
     taps = list(_pool_taps(x, R, S, stride, pad))
-    vals = np.stack([np.where(valid[None, :, :, None], v, -np.inf) for v, _, valid in taps])
-    idx = np.stack([np.where(valid, i, -1) for _, i, valid in taps])
-    best = np.argmax(vals, axis=0)  # first occurrence of the maximum
-    y = np.take_along_axis(vals, best[None], axis=0)[0]
+    vals = np.stack([v for v, _, _ in taps])
+    valid = np.stack([ok for _, _, ok in taps])[:, None, :, :, None]
+    idx = np.stack([np.where(ok, i, -1) for _, i, ok in taps])
+    y = np.where(valid, vals, -np.inf).max(axis=0)  # np.max propagates NaN
+    # The first in-bounds tap holding the maximum: padding never wins, not even over an input of -inf.
+    hit = valid & ((vals == y) | (np.isnan(vals) & np.isnan(y)))
+    best = np.argmax(hit, axis=0)
     argmax = np.take_along_axis(np.broadcast_to(idx[:, None, :, :, None], vals.shape), best[None], axis=0)[0]
-    empty = ~np.stack([valid for _, _, valid in taps]).any(axis=0)[None, :, :, None]
+    empty = ~valid.any(axis=0)
     return np.where(empty, 0.0, y), np.where(empty, -1, argmax)
 
 
