@@ -246,7 +246,7 @@ class Data(Layer):
         ok = isinstance(self.shape, (list, tuple)) and len(self.shape) == 3 and all(
             isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in self.shape)
         if not ok:
-            self._fail(f"needs shape=[H, W, C] of whole numbers >= 1, got {self.shape!r}")
+            self._fail(f"needs shape=[H, W, C] of whole numbers >= 1 (positive sizes), got {self.shape!r}")
         self.shape = tuple(int(s) for s in self.shape)
         return self.shape
 

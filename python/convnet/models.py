@@ -11,7 +11,7 @@ dicts) so it can be edited, saved as JSON, or re-pinned to devices.
 """
 from __future__ import annotations
 
-from .net import DEFAULT_INPUT_SCALE, Net, load_config
+from .net import DEFAULT_INPUT_SCALE, Net
 
 # Each named model's default input side, in one place (the configs' defaults and get_model use it).
 INPUT_SIZES = {"default": 28, "2012": 227, "owt": 224}
@@ -375,9 +375,9 @@ def input_side(model, input_size: int | None = None, image_shape=None) -> int | 
         if key == "default" and image_shape is not None:
             return min(INPUT_SIZES[key], *image_shape[:2])
         return INPUT_SIZES[key] if key else None  # unknown: build_model names the known ones
-    layers, _ = load_config(model)
-    shapes = [d.get("shape") for d in layers if isinstance(d, dict) and d.get("type") in ("data", "input")]
-    return int(shapes[0][0]) if shapes and isinstance(shapes[0], (list, tuple)) and shapes[0] else None
+    # A config: the Net's own shape inference on the CPU, no parameters allocated, so a bad config
+    # fails here naming its layer, as building it would.
+    return int(Net(model, device="cpu", allocate=False).input_shape[0])
 
 
 def build_model(model, num_classes: int, image_shape, device=None, seed: int = 0, devices=None,

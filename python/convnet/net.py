@@ -120,10 +120,11 @@ def _checked_layers(source, what):
                              f"got a dict with keys {sorted(map(str, source))}")
         source, meta = source["layers"], dict(source.get("meta", {}))
     if not isinstance(source, (list, tuple)):
-        raise ValueError(f"{what}: want a list of layers, got {type(source).__name__}")
-    for d in source:
+        raise ValueError(f"{what}: want a list of layers: a list of layer dicts, got {type(source).__name__}")
+    for i, d in enumerate(source):
         if not isinstance(d, (dict, Layer)):
-            raise ValueError(f"{what}: every layer is a dict with 'name' and 'type', got {d!r}")
+            raise ValueError(f"{what}: layer {i} is a {type(d).__name__} ({d!r}); every layer is a dict with "
+                             f"'name' and 'type'")
     return [dict(d) if isinstance(d, dict) else d for d in source], meta
 
 
