@@ -172,10 +172,10 @@ def conv_backward(dy, x, w, stride=(1, 1), pad=(0, 0), groups=1):
     dw = np.zeros_like(w)
     for g in range(groups):
         cs, ks = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
-        dyg = dy[..., ks].reshape(-1, Kg)
+        dyg = dy[..., ks].reshape(N * P * Q, Kg)  # explicit rows: Kg or Cg may be 0
         for r in range(R):
             for s in range(S):
-                xs = _windows(xpad, r, s, P, Q, sh, sw)[..., cs].reshape(-1, Cg)
+                xs = _windows(xpad, r, s, P, Q, sh, sw)[..., cs].reshape(N * P * Q, Cg)
                 dw[ks, r, s, :] = dyg.T @ xs
                 _windows(dxpad, r, s, P, Q, sh, sw)[..., cs] += (dyg @ w[ks, r, s, :]).reshape(N, P, Q, Cg)
     dx = dxpad[:, ph:ph + H, pw:pw + W, :]
@@ -237,7 +237,10 @@ def _pool_taps(x, R, S, stride, pad):
             hh = np.arange(P) * sh - ph + r
             ww = np.arange(Q) * sw - pw + s
             valid = (hh[:, None] >= 0) & (hh[:, None] < H) & (ww[None, :] >= 0) & (ww[None, :] < W)
-            vals = x[:, np.clip(hh, 0, H - 1)][:, :, np.clip(ww, 0, W - 1)]
+            if H and W:
+                vals = x[:, np.clip(hh, 0, H - 1)][:, :, np.clip(ww, 0, W - 1)]
+            else:  # no input pixel at all: every tap is padding
+                vals = np.zeros((N, P, Q, C))
             yield vals, hh[:, None] * W + ww[None, :], valid
 
 

@@ -55,7 +55,10 @@ def clean_call(fn):
 
 
 def out_size(n, k, s, p):
-    """Reference output extent, or None when the geometry is invalid."""
+    """Reference output extent, or None when the geometry is invalid (window, stride and padding
+    are the ops' int arguments: beyond int32 they are refused like any other bad value)."""
+    if max(k, s, p) > 2**31 - 1:
+        return None
     if n < 0 or k <= 0 or s <= 0 or p < 0 or k > n + 2 * p or n + 2 * p > 2**31 - 1:
         return None
     return R.conv_output_size(n, k, s, p)
