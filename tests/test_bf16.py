@@ -260,12 +260,19 @@ def test_net_precision_errors():
         convnet.train(small_conv_net(), data=None, epochs=1, precision="fp16", out_dir=False, progress=False)
 
 
-def test_net_bf16_forward_backward(rng):
-    """A bf16 Net: logits and gradients near the fp32 ones (bf16 error), parameters untouched fp32,
-    and the process-wide setting back to fp32 after each pass."""
-    x = rng.standard_normal((6, 12, 12, 3)).astype(np.float32)
-    labels = rng.integers(0, 10, 6).astype(np.int32)
-    nets = {p: convnet.Net(small_conv_net(), device="cpu", seed=3, precision=p) for p in ("fp32", "bf16")}
+def gateless_conv_net():
+    """small_conv_net without its gates (no ReLU, no max-pool): every difference between a bf16 and
+    an fp32 pass is then rounding, never a ReLU or pool gate that the rounding flipped."""
+    net = small_conv_net()
+    net[1]["relu"] = False
+    del net[3]
+    net[3]["inputs"] = ["rnorm1"]
+    return net
+
+
+def bf16_and_fp32_pass(layers, x, labels):
+    """Logits (eval pass) and parameter gradients (train pass) of one net in fp32 and in bf16."""
+    nets = {p: convnet.Net(layers, device="cpu", seed=3, precision=p) for p in ("fp32", "bf16")}
     out, grads = {}, {}
     for p, net in nets.items():
         out[p] = net.forward(x).numpy().astype(np.float64)
@@ -274,13 +281,35 @@ def test_net_bf16_forward_backward(rng):
         net.backward()
         assert _C.precision() == "fp32"
         grads[p] = {name: prm.grad.numpy().astype(np.float64) for name, prm in net.named_params()}
-    assert 1e-4 < rel(out["bf16"], out["fp32"]) < 2e-2
-    for name in grads["fp32"]:
-        e = rel(grads["bf16"][name], grads["fp32"][name])
-        assert e < 1e-1, (name, e)  # through ReLU and max-pool gates that bf16 may flip
     for (name, a), (_, b) in zip(nets["fp32"].named_params(), nets["bf16"].named_params()):
         assert a.value.dtype == b.value.dtype == "float32"
         np.testing.assert_array_equal(a.value.numpy(), b.value.numpy(), err_msg=name)
+    return out, grads
+
+
+def test_net_bf16_forward_backward(rng):
+    """A bf16 Net without gates: logits and every gradient within bf16 rounding of the fp32 ones
+    (measured over 30 seeds: worst gradient error 0.0064, median 0.0037; a wrong kernel is O(1)),
+    parameters untouched fp32, and the process-wide setting back to fp32 after each pass."""
+    x = rng.standard_normal((6, 12, 12, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 6).astype(np.int32)
+    out, grads = bf16_and_fp32_pass(gateless_conv_net(), x, labels)
+    assert 1e-4 < rel(out["bf16"], out["fp32"]) < 2e-2
+    for name in grads["fp32"]:
+        e = rel(grads["bf16"][name], grads["fp32"][name])
+        assert 1e-5 < e < 2e-2, (name, e)
+
+
+def test_net_bf16_with_gates(rng):
+    """The same with ReLU and max-pool: rounding may flip a gate, which moves a whole gradient term,
+    so the gradient bound is loose (30 seeds: median 0.049, worst 0.098) and the logits stay tight."""
+    x = rng.standard_normal((6, 12, 12, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 6).astype(np.int32)
+    out, grads = bf16_and_fp32_pass(small_conv_net(), x, labels)
+    assert 1e-4 < rel(out["bf16"], out["fp32"]) < 2e-2
+    for name in grads["fp32"]:
+        e = rel(grads["bf16"][name], grads["fp32"][name])
+        assert e < 0.25, (name, e)
 
 
 def test_bf16_checkpoint_loads_in_any_precision(tmp_path):
