@@ -81,6 +81,9 @@ struct SgdParam {
   KERNEL(relu_forward, (const float* x, float* y, int64_t n))                                            \
   /* dx = dy where y > 0, else 0 (y is the forward output) */                                       \
   KERNEL(relu_backward, (const float* y, const float* dy, float* dx, int64_t n))                         \
+  /* y = x > 0 ? x : slope x;  dx = x > 0 ? dy : slope dy (x is the forward input) */                 \
+  KERNEL(leaky_relu_forward, (const float* x, float* y, int64_t n, float slope))                     \
+  KERNEL(leaky_relu_backward, (const float* x, const float* dy, float* dx, int64_t n, float slope))  \
   /* Inverted dropout: y = x * keep / (1 - p), keep = philox_uniform(seed, counter, offset + i) >= p */ \
   KERNEL(dropout_forward, (const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,   \
                        uint64_t offset))                                                             \

@@ -401,6 +401,29 @@ void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
 }
 
 namespace {
+void need_finite(const char* op, const char* name, float v) {
+  if (!std::isfinite(v)) fail(op, std::string(name) + " must be finite, got " + std::to_string(v));
+}
+}  // namespace
+
+void leaky_relu_forward(const Tensor& x, const Tensor& y, float slope) {
+  const char* op = "leaky_relu_forward";
+  const Device dev = check_tensors(spec::leaky_relu_forward, {&x, &y});
+  need_finite(op, "slope", slope);
+  need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  CONVNET_DISPATCH(dev, leaky_relu_forward(x.f32(), y.f32(), x.numel(), slope));
+}
+
+void leaky_relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, float slope) {
+  const char* op = "leaky_relu_backward";
+  const Device dev = check_tensors(spec::leaky_relu_backward, {&x, &dy, &dx});
+  need_finite(op, "slope", slope);
+  need_shape(op, "dy", dy, x.shape(), "x " + x.shape_str());
+  need_shape(op, "dx", dx, x.shape(), "x " + x.shape_str());
+  CONVNET_DISPATCH(dev, leaky_relu_backward(x.f32(), dy.f32(), dx.f32(), x.numel(), slope));
+}
+
+namespace {
 void need_probability(const char* op, float p) {
   if (!(p >= 0.0f && p < 1.0f)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
 }

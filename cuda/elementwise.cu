@@ -79,6 +79,16 @@ __global__ void relu_backward_kernel(const float* y, const float* dy, float* dx,
     dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];  // PyTorch's threshold_backward: NaN passes dy
 }
 
+__global__ void leaky_relu_forward_kernel(const float* x, float* y, int64_t n, float slope) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = x[i] > 0.0f ? x[i] : slope * x[i];
+}
+
+__global__ void leaky_relu_backward_kernel(const float* x, const float* dy, float* dx, int64_t n, float slope) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    dx[i] = x[i] > 0.0f ? dy[i] : slope * dy[i];
+}
+
 // One thread per Philox block of 4 elements: the same numbers as the CPU (csrc/philox.h).
 // out[i] = in[i] * mask(offset + i); one thread per Philox block of the draw that touches
 // [offset, offset + n) (the first and last may be partial when offset is not a multiple of 4).
@@ -251,6 +261,18 @@ void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
   if (n == 0) return;
   relu_backward_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(y, dy, dx, n);
   CONVNET_LAUNCH_CHECK("relu_backward_kernel");
+}
+
+void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
+  if (n == 0) return;
+  leaky_relu_forward_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(x, y, n, slope);
+  CONVNET_LAUNCH_CHECK("leaky_relu_forward_kernel");
+}
+
+void leaky_relu_backward(const float* x, const float* dy, float* dx, int64_t n, float slope) {
+  if (n == 0) return;
+  leaky_relu_backward_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(x, dy, dx, n, slope);
+  CONVNET_LAUNCH_CHECK("leaky_relu_backward_kernel");
 }
 
 void dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t seed, uint64_t counter,

@@ -87,6 +87,16 @@ def relu_backward(y, dy):
     return np.where(y <= 0, 0.0, dy)
 
 
+def leaky_relu_forward(x, slope=0.01):
+    """x where x > 0, else slope x (NaN stays NaN)."""
+    return np.where(x > 0, x, slope * x)
+
+
+def leaky_relu_backward(x, dy, slope=0.01):
+    """dy where the forward input x > 0, else slope dy."""
+    return np.where(x > 0, dy, slope * dy)
+
+
 def dropout_mask(shape, p, seed, counter, offset=0):
     """Keep-mask scaled for inverted dropout: 1/(1-p) where kept, 0 where dropped; element i takes
     element offset + i of the draw."""

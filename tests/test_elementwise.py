@@ -42,6 +42,45 @@ def test_fill_and_add(device, rng, n):
 
 
 # --------------------------------------------------------------------------------------------------
+# Leaky ReLU (the worked example of docs/architecture.md "How to add an op")
+
+@pytest.mark.parametrize("shape", [(1,), (7, 5), (2, 3, 4, 33), (70001,)])
+@pytest.mark.parametrize("slope", [0.01, 0.2, -0.5])
+def test_leaky_relu_forward_backward(device, rng, shape, slope):
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::7] = 0.0  # the boundary: x = 0 takes the slope
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, dx = poisoned(shape, device), poisoned(shape, device)
+    ops.leaky_relu_forward(to_device(x, device), y, slope)
+    ops.leaky_relu_backward(to_device(x, device), to_device(dy, device), dx, slope)
+    assert_close(y.numpy(), ref.leaky_relu_forward(x.astype(np.float64), slope), 1e-6, "y")
+    assert_close(dx.numpy(), ref.leaky_relu_backward(x.astype(np.float64), dy.astype(np.float64), slope), 1e-6, "dx")
+
+
+def test_leaky_relu_gradient_check_and_in_place(device, rng):
+    x = rng.standard_normal((6, 9))
+    x[np.abs(x) < 0.05] = 0.5  # away from the kink, where a finite difference straddles it
+    dy = rng.standard_normal((6, 9)).astype(np.float32)
+    dx = poisoned((6, 9), device)
+    ops.leaky_relu_backward(to_device(x, device), to_device(dy, device), dx, 0.1)
+    check_gradient(dx.numpy(), lambda v: ref.leaky_relu_forward(v, 0.1), x, dy.astype(np.float64), rng,
+                   samples=54, what="leaky relu dx")
+    t = to_device(x, device)
+    ops.leaky_relu_forward(t, t)  # in place, default slope 0.01
+    assert_close(t.numpy(), ref.leaky_relu_forward(x.astype(np.float32).astype(np.float64)), 1e-6, "in place")
+
+
+def test_leaky_relu_errors(device):
+    x, y = convnet.zeros((3, 4), device), convnet.zeros((3, 4), device)
+    with pytest.raises(ValueError, match="leaky_relu_forward: slope must be finite"):
+        ops.leaky_relu_forward(x, y, float("nan"))
+    with pytest.raises(ValueError, match="leaky_relu_backward: dx has shape"):
+        ops.leaky_relu_backward(x, y, convnet.zeros((4, 3), device))
+    with pytest.raises(ValueError, match="leaky_relu_forward: x must be float32"):
+        ops.leaky_relu_forward(convnet.zeros((3, 4), device, "int32"), y)
+
+
+# --------------------------------------------------------------------------------------------------
 # ReLU
 
 @pytest.mark.parametrize("shape", [(1,), (7, 3), (2, 5, 5, 3), (4, 13, 13, 96)])

@@ -129,6 +129,14 @@ void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
 CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];  // PyTorch's threshold_backward
 }
+void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : slope * x[i];  // NaN: slope * NaN = NaN
+}
+void leaky_relu_backward(const float* x, const float* dy, float* dx, int64_t n, float slope) {
+CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0.0f ? dy[i] : slope * dy[i];
+}
 
 namespace {
 // out[i] = in[i] * mask(offset + i): draw element e comes from Philox block e / 4, word e % 4. The
