@@ -120,9 +120,13 @@ def main(argv=None):
     ap.add_argument("--step-batch", type=int, default=16, help="OWT training step batch (default 16)")
     ap.add_argument("--no-step", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--kernels", default=None, help="our bf16 kernels to time, first = the 'ours bf16' column "
+                    "(default: the automatic choice, then avx512_bf16 if different)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "bench_precision.json"))
     args = ap.parse_args(argv)
     threads = _C.cpu_threads()
+    auto = _C.bf16_kernel()
+    kernels = args.kernels.split(",") if args.kernels else [auto] + (["avx512_bf16"] if auto == "amx" else [])
     torch = None
     if not args.no_torch:
         import torch
@@ -130,23 +134,28 @@ def main(argv=None):
     load0 = os.getloadavg()
     print(f"threads {threads}, bf16 kernel {_C.bf16_kernel()}, load {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}")
     rows = []
-    hdr = f"{'layer':12s} {'batch':>5s} {'ours fp32':>10s} {'ours bf16':>10s} {'bf16 x':>7s} {'torch fp32':>10s} {'torch bf16':>10s}  (ms, fwd+bwd; GFLOP/s in JSON)"
+    hdr = f"{'layer':12s} {'batch':>5s} {'ours fp32':>10s} {'ours bf16':>10s} {'bf16 x':>7s} {'torch fp32':>10s} {'torch bf16':>10s}" + \
+        "".join(f" {k[:10]:>10s}" for k in kernels[1:]) + "  (ms, fwd+bwd)"
     print(hdr)
     for name in args.layers.split(","):
         batch = args.fc_batch if name in FC_LAYERS else args.batch
         make = ours_fc if name in FC_LAYERS else ours_conv
         r = {"layer": name, "batch": batch}
-        for p in ("fp32", "bf16"):
-            fn, flops = make(name, batch, p)
-            r[f"ours_{p}_s"] = median_time(fn, args.repeat)
-            r["flops"] = flops
+        fn, r["flops"] = make(name, batch, "fp32")
+        r["ours_fp32_s"] = median_time(fn, args.repeat)
+        for k in kernels:
+            _C.set_bf16_kernel(k)
+            fn, _ = make(name, batch, "bf16")
+            r[f"ours_bf16_{k}_s"] = median_time(fn, args.repeat)
+        _C.set_bf16_kernel("auto")
+        r["ours_bf16_s"] = r[f"ours_bf16_{kernels[0]}_s"]
         if torch is not None:
             for p, ac in (("fp32", False), ("bf16", True)):
                 r[f"torch_{p}_s"] = median_time(torch_layer(torch, name, batch, ac), args.repeat)
         rows.append(r)
         ms = lambda k: f"{r[k] * 1e3:10.1f}" if k in r else f"{'-':>10s}"
         print(f"{name:12s} {batch:5d} {ms('ours_fp32_s')} {ms('ours_bf16_s')} {r['ours_fp32_s'] / r['ours_bf16_s']:7.2f}"
-              f" {ms('torch_fp32_s')} {ms('torch_bf16_s')}", flush=True)
+              f" {ms('torch_fp32_s')} {ms('torch_bf16_s')}" + "".join(ms(f"ours_bf16_{k}_s") for k in kernels[1:]), flush=True)
     step = None
     if not args.no_step:
         step = {p: owt_step(p, args.step_batch, args.repeat) for p in ("fp32", "bf16")}

@@ -7,16 +7,21 @@
 // pairs before it leaves L1: the conversion is fused into packing at micro-panel granularity, so
 // one set of packers (transposes, row sources, prepacked weights) serves both precisions.
 //
-// Micro-kernel, AVX-512 tile MR x NR = 12 x 32 (the FP32 kernel's shape, gemm.cpp): 24 zmm
-// accumulators; per k PAIR 2 vector loads of B (16 column pairs each) + 12 broadcasts of an A pair
-// feed 24 vdpbf16ps, each 32 multiply-adds: twice the work per instruction of vfmadd231ps, and the
-// operands are half the bytes (napkin: 2 pipes x 16 lanes x 2 pairs x 2 FLOP x ~4.1 GHz = ~525
-// GFLOP/s per core if vdpbf16ps issues on both FMA pipes at FMA rate, as on Zen 4/5).
-// Accuracy: the inputs carry 8 bits of mantissa (relative rounding error <= 2^-9 = 0.2 % each), the
-// products are exact in FP32 and the sums are FP32 (blocked by KC as in the FP32 GEMM), so a product
-// of two rounded inputs is off by <= ~2^-8 relative and a random-sign sum of them by ~2^-8 / sqrt(...)
-// of its magnitude: ~3e-3 relative error norm on random data, well under the 1e-2 the tests allow.
-// vdpbf16ps treats denormal inputs and outputs as zero (no MXCSR); the packed inputs have none.
+// Kernels (select_bf16_kernel, by CPUID; tests force each):
+//   AMX-BF16   tdpbf16ps on tiles: per call two 12-row A tiles x two 16-column B tiles (C = 4 tiles of
+//              12 x 16 floats), 16 k pairs per step: 4 tile products of 12 x 16 x 32 multiply-adds for
+//              4 tile loads. The A panel is stored row-major for it (a tile row = 16 pairs of one row),
+//              K pairs padded to a multiple of 16 with zeros.
+//   AVX512-BF16 MR x NR = 12 x 32 (the FP32 kernel's shape, gemm.cpp): 24 zmm accumulators; per k PAIR
+//              2 loads of B + 12 broadcasts of an A pair feed 24 vdpbf16ps, each 32 multiply-adds,
+//              twice vfmadd231ps's work. But on this project's Xeon (AMX, AVX512-FP16) vdpbf16ps
+//              issues at 1/4 the rate of vfmadd231ps (measured, register-only loops, 6 to 24 chains),
+//              so this kernel is ~0.7x the FP32 GEMM here: it is the choice only without AMX.
+//   portable   the same packed bits in float32 multiply-adds: CPUs without AVX512-BF16.
+// Accuracy: each input carries 8 bits of mantissa (relative rounding error <= 2^-9), products are
+// exact in FP32 and sums are FP32 (blocked by KC as in the FP32 GEMM), so each product is off by
+// <= ~2^-8 relative and a sum of random-sign products by ~2.5e-3 of its norm (measured), under the
+// 1e-2 the tests allow. vdpbf16ps/tdpbf16ps flush denormals; the packed inputs have none.
 #include "gemm_bf16.h"
 #include "gemm_internal.h"
 
