@@ -350,14 +350,15 @@ with .numpy(); move it with .to(device).
         "v <- m v - wd lr w - lr g; w <- w + v, for every parameter in one call.");
   o.def("conv_forward", &ops::conv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
         py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, py::arg("relu") = false, GIL(),
-        "y (N, P, Q, K) (=|+=) conv(x (N, H, W, C), w (K, R, S, C/g)) + b; relu: then y = max(0, y)");
+        py::arg("accumulate") = false, py::arg("relu") = false, py::arg("algorithm") = "auto", GIL(),
+        "y (N, P, Q, K) (=|+=) conv(x (N, H, W, C), w (K, R, S, C/g)) + b; relu: then y = max(0, y). "
+        "algorithm: 'auto' (per shape and pass), 'direct' or 'winograd' (stride-1 3x3/5x5, CPU).");
   o.def("conv_backward_data", &ops::conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("dx"),
         py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, GIL());
+        py::arg("accumulate") = false, py::arg("algorithm") = "auto", GIL());
   o.def("conv_backward_filter", &ops::conv_backward_filter, py::arg("dy"), py::arg("x"), py::arg("dw"),
         py::arg("db"), py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
-        py::arg("accumulate") = false, GIL());
+        py::arg("accumulate") = false, py::arg("algorithm") = "auto", GIL());
   o.def("lrn_forward", &ops::lrn_forward, py::arg("x"), py::arg("y"), py::arg("size") = 5,
         py::arg("alpha") = 1e-4f, py::arg("beta") = 0.75f, py::arg("k") = 2.0f, py::arg("alpha_over_size") = false,
         GIL(), "y = x / (k + alpha sum_window x^2)^beta across channels (alpha / size if alpha_over_size)");

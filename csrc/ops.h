@@ -10,6 +10,8 @@
 // fully-connected weights (out, in).
 #pragma once
 
+#include <string>
+
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -71,12 +73,14 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
 // Convolution. x (N, H, W, C), w (K, R, S, C/groups), b (K,), y (N, P, Q, K) with
 // P = (H + 2 pad_h - R) / stride_h + 1 (floor), Q likewise. relu: y = max(0, y) on the final value
 // (after bias and accumulation), fused into the kernel's epilogue.
+// algorithm: "auto" (the backend's selector per shape and pass), "direct" or "winograd" (stride-1 3x3 and
+// 5x5 filters with pad < R, CPU only for now: ValueError otherwise).
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
-                  Pair pad, int groups, bool accumulate, bool relu = false);
+                  Pair pad, int groups, bool accumulate, bool relu = false, const std::string& algorithm = "auto");
 void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,
-                        int groups, bool accumulate);
+                        int groups, bool accumulate, const std::string& algorithm = "auto");
 void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,
-                          Pair stride, Pair pad, int groups, bool accumulate);
+                          Pair stride, Pair pad, int groups, bool accumulate, const std::string& algorithm = "auto");
 
 // Local response normalisation across channels of x (..., C): b = a / (k + alpha' sum_window a^2)^beta
 // with alpha' = alpha (the paper) or alpha / size (cuda-convnet, PyTorch) when alpha_over_size.
