@@ -4,6 +4,7 @@ AlexNet-2012 (two-tower, groups 2) and of the one-weird-trick variant, ours agai
     python benchmarks/bench_conv.py                         # CPU, small batch, all layers
     python benchmarks/bench_conv.py --device cuda:0         # GPU, batch 128
     python benchmarks/bench_conv.py --layers 2012.conv2,owt.conv3 --repeat 10 --batch 4
+    python benchmarks/bench_conv.py --algorithms direct,winograd   # our conv ops' algorithm= side by side
 
 Timing: median over --repeat samples after warm-up runs. Each sample is a host timer around
 `iters` back-to-back calls bracketed by convnet.synchronize(device) (our _C module has no CUDA event
@@ -16,6 +17,8 @@ the timing, torch.set_num_threads equal to our thread count on the CPU; on the G
 fp32 (allow_tf32 False for cuDNN and matmul) with cudnn.benchmark on. backward-data is
 aten.convolution_backward with output_mask (True, False, False); backward-filter with (False, True, True)
 (filters and bias, as ours computes dw and db).
+
+speed-up = torch time / our time (above 1: ours faster); ours/torch is its inverse.
 
 Results: a table on stdout and JSON at --json (default benchmarks/results/bench_conv-<device>.json).
 """
@@ -68,7 +71,7 @@ def time_it(fn, sync, repeat, warmup, iters):
     return statistics.median(samples)
 
 
-def ours(name, N, device, repeat, warmup, iters, rng):
+def ours(name, N, device, repeat, warmup, iters, rng, algorithm="auto"):
     H, W, C, K, R, S, st, pd, g = LAYERS[name]
     P, Q = out_size(H, R, st, pd), out_size(W, S, st, pd)
     x = convnet.from_numpy(rng.standard_normal((N, H, W, C), dtype=np.float32), device)
@@ -79,9 +82,9 @@ def ours(name, N, device, repeat, warmup, iters, rng):
     dx = convnet.empty((N, H, W, C), device)
     dw = convnet.empty((K, R, S, C // g), device)
     db = convnet.empty((K,), device)
-    kw = dict(stride=(st, st), pad=(pd, pd), groups=g)
+    kw = dict(stride=(st, st), pad=(pd, pd), groups=g, algorithm=algorithm)
     fns = {
-        "fwd": lambda: convnet.ops.conv_forward(x, w, b, y, **kw),
+        "fwd": lambda: convnet.ops.conv_forward(x, w, b, y, relu=False, **kw),
         "bwd_data": lambda: convnet.ops.conv_backward_data(dy, w, dx, **kw),
         "bwd_filter": lambda: convnet.ops.conv_backward_filter(dy, x, dw, db, **kw),
     }
@@ -119,6 +122,9 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=None, help="calls per timed sample (default: 1 CPU, 5 GPU)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--algorithms", default="auto",
+                    help="comma-separated algorithm= values of our conv ops to time (auto, direct, winograd); "
+                         "winograd is skipped on the layers it does not support")
     ap.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
     args = ap.parse_args(argv)
 
@@ -153,24 +159,31 @@ def main(argv=None):
     rows = []
     print(f"conv benchmark: device {device}, batch {N}, median of {repeat} (x{iters} calls), "
           f"{threads} CPU threads, torch {torch.__version__ if torch else 'absent'}")
-    header = f"{'layer':<11} {'pass':<10} {'ours ms':>9} {'GFLOP/s':>8} {'torch ms':>9} {'GFLOP/s':>8} {'ours/torch':>10}"
+    algorithms = [a.strip() for a in args.algorithms.split(",")]
+    header = (f"{'layer':<11} {'pass':<10} {'algorithm':<9} {'ours ms':>9} {'GFLOP/s':>8} {'torch ms':>9} {'GFLOP/s':>8} "
+              f"{'ours/torch':>10} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
     for name in names:
         H, W, C, K, R, S, st, pd, g = LAYERS[name]
         P, Q = out_size(H, R, st, pd), out_size(W, S, st, pd)
         flops = 2.0 * N * P * Q * K * R * S * (C // g)
-        mine = ours(name, N, device, repeat, args.warmup, iters, rng)
+        winograd_ok = st == 1 and R == S and R in (3, 5) and pd < R
+        mine = {a: ours(name, N, device, repeat, args.warmup, iters, rng, a) for a in algorithms
+                if a != "winograd" or winograd_ok}
         ref = theirs(torch, name, N, device, repeat, args.warmup, iters, rng) if torch else None
         for p in PASSES:
-            row = dict(layer=name, pass_=p, batch=N, gflop=flops / 1e9, ours_ms=mine[p] * 1e3,
-                       ours_gflops=flops / mine[p] / 1e9)
-            line = f"{name:<11} {p:<10} {row['ours_ms']:9.2f} {row['ours_gflops']:8.1f}"
-            if ref:
-                row.update(torch_ms=ref[p] * 1e3, torch_gflops=flops / ref[p] / 1e9, ratio=mine[p] / ref[p])
-                line += f" {row['torch_ms']:9.2f} {row['torch_gflops']:8.1f} {row['ratio']:10.2f}"
-            print(line, flush=True)
-            rows.append({("pass" if k == "pass_" else k): v for k, v in row.items()})
+            for a, t in mine.items():
+                row = dict(layer=name, pass_=p, algorithm=a, batch=N, gflop=flops / 1e9, ours_ms=t[p] * 1e3,
+                           ours_gflops=flops / t[p] / 1e9)
+                line = f"{name:<11} {p:<10} {a:<9} {row['ours_ms']:9.2f} {row['ours_gflops']:8.1f}"
+                if ref:
+                    row.update(torch_ms=ref[p] * 1e3, torch_gflops=flops / ref[p] / 1e9, ratio=t[p] / ref[p],
+                               speedup=ref[p] / t[p])
+                    line += (f" {row['torch_ms']:9.2f} {row['torch_gflops']:8.1f} {row['ratio']:10.2f}"
+                             f" {row['speedup']:8.2f}")
+                print(line, flush=True)
+                rows.append({("pass" if k == "pass_" else k): v for k, v in row.items()})
 
     path = args.json or os.path.join(HERE, "results", f"bench_conv-{device.replace(':', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -23,6 +23,10 @@ namespace convnet {
 // Convolution geometry. C and K are totals over all groups; each group maps C/groups input channels
 // to K/groups output channels, and the filter tensor is (K, R, S, C/groups).
 // Output size: P = (H + 2*pad_h - R) / stride_h + 1, Q likewise (the floor rule).
+// Which algorithm a conv op runs: Auto lets the backend's selector pick per shape and pass (the CPU's
+// in csrc/cpu/winograd.cpp); Winograd is only set for shapes it supports (dispatch.cpp checks).
+enum class ConvAlgorithm { Auto, Direct, Winograd };
+
 struct ConvShape {
   int N, H, W, C;        // input (N, H, W, C)
   int K, R, S;           // filters (K, R, S, C/groups)
@@ -30,6 +34,7 @@ struct ConvShape {
   int stride_h, stride_w;
   int pad_h, pad_w;
   int groups;
+  ConvAlgorithm algorithm = ConvAlgorithm::Auto;
 };
 
 // Pooling geometry: window R x S, input (N, H, W, C), output (N, P, Q, C). Padding is never part of

@@ -7,6 +7,8 @@
 // follows it in each op is that op's own contract (ranks, shapes, attributes).
 #include "ops.h"
 
+#include "cpu/winograd.h"  // winograd_unsupported: the shapes algorithm="winograd" takes
+
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -522,36 +524,53 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
 // ---------------------------------------------------------------------------------------------
 // convolution
 
+// The conv ops' algorithm= argument, checked against the shape and the device.
+ConvAlgorithm conv_algorithm(const char* op, const std::string& name, const ConvShape& s, const Device& dev) {
+  if (name == "auto") return ConvAlgorithm::Auto;
+  if (name == "direct") return ConvAlgorithm::Direct;
+  if (name != "winograd") fail(op, "algorithm must be 'auto', 'direct' or 'winograd', got '" + name + "'");
+  const std::string why = cpu::winograd_unsupported(s);
+  if (!why.empty())
+    fail(op, "algorithm='winograd': " + why + " (filter " + std::to_string(s.R) + "x" + std::to_string(s.S) +
+                 ", stride (" + std::to_string(s.stride_h) + ", " + std::to_string(s.stride_w) + "), pad (" +
+                 std::to_string(s.pad_h) + ", " + std::to_string(s.pad_w) + ")); use 'auto' or 'direct'");
+  if (dev.is_cuda()) fail(op, "algorithm='winograd' has no CUDA kernels yet (device " + dev.str() + "); use 'auto' or 'direct'");
+  return ConvAlgorithm::Winograd;
+}
+
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
-                  Pair pad, int groups, bool accumulate, bool relu) {
+                  Pair pad, int groups, bool accumulate, bool relu, const std::string& algorithm) {
   const char* op = "conv_forward";
   const Device dev = check_tensors(spec::conv_forward, {&x, &w, ptr(b), &y});
-  const ConvShape s = conv_shape(x.shape(), w.shape(), stride, pad, groups, op);
+  ConvShape s = conv_shape(x.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
   no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
+  s.algorithm = conv_algorithm(op, algorithm, s, dev);
   CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu));
 }
 
 void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pair stride, Pair pad,
-                        int groups, bool accumulate) {
+                        int groups, bool accumulate, const std::string& algorithm) {
   const char* op = "conv_backward_data";
   const Device dev = check_tensors(spec::conv_backward_data, {&dy, &w, &dx});
-  const ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
+  ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "dx " + dx.shape_str() + " with w " + w.shape_str());
   no_alias_any(op, "dx", dx, {{"dy", &dy}, {"w", &w}});
+  s.algorithm = conv_algorithm(op, algorithm, s, dev);
   CONVNET_DISPATCH(dev, conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate));
 }
 
 void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, const OptTensor& db,
-                          Pair stride, Pair pad, int groups, bool accumulate) {
+                          Pair stride, Pair pad, int groups, bool accumulate, const std::string& algorithm) {
   const char* op = "conv_backward_filter";
   const Device dev = check_tensors(spec::conv_backward_filter, {&dy, &x, &dw, ptr(db)});
-  const ConvShape s = conv_shape(x.shape(), dw.shape(), stride, pad, groups, op);
+  ConvShape s = conv_shape(x.shape(), dw.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with dw " + dw.shape_str());
   if (db) need_shape(op, "db", *db, {s.K}, "dw " + dw.shape_str());
   no_alias_any(op, "dw", dw, {{"dy", &dy}, {"x", &x}, {"db", ptr(db)}});
   if (db) no_alias_any(op, "db", *db, {{"dy", &dy}, {"x", &x}});
+  s.algorithm = conv_algorithm(op, algorithm, s, dev);
   CONVNET_DISPATCH(dev, conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate));
 }
 

@@ -4,8 +4,11 @@
 // cuda:: kernel of backend.h on the tensors' device. tests/reference.py is the executable spec of each.
 #pragma once
 
+#include <string>
+
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -30,6 +33,7 @@ using OptTensor = std::optional<Tensor>;
 #define CONVNET_CPP_TYPE_bool bool
 #define CONVNET_CPP_TYPE_uint64_t uint64_t
 #define CONVNET_CPP_TYPE_Pair Pair
+#define CONVNET_CPP_TYPE_String const std::string&
 
 // CONVNET_DROP_FIRST(~ , a, b) -> a, b: each argument expands with a leading comma, the first is dropped.
 #define CONVNET_DROP_FIRST_(first, ...) __VA_ARGS__

@@ -1,23 +1,20 @@
-"""Winograd convolution (csrc/cpu/winograd.cpp) forced on odd shapes: forward and backward-data against the
-float64 reference, outputs NaN-poisoned (every element written), accumulate adding to old values.
-
-The path is forced with CONVNET_CONV_ALGORITHM=winograd (read per call by the CPU selector) until the op's
-`algorithm=` argument lands; backward-filter has no Winograd form yet and runs the direct path.
+"""Winograd convolution (csrc/cpu/winograd.cpp) forced with algorithm="winograd" on odd shapes: forward,
+backward-data and backward-filter against the float64 reference, outputs NaN-poisoned (every element
+written), accumulate adding to old values; a gradient check through the Winograd passes; the errors of
+algorithm=; the Conv layer option.
 """
 import numpy as np
 import pytest
 
+import convnet
 import reference as ref
-from test_conv import f32, make, run_backward_data, run_forward
+from conftest import poisoned, to_device
 from gradcheck import assert_close
+from test_conv import f32, make, out_tensor
 
+ops = convnet.ops
 
-@pytest.fixture
-def force_winograd(monkeypatch):
-    monkeypatch.setenv("CONVNET_CONV_ALGORITHM", "winograd")
-
-
-# (N, H, W, C, K, R, pad, groups): odd H/W, pad 0/1/2 (up to R-1), groups 2, N = 1, C not a multiple of 16.
+# (N, H, W, C, K, R, pad, groups): odd H/W, pad 0/1/2 (up to R-1), groups 2, N = 1, C not a multiple of 4 or 16.
 SHAPES = [
     (1, 7, 9, 5, 3, 3, 1, 1),
     (2, 13, 13, 24, 20, 3, 1, 2),
@@ -27,32 +24,137 @@ SHAPES = [
     (2, 9, 7, 7, 5, 5, 0, 1),
     (1, 6, 10, 9, 11, 5, 4, 1),
     (2, 13, 13, 64, 96, 3, 1, 2),
+    (1, 3, 3, 6, 10, 3, 2, 2),  # output larger than the input, a single partial tile
 ]
+
+
+def run_all(rng, shape, accumulate, algorithm):
+    N, H, W, C, K, R, pad, groups = shape
+    x, w, b = make(rng, N, H, W, C, K, R, R, groups)
+    x, w, b = f32(x), f32(w), f32(b)
+    kw = dict(stride=(1, 1), pad=(pad, pad), groups=groups, accumulate=accumulate, algorithm=algorithm)
+    y_ref = ref.conv_forward(x, w, b, (1, 1), (pad, pad), groups)
+    dy = f32(rng.standard_normal(y_ref.shape))
+    dx_ref, dw_ref, db_ref = ref.conv_backward(dy, x, w, (1, 1), (pad, pad), groups)
+
+    y, old_y = out_tensor(y_ref.shape, "cpu", rng, accumulate)
+    ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, **kw)
+    dx, old_x = out_tensor(x.shape, "cpu", rng, accumulate)
+    ops.conv_backward_data(to_device(dy, "cpu"), to_device(w, "cpu"), dx, **kw)
+    dw, old_w = out_tensor(w.shape, "cpu", rng, accumulate)
+    db, old_b = out_tensor(b.shape, "cpu", rng, accumulate)
+    ops.conv_backward_filter(to_device(dy, "cpu"), to_device(x, "cpu"), dw, db, **kw)
+    add = (lambda ref_, old: ref_ + old) if accumulate else (lambda ref_, old: ref_)
+    assert_close(y.numpy(), add(y_ref, old_y), what="y")
+    assert_close(dx.numpy(), add(dx_ref, old_x), what="dx")
+    assert_close(dw.numpy(), add(dw_ref, old_w), what="dw")
+    assert_close(db.numpy(), add(db_ref, old_b), what="db")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_winograd_forward_backward_data(force_winograd, rng, shape, accumulate):
-    N, H, W, C, K, R, pad, groups = shape
-    x, w, b = make(rng, N, H, W, C, K, R, R, groups)
-    x, w, b = f32(x), f32(w), f32(b)
-    stride, padp = (1, 1), (pad, pad)
-    y_ref = ref.conv_forward(x, w, b, stride, padp, groups)
-    y, old = run_forward(x, w, b, stride, padp, groups, "cpu", rng, accumulate)
-    assert_close(y, y_ref + (old if accumulate else 0), what="y")
-    dy = f32(rng.standard_normal(y_ref.shape))
-    dx_ref, _, _ = ref.conv_backward(dy, x, w, stride, padp, groups)
-    dx, old = run_backward_data(dy, w, x.shape, stride, padp, groups, "cpu", rng, accumulate)
-    assert_close(dx, dx_ref + (old if accumulate else 0), what="dx")
+def test_winograd_all_passes(rng, shape, accumulate):
+    run_all(rng, shape, accumulate, "winograd")
 
 
-def test_winograd_fused_relu(force_winograd, rng):
-    import convnet
-    from conftest import poisoned, to_device
+@pytest.mark.parametrize("algorithm", ["auto", "direct"])
+def test_other_algorithms_same_contract(rng, algorithm):
+    # a shape the auto rule sends to Winograd (3x3, 64+ channels, >= 4096 output pixels) and one it does not
+    run_all(rng, (25, 13, 13, 64, 64, 3, 1, 1), False, algorithm)
+    run_all(rng, (2, 9, 7, 7, 5, 5, 0, 1), True, algorithm)
+
+
+def test_winograd_fused_relu(rng):
     x, w, b = make(rng, 2, 9, 11, 8, 6, 3, 3, 1)
     x, w, b = f32(x), f32(w), f32(b)
     y_ref = np.maximum(ref.conv_forward(x, w, b, (1, 1), (1, 1), 1), 0)
     y = poisoned(y_ref.shape, "cpu")
-    convnet.ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, stride=(1, 1),
-                             pad=(1, 1), groups=1, accumulate=False, relu=True)
+    ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, stride=(1, 1), pad=(1, 1),
+                     groups=1, accumulate=False, relu=True, algorithm="winograd")
     assert_close(y.numpy(), y_ref, what="y")
+
+
+def test_winograd_gradient_check(rng):
+    """Finite differences of L = sum(conv(x, w) * g) in float64 on the reference, against the Winograd
+    backward passes (so a wrong turned filter or transposed transform cannot pass)."""
+    N, H, W, C, K, R, pad, groups = 2, 7, 6, 4, 6, 3, 1, 2
+    x, w, b = make(rng, N, H, W, C, K, R, R, groups)
+    x, w = f32(x), f32(w)
+    y0 = ref.conv_forward(x, w, None, (1, 1), (pad, pad), groups)
+    g = f32(rng.standard_normal(y0.shape))
+    dx = poisoned(x.shape, "cpu")
+    dw = poisoned(w.shape, "cpu")
+    kw = dict(stride=(1, 1), pad=(pad, pad), groups=groups, accumulate=False, algorithm="winograd")
+    ops.conv_backward_data(to_device(g, "cpu"), to_device(w, "cpu"), dx, **kw)
+    ops.conv_backward_filter(to_device(g, "cpu"), to_device(x, "cpu"), dw, None, **kw)
+    eps = 1e-4
+    for arr, grad in ((x, dx.numpy()), (w, dw.numpy())):
+        for idx in [tuple(rng.integers(0, n) for n in arr.shape) for _ in range(6)]:
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            args = (plus, w) if arr is x else (x, plus)
+            argm = (minus, w) if arr is x else (x, minus)
+            fd = (np.sum(ref.conv_forward(*args, None, (1, 1), (pad, pad), groups) * g)
+                  - np.sum(ref.conv_forward(*argm, None, (1, 1), (pad, pad), groups) * g)) / (2 * eps)
+            assert abs(grad[idx] - fd) <= 1e-4 * max(1.0, abs(fd)), (idx, grad[idx], fd)
+
+
+def test_winograd_same_bits_any_thread_count(rng):
+    """dw sums its tiles in chunk order, whatever the threads: 1 and 2 threads give the same bits."""
+    x, w, b = make(rng, 3, 13, 13, 32, 48, 3, 3, 1)
+    x, w = to_device(f32(x), "cpu"), to_device(f32(w), "cpu")
+    dy = to_device(f32(rng.standard_normal((3, 13, 13, 48))), "cpu")
+    results = []
+    before = convnet._C.cpu_threads()
+    try:
+        for threads in (1, 2):
+            convnet._C.set_cpu_threads(threads)
+            dw = poisoned((48, 3, 3, 32), "cpu")
+            ops.conv_backward_filter(dy, x, dw, None, stride=(1, 1), pad=(1, 1), algorithm="winograd")
+            results.append(dw.numpy())
+    finally:
+        convnet._C.set_cpu_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("op", ["conv_forward", "conv_backward_data", "conv_backward_filter"])
+@pytest.mark.parametrize("w_shape, stride, pad, message", [
+    ((4, 3, 3, 2), (2, 2), (1, 1), "stride 1"),
+    ((4, 7, 7, 2), (1, 1), (1, 1), "3x3 or 5x5"),
+    ((4, 3, 5, 2), (1, 1), (1, 1), "3x3 or 5x5"),
+    ((4, 3, 3, 2), (1, 1), (3, 3), "padding below"),
+])
+def test_winograd_unsupported_shape_errors(op, w_shape, stride, pad, message):
+    x = convnet.from_numpy(np.zeros((1, 11, 11, 2), np.float32))
+    w = convnet.from_numpy(np.zeros(w_shape, np.float32))
+    P = ref.conv_output_size(11, w_shape[1], stride[0], pad[0])
+    Q = ref.conv_output_size(11, w_shape[2], stride[1], pad[1])
+    y = convnet.empty((1, P, Q, 4))
+    kw = dict(stride=stride, pad=pad, groups=1, accumulate=False, algorithm="winograd")
+    with pytest.raises(ValueError, match=f"{op}.*algorithm='winograd'.*{message}"):
+        if op == "conv_forward":
+            ops.conv_forward(x, w, None, y, **kw)
+        elif op == "conv_backward_data":
+            ops.conv_backward_data(y, w, x, **kw)
+        else:
+            ops.conv_backward_filter(y, x, w, None, **kw)
+
+
+def test_unknown_algorithm_error():
+    x = convnet.from_numpy(np.zeros((1, 5, 5, 2), np.float32))
+    w = convnet.from_numpy(np.zeros((4, 3, 3, 2), np.float32))
+    y = convnet.empty((1, 3, 3, 4))
+    with pytest.raises(ValueError, match="conv_forward: algorithm must be 'auto', 'direct' or 'winograd', got 'fft'"):
+        ops.conv_forward(x, w, None, y, algorithm="fft")
+    with pytest.raises(TypeError):
+        ops.conv_forward(x, w, None, y, algorithm=3)
+
+
+def test_conv_layer_algorithm_option(rng):
+    from convnet.layers import Conv
+    with pytest.raises(ValueError, match="algorithm='fft'"):
+        Conv("c", "data", filters=4, size=3, algorithm="fft").setup([(8, 8, 3)])
+    with pytest.raises(ValueError, match="algorithm='winograd' needs stride 1"):
+        Conv("c", "data", filters=4, size=3, stride=2, algorithm="winograd").setup([(8, 8, 3)])
+    Conv("c", "data", filters=4, size=5, pad=2, algorithm="winograd").setup([(8, 8, 3)])  # accepted

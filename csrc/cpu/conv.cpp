@@ -452,7 +452,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
   const Geo g = geo_of(s);
   const int64_t total_rows = static_cast<int64_t>(s.N) * g.PQ;
   if (total_rows == 0) return;
-  if (winograd_chosen(s)) return winograd_forward(s, x, w, b, y, accumulate, relu);
+  if (winograd_chosen(s, ConvPass::Forward)) return winograd_forward(s, x, w, b, y, accumulate, relu);
   const float beta = accumulate ? 1.0f : 0.0f;
   // Y_g = patches_g W_g^T: W_g (Kg, RSC) is GEMM operand B stored transposed, which the GEMM packs
   // with 16 x 16 in-register transposes (no transposed copy of W per call).
@@ -520,7 +520,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
 void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
   const Geo g = geo_of(s);
   if (s.N == 0) return;
-  if (winograd_chosen(s)) return winograd_backward_data(s, dy, w, dx, accumulate);
+  if (winograd_chosen(s, ConvPass::BackwardData)) return winograd_backward_data(s, dy, w, dx, accumulate);
   if (is_pointwise(s)) {
     // dx_g (N*H*W, Cg) (=|+=) dy_g (N*H*W, Kg) x W_g (Kg, Cg), written in place.
     const int rows = static_cast<int>(static_cast<int64_t>(s.N) * g.HW);
@@ -628,6 +628,7 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     if (!accumulate) fill(dw, dw_size, 0.0f);
     return;
   }
+  if (winograd_chosen(s, ConvPass::BackwardFilter)) return winograd_backward_filter(s, dy, x, dw, accumulate);
   if (is_pointwise(s)) {
     // dW_g (Kg, Cg) (=|+=) dy_g^T (Kg, N*H*W) x x_g (N*H*W, Cg): one GEMM per group.
     for (int grp = 0; grp < s.groups; ++grp)

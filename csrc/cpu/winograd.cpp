@@ -1,13 +1,15 @@
 // CPU Winograd convolution: see winograd.h for what it computes, the layout and the accuracy.
 #include "winograd.h"
 
-#include "gemm_internal.h"
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <exception>
+
+#include "gemm_bf16.h"  // gemm_precision: auto is direct under bf16
+#include "gemm_internal.h"
+#include "parallel.h"
 
 #ifdef CONVNET_WITH_OPENMP
 #include <omp.h>
@@ -18,227 +20,374 @@ namespace cpu {
 
 namespace {
 
-#ifndef CHUNK_MB
-#define CHUNK_MB 24
-#endif
-constexpr int kN = 6;  // input tile side
+constexpr int kN = 6;  // transform tile side
 constexpr int kNN = kN * kN;
 
-// B^T (6, 6) for the points 0, +-1, +-2, infinity (shared by F(4,3) and F(2,5)).
-constexpr float kBT[kN][kN] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                               {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-// A^T (m, 6): row i is p^i at the finite points, the last column is infinity's.
-constexpr float kAT4[4][kN] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
-constexpr float kAT2[2][kN] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
-// G (6, r): row j is p^k / prod_{l != j}(p - p_l) for finite p, (0, ..., 0, 1) for infinity.
-double g_entry(int j, int k, int r) {
-  static const double pts[5] = {0, 1, -1, 2, -2};
-  if (j == kN - 1) return k == r - 1 ? 1.0 : 0.0;
-  double f = 1, pk = 1;
-  for (int l = 0; l < 5; ++l)
-    if (l != j) f *= pts[j] - pts[l];
-  for (int i = 0; i < k; ++i) pk *= pts[j];
-  return pk / f;
-}
+// The transforms, from the finite points 0, 1, -1, 2, -2 and infinity (row-major, leading dimension kN):
+//   B^T (6, 6), shared by every split m + r - 1 = 6;
+//   A^T (m, 6) of F(m, .): row i is p^i at the finite points, infinity's column is 1 in the last row;
+//   G (6, r) of F(., r): row j is p_j^k / prod_{l != j} (p_j - p_l), infinity's row is (0, ..., 0, 1).
+constexpr float kBT[kN * kN] = {4, 0, -5, 0,  1, 0, 0, -4, -4, 1,  1, 0, 0, 4, -4, -1, 1, 0,
+                                0, -2, -1, 2, 1, 0, 0, 2,  -1, -2, 1, 0, 0, 4, 0,  -5, 0, 1};
+constexpr double kPoints[kN - 1] = {0, 1, -1, 2, -2};
 
-// Tiles per thread job, a multiple of 12 (the GEMM's micro-tile rows). Each of the 36 GEMMs of a chunk
-// streams its packed U (Cg x Kg floats, 0.4 MB for conv3) from L3 for 2 * tc FLOPs per float, so tc
-// must be large; V (36, tc, C) + M (36, tc, K) are kept near kChunkBudget (each GEMM's own slice of V,
-// tc x Cg, stays in L2).
-constexpr int64_t kChunkBudget = int64_t(CHUNK_MB) << 20;
-int tiles_per_chunk(int C, int K) {
-  const int64_t per_tile = int64_t(kNN) * (C + K) * 4;
-  const int64_t tc = std::max<int64_t>(12, std::min<int64_t>(480, kChunkBudget / per_tile));
-  return static_cast<int>(tc / 12 * 12);
-}
-
-// U (g, 36, Kg, Cg) = G w_k,c G^T, in double then rounded; channel vectors innermost (w's C is contiguous),
-// so U is the transposed (N, K) form of each GEMM's B operand, packed with trans_b.
-void transform_filters(const ConvShape& s, const float* w, float* U) {
-  const int R = s.R, Cg = s.C / s.groups, Kg = s.K / s.groups;
-  double G[kN][5];
-  for (int j = 0; j < kN; ++j)
-    for (int k = 0; k < R; ++k) G[j][k] = g_entry(j, k, R);
-#pragma omp parallel
-  {
-    std::vector<double> t(size_t(kN) * R * Cg), acc(Cg);
-#pragma omp for schedule(static)
-    for (int k = 0; k < s.K; ++k) {
-      const int g = k / Kg, kk = k % Kg;
-      const float* wk = w + int64_t(k) * R * R * Cg;
-      for (int i = 0; i < kN; ++i)
-        for (int b = 0; b < R; ++b) {
-          double* ti = t.data() + (i * R + b) * Cg;
-          for (int c = 0; c < Cg; ++c) ti[c] = 0;
-          for (int r = 0; r < R; ++r) {
-            const double f = G[i][r];
-            if (f == 0) continue;
-            const float* src = wk + (r * R + b) * Cg;
-            for (int c = 0; c < Cg; ++c) ti[c] += f * src[c];
-          }
-        }
-      for (int i = 0; i < kN; ++i)
+struct Transforms {
+  float AT[kN + 1][kN * kN];  // AT[m]: (m, 6)
+  float G[kN + 1][kN * kN];   // G[r]: (6, r), leading dimension kN
+  Transforms() {
+    for (int m = 1; m <= kN; ++m)
+      for (int i = 0; i < m; ++i)
         for (int j = 0; j < kN; ++j) {
-          for (int c = 0; c < Cg; ++c) acc[c] = 0;
-          for (int b = 0; b < R; ++b) {
-            const double f = G[j][b];
-            if (f == 0) continue;
-            const double* ti = t.data() + (i * R + b) * Cg;
-            for (int c = 0; c < Cg; ++c) acc[c] += f * ti[c];
-          }
-          float* dst = U + ((int64_t(g) * kNN + i * kN + j) * Kg + kk) * Cg;
-          for (int c = 0; c < Cg; ++c) dst[c] = static_cast<float>(acc[c]);
+          double v = j == kN - 1 ? (i == m - 1 ? 1.0 : 0.0) : 1.0;
+          if (j < kN - 1)
+            for (int e = 0; e < i; ++e) v *= kPoints[j];
+          AT[m][i * kN + j] = static_cast<float>(v);
         }
-    }
+    for (int r = 1; r <= kN; ++r)
+      for (int j = 0; j < kN; ++j)
+        for (int k = 0; k < r; ++k) {
+          double v;
+          if (j == kN - 1) {
+            v = k == r - 1 ? 1.0 : 0.0;
+          } else {
+            double f = 1, pk = 1;
+            for (int l = 0; l < kN - 1; ++l)
+              if (l != j) f *= kPoints[j] - kPoints[l];
+            for (int e = 0; e < k; ++e) pk *= kPoints[j];
+            v = pk / f;
+          }
+          G[r][j * kN + k] = static_cast<float>(v);
+        }
   }
+};
+const Transforms& transforms() {
+  static const Transforms t;
+  return t;
 }
 
-struct Plan {
-  int m, th, tw;  // outputs per tile side, tile rows and columns per image
-  int64_t tiles;  // N * th * tw
-};
-
-// out[c] = sum_a coef[a] * in[a][c] over `na` vectors of C floats with stride `ldin` (zero coefs skipped).
-inline void combine(const float* coef, int na, const float* in, int64_t ldin, int C, float* out) {
+// out[c] = sum_a coef[a] * in[a * ldin + c] for c < L (zero coefficients skipped).
+inline void combine(const float* coef, int na, const float* in, int64_t ldin, int L, float* out) {
   bool first = true;
   for (int a = 0; a < na; ++a) {
     const float f = coef[a];
     if (f == 0.0f) continue;
     const float* src = in + a * ldin;
     if (first) {
-      for (int c = 0; c < C; ++c) out[c] = f * src[c];
+      for (int c = 0; c < L; ++c) out[c] = f * src[c];
       first = false;
     } else {
-      for (int c = 0; c < C; ++c) out[c] += f * src[c];
+      for (int c = 0; c < L; ++c) out[c] += f * src[c];
     }
   }
-  if (first) std::memset(out, 0, sizeof(float) * C);
+  if (first) std::memset(out, 0, sizeof(float) * L);
 }
 
-// V[xi][t][:] = (B^T d B)[xi] of chunk tile t (global tile `tile`), d read from x, zero outside.
-// scratch: 2 * 36 * C floats.
-void input_transform(const ConvShape& s, const Plan& p, const float* x, int64_t tile, int t, int tc, float* V,
-                     float* scratch) {
-  const int C = s.C;
-  const int64_t per_img = int64_t(p.th) * p.tw;
-  const int64_t n = tile / per_img;
-  const int rem = static_cast<int>(tile % per_img);
-  const int h0 = (rem / p.tw) * p.m - s.pad_h, w0 = (rem % p.tw) * p.m - s.pad_w;
-  float* d = scratch;              // (6, 6, C)
-  float* tmp = scratch + kNN * C;  // (6, 6, C): tmp[i][b] = sum_a BT[i][a] d[a][b]
-  for (int a = 0; a < kN; ++a)
-    for (int b = 0; b < kN; ++b) {
-      const int h = h0 + a, ww = w0 + b;
-      float* dst = d + (a * kN + b) * C;
-      if (h < 0 || h >= s.H || ww < 0 || ww >= s.W)
+// out (b x b vectors of L floats, vector (i, j) at out + (i * b + j) * ldout) = T in T^T, with T (b, a)
+// row-major (leading dimension kN) and in a x a vectors, vector (u, v) at in + (u * a + v) * ldin.
+// tmp: b * a * L floats.
+void transform2d(const float* T, int b, int a, const float* in, int64_t ldin, int L, float* out, int64_t ldout,
+                 float* tmp) {
+  for (int i = 0; i < b; ++i)
+    for (int v = 0; v < a; ++v) combine(T + i * kN, a, in + v * ldin, a * ldin, L, tmp + (i * a + v) * L);
+  for (int i = 0; i < b; ++i)
+    for (int j = 0; j < b; ++j) combine(T + j * kN, a, tmp + i * a * L, L, L, out + (i * b + j) * ldout);
+}
+
+// Buffers kept for the thread's life (OpenMP reuses its pool threads), 64-byte aligned, never zeroed.
+// Slots: 0-2 belong to the calling thread's whole call (shared read-only by the workers), 3-5 to a worker.
+enum Slot { kPacked, kCall, kV, kM, kTmp, kSlots };
+float* buffer(Slot slot, int64_t n) {
+  struct Buf {
+    float* p = nullptr;
+    int64_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  if (b.cap < n) {
+    std::free(b.p);
+    b.p = nullptr;
+    b.cap = 0;
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+    b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!b.p) throw_workspace_oom("conv (winograd)", bytes);
+    b.cap = n;
+  }
+  return b.p;
+}
+
+void record(std::exception_ptr* error) {
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp critical(convnet_winograd_error)
+#endif
+  if (!*error) *error = std::current_exception();
+}
+
+// The tiles in chunks of tc, in order; per chunk, three phases, each shared by all threads (one
+// parallel region, a barrier after each phase):
+//   pre(t, i, tmp)  for the chunk's tiles (global t, i-th of the chunk): the input-side transforms;
+//   mul(xi, g, i0, nt, t0) for the 36 x groups transform-domain GEMMs of the chunk's nt tiles;
+//   post(t, i, tmp) for the chunk's tiles: the output transform (forward).
+// Every GEMM job reads its U_xi once per chunk for all the chunk's tiles (cutting the tiles between
+// threads instead made each thread stream all 36 U_xi: conv3's 14 MB per 32 tiles, and the GEMMs
+// waited on memory). tmp: tmp_floats per thread. The first exception is rethrown after the region.
+template <class Pre, class Mul, class Post>
+void run_chunks(int64_t tiles, int tc, int jobs, int64_t tmp_floats, bool parallel, Pre pre, Mul mul, Post post) {
+  std::exception_ptr error;
+  (void)parallel;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel if (parallel)
+#endif
+  {
+    float* tmp = nullptr;
+    try {
+      tmp = buffer(kTmp, tmp_floats);
+    } catch (...) {
+      record(&error);
+    }
+    for (int64_t t0 = 0; t0 < tiles; t0 += tc) {
+      const int nt = static_cast<int>(std::min<int64_t>(tc, tiles - t0));
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+      for (int i = 0; i < nt; ++i)
+        if (tmp) pre(t0 + i, i, tmp);
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (int job = 0; job < jobs; ++job) {
+        try {
+          mul(job % kNN, job / kNN, nt, t0);
+        } catch (...) {
+          record(&error);
+        }
+      }
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+      for (int i = 0; i < nt; ++i)
+        if (tmp) post(t0 + i, i, tmp);
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// Tiles of m x m outputs over an (N, P, Q) output; tile t = (n, tile row, tile column).
+struct Tiling {
+  int m, th, tw;
+  int64_t count;
+  Tiling(int N, int P, int Q, int m_) : m(m_), th((P + m_ - 1) / m_), tw((Q + m_ - 1) / m_) {
+    count = int64_t(N) * th * tw;
+  }
+  void origin(int64_t t, int64_t* n, int* p0, int* q0) const {
+    const int64_t per_img = int64_t(th) * tw;
+    *n = t / per_img;
+    const int rem = static_cast<int>(t % per_img);
+    *p0 = (rem / tw) * m;
+    *q0 = (rem % tw) * m;
+  }
+};
+
+// d (rows, cols, C) <- x[n, h0 : h0 + rows, w0 : w0 + cols, :], zero outside (H, W).
+void gather(const float* x, int H, int W, int C, int64_t n, int h0, int w0, int rows, int cols, float* d) {
+  for (int a = 0; a < rows; ++a)
+    for (int b = 0; b < cols; ++b) {
+      const int h = h0 + a, w = w0 + b;
+      float* dst = d + (a * cols + b) * C;
+      if (h < 0 || h >= H || w < 0 || w >= W)
         std::memset(dst, 0, sizeof(float) * C);
       else
-        std::memcpy(dst, x + ((n * s.H + h) * s.W + ww) * C, sizeof(float) * C);
+        std::memcpy(dst, x + ((n * H + h) * W + w) * C, sizeof(float) * C);
     }
-  for (int i = 0; i < kN; ++i)
-    for (int b = 0; b < kN; ++b) combine(kBT[i], kN, d + b * C, int64_t(kN) * C, C, tmp + (i * kN + b) * C);
-  for (int i = 0; i < kN; ++i)
-    for (int j = 0; j < kN; ++j)
-      combine(kBT[j], kN, tmp + i * kN * C, C, C, V + (int64_t(i * kN + j) * tc + t) * C);
 }
 
-// y tile of chunk tile t = A^T M A (+ bias, + old y, ReLU), written where inside (P, Q).
-// scratch: (m * 6 + m * m) * K floats.
-void output_transform(const ConvShape& s, const Plan& p, const float* M, int64_t tile, int t, int tc, const float* b,
-                      float* y, bool accumulate, bool relu, float* scratch) {
-  const int K = s.K, m = p.m;
-  const float* AT = m == 4 ? &kAT4[0][0] : &kAT2[0][0];
-  const int64_t per_img = int64_t(p.th) * p.tw;
-  const int64_t n = tile / per_img;
-  const int rem = static_cast<int>(tile % per_img);
-  const int p0 = (rem / p.tw) * m, q0 = (rem % p.tw) * m;
-  float* tmp = scratch;  // (m, 6, K): tmp[i][b] = sum_a AT[i][a] M[a][b]
-  float* out = scratch + m * kN * K;
-  for (int i = 0; i < m; ++i)
-    for (int bb = 0; bb < kN; ++bb)
-      combine(AT + i * kN, kN, M + (int64_t(bb) * tc + t) * K, int64_t(kN) * tc * K, K, tmp + (i * kN + bb) * K);
-  for (int i = 0; i < m; ++i) {
-    if (p0 + i >= s.P) break;
-    for (int j = 0; j < m; ++j) {
-      if (q0 + j >= s.Q) break;
-      combine(AT + j * kN, kN, tmp + i * kN * K, K, K, out);
-      float* dst = y + ((n * s.P + p0 + i) * s.Q + q0 + j) * K;
-      for (int k = 0; k < K; ++k) {
-        float v = out[k] + (b ? b[k] : 0.0f) + (accumulate ? dst[k] : 0.0f);
-        dst[k] = relu ? std::max(v, 0.0f) : v;
+// Tiles per chunk: what keeps the chunk's V and M (36 * tc * (C + K) floats) near kChunkBytes, so that
+// they stay in the last-level cache between the phases, whole 12-row micro-tiles of the GEMM (forward)
+// or 16-deep steps (backward-filter), or all the tiles when they fit. Each GEMM job's own operands
+// (V_xi (tc, Cg), U_xi, M_xi (tc, Kg): conv3 at tc = 128 0.13 + 0.39 + 0.2 MB) stay in L2.
+constexpr int64_t kChunkBytes = int64_t(16) << 20;
+int tiles_per_chunk(int64_t tiles, int C, int K) {
+  const int64_t by_bytes = kChunkBytes / (int64_t(kNN) * (C + K) * 4);
+  if (tiles <= by_bytes) return static_cast<int>(tiles);
+  return static_cast<int>(std::max<int64_t>(12, by_bytes / 12 * 12));
+}
+
+// Whether a pass is worth a parallel region: its transform-domain GEMMs' multiply-adds.
+bool worth_threads(int64_t tiles, int C, int K, int groups) {
+  return tiles * kNN * int64_t(C / groups) * K > (int64_t(1) << 22);
+}
+
+// U_xi (Cg, Kg) = (G w G^T)[xi] per group and point, written straight into the GEMM's packed B layout
+// (gemm_internal.h: K blocks of KC rows, each NR-column micro-panels of kc x NR floats, columns past Kg
+// zero) -- no U tensor is stored (conv3's U is 14 MB). The transform runs on rows of U_xi: Kg-vectors,
+// one per (group, input channel c) and tap, of the filters with their K axis contiguous:
+//   forward: w turned into wK (g, R, R, Cg, Kg) first (16 x 16 blocks: 1/4 of U's bytes);
+//   turned, the backward-data conv (its filter c of group g, tap (r, q), channel k is
+//   w[g Kg' + k][R-1-r][R-1-q][c]: 180 degrees, K <-> C; s its forward-form shape): original filter
+//   g Kg' + c's taps, walked backwards, are already those rows.
+// Rows go in blocks of kRowBlock, so that each packed panel gets kRowBlock x NR contiguous floats per
+// write (one NR-float copy per row and panel touched a new page per copy: 40 % of a batch-1 pass).
+// Returns the packed operands, (g, 36) of *per_b floats each.
+constexpr int kRowBlock = 8;
+float* transform_pack_filters(const ConvShape& s, const float* w, bool turned, int64_t* per_b) {
+  const int R = s.R, RR = R * R, groups = s.groups, Cg = s.C / groups, Kg = s.K / groups;
+  const int KC = gemm_kc(), NR = gemm_nr();
+  const int64_t Np = (Kg + NR - 1) / NR * NR;
+  const float* G = transforms().G[R];
+  *per_b = packed_b_floats(Cg, Kg);
+  const int64_t pb = *per_b;
+  float* Up = buffer(kPacked, int64_t(groups) * kNN * pb);
+  const bool par = int64_t(s.C) * Kg * kNN > kParallelGrain;
+  (void)par;
+  const float* wK = nullptr;
+  if (!turned) {  // wK[g][t][c][k] = w[g Kg + k][t][c], t = tap, in 16 x 16 blocks of (k, c)
+    float* t = buffer(kCall, int64_t(s.K) * RR * Cg);
+    const int kb = (Kg + 15) / 16, cb = (Cg + 15) / 16;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
+    for (int64_t job = 0; job < int64_t(groups) * RR * kb; ++job) {
+      const int g = static_cast<int>(job / (RR * kb)), tap = static_cast<int>(job / kb % RR);
+      const int k0 = static_cast<int>(job % kb) * 16, k1 = std::min(Kg, k0 + 16);
+      for (int c0b = 0; c0b < cb; ++c0b) {
+        const int c0 = c0b * 16, c1 = std::min(Cg, c0 + 16);
+        for (int k = k0; k < k1; ++k) {
+          const float* src = w + ((int64_t(g) * Kg + k) * RR + tap) * Cg;
+          float* dst = t + (int64_t(g) * RR + tap) * Cg * Kg + k;
+          for (int c = c0; c < c1; ++c) dst[int64_t(c) * Kg] = src[c];
+        }
+      }
+    }
+    wK = t;
+  }
+  const int blocks_per_group = (Cg + kRowBlock - 1) / kRowBlock;
+  std::exception_ptr error;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel if (par)
+#endif
+  {
+    float* tmp = nullptr;
+    try {
+      tmp = buffer(kTmp, int64_t(kN) * R * Kg + int64_t(kRowBlock) * kNN * Np);
+    } catch (...) {
+      record(&error);
+    }
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t job = 0; job < int64_t(groups) * blocks_per_group; ++job) {
+      if (!tmp) continue;
+      const int g = static_cast<int>(job / blocks_per_group);
+      const int c0 = static_cast<int>(job % blocks_per_group) * kRowBlock, c1 = std::min(Cg, c0 + kRowBlock);
+      float* out = tmp + int64_t(kN) * R * Kg;  // (rows, 36, Np)
+      for (int c = c0; c < c1; ++c) {
+        float* o = out + int64_t(c - c0) * kNN * Np;
+        if (turned)  // taps of original filter g Cg + c, last first
+          transform2d(G, kN, R, w + (int64_t(g * Cg + c) * RR + RR - 1) * Kg, -int64_t(Kg), Kg, o, Np, tmp);
+        else
+          transform2d(G, kN, R, wK + (int64_t(g) * RR * Cg + c) * Kg, int64_t(Cg) * Kg, Kg, o, Np, tmp);
+        for (int xi = 0; xi < kNN; ++xi) std::fill(o + xi * Np + Kg, o + (xi + 1) * Np, 0.0f);
+      }
+      // rows [c0, c1) lie in one K block (kRowBlock divides KC)
+      const int pc = c0 / KC * KC, kc = std::min(KC, Cg - pc);
+      for (int xi = 0; xi < kNN; ++xi) {
+        float* block = Up + (int64_t(g) * kNN + xi) * pb + int64_t(pc) * Np;
+        for (int64_t j = 0; j < Np; j += NR) {
+          float* dst = block + j * kc + int64_t(c0 - pc) * NR;
+          for (int c = c0; c < c1; ++c, dst += NR)
+            std::memcpy(dst, out + (int64_t(c - c0) * kNN + xi) * Np + j, sizeof(float) * NR);
+        }
       }
     }
   }
+  if (error) std::rethrow_exception(error);
+  return Up;
 }
 
 }  // namespace
 
-bool winograd_supported(const ConvShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.R == s.S && (s.R == 3 || s.R == 5) && s.pad_h < s.R &&
-         s.pad_w < s.R;
+std::string winograd_unsupported(const ConvShape& s) {
+  if (s.stride_h != 1 || s.stride_w != 1) return "Winograd convolution needs stride 1";
+  if (s.R != s.S || (s.R != 3 && s.R != 5)) return "Winograd convolution needs a 3x3 or 5x5 filter";
+  if (s.pad_h >= s.R || s.pad_w >= s.R) return "Winograd convolution needs padding below the filter size";
+  return "";
 }
 
-bool winograd_chosen(const ConvShape& s) {
-  if (!winograd_supported(s)) return false;
-  const char* env = std::getenv("CONVNET_CONV_ALGORITHM");
-  if (env && std::strcmp(env, "winograd") == 0) return true;
-  if (env && std::strcmp(env, "direct") == 0) return false;
-  // auto: not chosen until the selector's rule is measured (benchmarks/RESULTS.md).
-  return false;
+// The rule measured in benchmarks/RESULTS.md ("Winograd convolution on the CPU"): each call transforms
+// and packs all filters (conv3: 14 MB of packed U), a cost that only enough output pixels amortise, and
+// the transform-domain GEMMs need enough channels per group on both sides to run near the GEMM's peak;
+// 5x5 (F(2x2,5x5)) never beat direct there. Under bf16 GEMMs auto stays direct: the transforms grow the
+// inputs' rounding error (up to 10x for F(4x4,3x3)) on top of bf16's 2^-9, which the bf16 contract does
+// not allow for; algorithm="winograd" still forces it.
+bool winograd_chosen(const ConvShape& s, ConvPass pass) {
+  if (s.algorithm == ConvAlgorithm::Direct) return false;
+  if (s.algorithm == ConvAlgorithm::Winograd) return true;
+  if (!winograd_unsupported(s).empty() || s.R != 3) return false;
+  if (gemm_precision() == Precision::BF16) return false;
+  const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+  if (Cg < 64 || Kg < 64) return false;
+  const int64_t pixels = int64_t(s.N) * s.P * s.Q;
+  return pixels >= (pass == ConvPass::Forward ? 4096 : 1024);
 }
+
+namespace {
+
+// The forward of w, or of w turned (transform_pack_filters) for the backward-data conv.
+void forward_packed(const ConvShape& s, const float* x, const float* w, bool turned, const float* b, float* y,
+                    bool accumulate, bool relu) {
+  const int groups = s.groups, Cg = s.C / groups, Kg = s.K / groups, C = s.C, K = s.K;
+  const Tiling tl(s.N, s.P, s.Q, kN - s.R + 1);
+  if (tl.count == 0) return;
+  const int m = tl.m;
+  int64_t per_b = 0;
+  const float* Up = transform_pack_filters(s, w, turned, &per_b);
+  const float* AT = transforms().AT[m];
+  const int tc = tiles_per_chunk(tl.count, C, K);
+  float* V = buffer(kV, int64_t(kNN) * tc * C);  // (36, tc, C)
+  float* M = buffer(kM, int64_t(kNN) * tc * K);  // (36, tc, K)
+  const int64_t tmp_floats = std::max<int64_t>(int64_t(2) * kNN * C, int64_t(m) * (kN + m) * K);
+  run_chunks(
+      tl.count, tc, kNN * groups, tmp_floats, worth_threads(tl.count, C, K, groups),
+      [&](int64_t t, int i, float* tmp) {  // V[xi][i][:] = (B^T d B)[xi]
+        int64_t n;
+        int p0, q0;
+        tl.origin(t, &n, &p0, &q0);
+        float* d = tmp + kNN * C;
+        gather(x, s.H, s.W, C, n, p0 - s.pad_h, q0 - s.pad_w, kN, kN, d);
+        transform2d(kBT, kN, kN, d, C, C, V + int64_t(i) * C, int64_t(tc) * C, tmp);
+      },
+      [&](int xi, int g, int nt, int64_t) {  // M_xi (nt, Kg) = V_xi (nt, Cg) U_xi (Cg, Kg), group g
+        gemm_packed_b(false, nt, Kg, Cg, 1.0f, V + int64_t(xi) * tc * C + g * Cg, C,
+                      Up + (int64_t(g) * kNN + xi) * per_b, 0.0f, M + int64_t(xi) * tc * K + g * Kg, K);
+      },
+      [&](int64_t t, int i, float* tmp) {  // y tile = A^T M A (+ b, + old y, ReLU), cut to (P, Q)
+        int64_t n;
+        int p0, q0;
+        tl.origin(t, &n, &p0, &q0);
+        float* out = tmp + int64_t(m) * kN * K;  // (m, m, K)
+        transform2d(AT, m, kN, M + int64_t(i) * K, int64_t(tc) * K, K, out, K, tmp);
+        for (int r = 0; r < m && p0 + r < s.P; ++r)
+          for (int c = 0; c < m && q0 + c < s.Q; ++c) {
+            const float* o = out + (r * m + c) * K;
+            float* dst = y + ((n * s.P + p0 + r) * s.Q + q0 + c) * K;
+            for (int k = 0; k < K; ++k) {
+              const float v = o[k] + (b ? b[k] : 0.0f) + (accumulate ? dst[k] : 0.0f);
+              dst[k] = relu ? std::max(v, 0.0f) : v;
+            }
+          }
+      });
+}
+
+}  // namespace
 
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
                       bool accumulate, bool relu) {
-  const int groups = s.groups, Cg = s.C / groups, Kg = s.K / groups;
-  Plan p;
-  p.m = kN - s.R + 1;
-  p.th = (s.P + p.m - 1) / p.m;
-  p.tw = (s.Q + p.m - 1) / p.m;
-  p.tiles = int64_t(s.N) * p.th * p.tw;
-  std::vector<float> U(size_t(groups) * kNN * Cg * Kg);
-  transform_filters(s, w, U.data());
-  // Each (group, point) B operand U (Cg, Kg) packed once into the GEMM's panels, shared by all chunks.
-  const int64_t per_b = packed_b_floats(Cg, Kg);
-  const int nblk = packed_b_blocks(Cg);
-  std::vector<float> Up_store(size_t(groups) * kNN * per_b + 16);
-  float* Up = Up_store.data() + ((16 - (reinterpret_cast<uintptr_t>(Up_store.data()) / 4) % 16) % 16);
-#pragma omp parallel for schedule(static)
-  for (int64_t job = 0; job < int64_t(groups) * kNN * nblk; ++job) {
-    const int64_t gx = job / nblk;
-    pack_b_block(true, U.data() + gx * Cg * Kg, Cg, Cg, Kg, static_cast<int>(job % nblk), Up + gx * per_b);
-  }
-  const int tc = tiles_per_chunk(s.C, s.K);
-  const int64_t chunks = (p.tiles + tc - 1) / tc;
-#pragma omp parallel
-  {
-    std::vector<float> V(size_t(kNN) * tc * s.C), M(size_t(kNN) * tc * s.K);
-    std::vector<float> scratch(std::max<size_t>(size_t(2) * kNN * s.C, size_t(p.m) * (kN + p.m) * s.K));
-#pragma omp for schedule(dynamic)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t t0 = ch * tc;
-      const int nt = static_cast<int>(std::min<int64_t>(tc, p.tiles - t0));
-      for (int t = 0; t < nt; ++t) input_transform(s, p, x, t0 + t, t, tc, V.data(), scratch.data());
-      for (int xi = 0; xi < kNN; ++xi)
-        for (int g = 0; g < groups; ++g)
-          gemm_packed_b(false, nt, Kg, Cg, 1.0f, V.data() + int64_t(xi) * tc * s.C + g * Cg, s.C,
-                        Up + (int64_t(g) * kNN + xi) * per_b, 0.0f, M.data() + int64_t(xi) * tc * s.K + g * Kg, s.K);
-      for (int t = 0; t < nt; ++t)
-        output_transform(s, p, M.data(), t0 + t, t, tc, b, y, accumulate, relu, scratch.data());
-    }
-  }
+  forward_packed(s, x, w, false, b, y, accumulate, relu);
 }
 
 void winograd_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
-  // dx = conv(dy padded by R-1-pad, w turned): w_t (C, R, S, Kg)[g*Cg + c][r][s][k] = w[g*Kg + k][R-1-r][S-1-s][c].
-  const int groups = s.groups, Cg = s.C / groups, Kg = s.K / groups, R = s.R, S = s.S;
-  std::vector<float> wt(size_t(s.C) * R * S * Kg);
-  for (int g = 0; g < groups; ++g)
-    for (int c = 0; c < Cg; ++c)
-      for (int r = 0; r < R; ++r)
-        for (int q = 0; q < S; ++q)
-          for (int k = 0; k < Kg; ++k)
-            wt[((size_t(g * Cg + c) * R + r) * S + q) * Kg + k] =
-                w[((size_t(g * Kg + k) * R + (R - 1 - r)) * S + (S - 1 - q)) * Cg + c];
+  // dx = conv(dy padded by R-1-pad, w turned 180 degrees with K <-> C per group); stride 1 makes the
+  // transposed convolution a convolution.
   ConvShape t = s;
   t.H = s.P;
   t.W = s.Q;
@@ -246,9 +395,68 @@ void winograd_backward_data(const ConvShape& s, const float* dy, const float* w,
   t.K = s.C;
   t.P = s.H;
   t.Q = s.W;
-  t.pad_h = R - 1 - s.pad_h;
-  t.pad_w = S - 1 - s.pad_w;
-  winograd_forward(t, dy, wt.data(), nullptr, dx, accumulate, false);
+  t.pad_h = s.R - 1 - s.pad_h;
+  t.pad_w = s.S - 1 - s.pad_w;
+  forward_packed(t, dy, w, true, nullptr, dx, accumulate, false);
+}
+
+void winograd_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  const int groups = s.groups, Cg = s.C / groups, Kg = s.K / groups, C = s.C, K = s.K, R = s.R;
+  const int m = kN - R + 1;  // dy tile side: F(R x R, m x m)
+  const Tiling tl(s.N, s.P, s.Q, m);
+  float* Mw = buffer(kCall, int64_t(groups) * kNN * Kg * Cg);  // (g, 36, Kg, Cg)
+  const float* Gm = transforms().G[m];
+  const float* AT = transforms().AT[R];
+  const int tc = tiles_per_chunk(tl.count, C, K);
+  float* V = buffer(kV, int64_t(kNN) * tc * C);  // (36, tc, C)
+  float* E = buffer(kM, int64_t(kNN) * tc * K);  // (36, tc, K)
+  const int64_t tmp_floats = std::max<int64_t>(int64_t(2) * kNN * C, int64_t(kN) * m * K + int64_t(m) * m * K);
+  // Each (point, group) block of Mw is one job per chunk, the chunks summed in tile order: dw does not
+  // depend on the thread count or the scheduling.
+  run_chunks(
+      tl.count, tc, kNN * groups, tmp_floats, worth_threads(tl.count, C, K, groups),
+      [&](int64_t t, int i, float* tmp) {
+        int64_t n;
+        int p0, q0;
+        tl.origin(t, &n, &p0, &q0);
+        float* d = tmp + kNN * C;
+        gather(x, s.H, s.W, C, n, p0 - s.pad_h, q0 - s.pad_w, kN, kN, d);
+        transform2d(kBT, kN, kN, d, C, C, V + int64_t(i) * C, int64_t(tc) * C, tmp);
+        float* e = tmp + int64_t(kN) * m * K;  // dy tile (m, m, K), zero past (P, Q)
+        gather(dy, s.P, s.Q, K, n, p0, q0, m, m, e);
+        transform2d(Gm, kN, m, e, K, K, E + int64_t(i) * K, int64_t(tc) * K, tmp);
+      },
+      [&](int xi, int g, int nt, int64_t t0) {  // Mw_xi (Kg, Cg) (=|+=) E_xi^T (Kg, nt) V_xi (nt, Cg), group g
+        gemm(true, false, Kg, Cg, nt, 1.0f, E + int64_t(xi) * tc * K + g * Kg, K, V + int64_t(xi) * tc * C + g * Cg,
+             C, t0 == 0 ? 0.0f : 1.0f, Mw + (int64_t(g) * kNN + xi) * Kg * Cg, Cg);
+      },
+      [](int64_t, int, float*) {});
+  if (tl.count == 0) std::fill(Mw, Mw + int64_t(groups) * kNN * Kg * Cg, 0.0f);
+  // dW[k] = A'^T Mw A' per filter (channel vectors innermost).
+  std::exception_ptr error;
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp parallel if (int64_t(K) * Cg > kParallelGrain)
+#endif
+  {
+    float* tmp = nullptr;
+    try {
+      tmp = buffer(kTmp, int64_t(R) * kN * Cg + int64_t(R) * R * Cg);
+    } catch (...) {
+      record(&error);
+    }
+#ifdef CONVNET_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int k = 0; k < K; ++k) {
+      if (!tmp) continue;
+      const int g = k / Kg, kk = k % Kg;
+      float* out = tmp + int64_t(R) * kN * Cg;  // (R, R, Cg)
+      transform2d(AT, R, kN, Mw + (int64_t(g) * kNN * Kg + kk) * Cg, int64_t(Kg) * Cg, Cg, out, Cg, tmp);
+      float* dst = dw + int64_t(k) * R * R * Cg;
+      for (int i = 0; i < R * R * Cg; ++i) dst[i] = accumulate ? dst[i] + out[i] : out[i];
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace cpu

@@ -284,19 +284,27 @@ class Conv(Layer):
 
     filters K, size R or (R, S), stride, pad, groups (each of `groups` channel groups of the input
     feeds K/groups filters); init_std: a number, None/"he" (sqrt(2 / fan_in)) or "torch". Biases train at
-    bias_lr_mult x the rate with bias_wd_mult x the decay (cuda-convnet: 2x, no decay).
+    bias_lr_mult x the rate with bias_wd_mult x the decay (cuda-convnet: 2x, no decay). algorithm: "auto"
+    (the backend picks per shape and pass), "direct" or "winograd" (stride-1 3x3 or 5x5, pad < size; CPU).
     """
     type = "conv"
     accumulates = True
     max_inputs = None
-    _options = {"filters": None, "size": None, "stride": 1, "pad": 0, "groups": 1, **_LEARNED}
+    _options = {"filters": None, "size": None, "stride": 1, "pad": 0, "groups": 1, "algorithm": "auto", **_LEARNED}
+    ALGORITHMS = ("auto", "direct", "winograd")
 
     def setup(self, in_shapes):
         if not self.filters or not self.size:
             self._fail("needs filters= and size=")
         _check_learned(self)
+        if self.algorithm not in self.ALGORITHMS:
+            self._fail(f"algorithm={self.algorithm!r}: must be one of {', '.join(self.ALGORITHMS)}")
         self.size, self.stride, self.pad = _pair(self.size, "size"), _pair(self.stride, "stride"), _pair(self.pad, "pad")
         K, (R, S), g = _whole(self.filters, "filters", 1), self.size, _whole(self.groups, "groups", 1)
+        if self.algorithm == "winograd" and not (self.stride == (1, 1) and R == S and R in (3, 5)
+                                                 and max(self.pad) < R):
+            self._fail(f"algorithm='winograd' needs stride 1 and a 3x3 or 5x5 filter with pad < size, got "
+                       f"size {self.size}, stride {self.stride}, pad {self.pad}")
         out = None
         self.params = []
         for i, shp in enumerate(in_shapes):
@@ -329,7 +337,7 @@ class Conv(Layer):
         last = len(self.weights) - 1
         for i, (x, w) in enumerate(zip(xs, self.weights)):  # ReLU fused into the last input's epilogue
             ops.conv_forward(x, w.value, b if i == 0 else None, y, self.stride, self.pad, self.groups, i > 0,
-                             bool(self.relu) and i == last)
+                             bool(self.relu) and i == last, self.algorithm)
 
     def backward(self, xs, y, dy, dxs, accumulate, ctx):
         if self.relu:
@@ -337,9 +345,10 @@ class Conv(Layer):
         db = self.bias_param.grad if self.bias_param else None
         for i, (x, w) in enumerate(zip(xs, self.weights)):
             ops.conv_backward_filter(dy, x, w.grad, db if i == 0 else None, self.stride, self.pad,
-                                     self.groups, False)
+                                     self.groups, False, self.algorithm)
             if dxs[i] is not None:
-                ops.conv_backward_data(dy, w.value, dxs[i], self.stride, self.pad, self.groups, accumulate[i])
+                ops.conv_backward_data(dy, w.value, dxs[i], self.stride, self.pad, self.groups, accumulate[i],
+                                       self.algorithm)
 
     def flops(self):
         P, Q, K = self.out_shape
