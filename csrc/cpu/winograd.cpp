@@ -317,7 +317,7 @@ std::string winograd_unsupported(const ConvShape& s) {
 // and packs all filters (conv3: 14 MB of packed U), a cost that only enough output pixels amortise, and
 // the transform-domain GEMMs need enough channels per group on both sides to run near the GEMM's peak;
 // 5x5 (F(2x2,5x5)) never beat direct there. Under bf16 GEMMs auto stays direct: the transforms grow the
-// inputs' rounding error (up to 10x for F(4x4,3x3)) on top of bf16's 2^-9, which the bf16 contract does
+// inputs' rounding error (10-15x the direct error for F(4x4,3x3)) on top of bf16's 2^-9, which the bf16 contract does
 // not allow for; algorithm="winograd" still forces it.
 bool winograd_chosen(const ConvShape& s, ConvPass pass) {
   if (s.algorithm == ConvAlgorithm::Direct) return false;
