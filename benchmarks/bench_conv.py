@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
+from common import SPEEDUP_HEADER, SPEEDUP_LEGEND, import_torch, speedup
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
 import convnet  # noqa: E402
 
@@ -143,17 +144,13 @@ def main(argv=None):
 
     torch = None
     if not args.no_torch:
-        try:
-            import torch as _torch
-            torch = _torch
-            if on_gpu:
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
-                torch.backends.cudnn.benchmark = True
-            else:
-                torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+        torch = import_torch()
+        if torch is not None and on_gpu:
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.benchmark = True
+        elif torch is not None:
+            torch.set_num_threads(threads)
 
     rng = np.random.default_rng(0)
     rows = []
@@ -161,7 +158,7 @@ def main(argv=None):
           f"{threads} CPU threads, torch {torch.__version__ if torch else 'absent'}")
     algorithms = [a.strip() for a in args.algorithms.split(",")]
     header = (f"{'layer':<11} {'pass':<10} {'algorithm':<9} {'ours ms':>9} {'GFLOP/s':>8} {'torch ms':>9} {'GFLOP/s':>8} "
-              f"{'ours/torch':>10} {'speed-up':>8}")
+              f"{SPEEDUP_HEADER:>10}")
     print(header)
     print("-" * len(header))
     for name in names:
@@ -178,13 +175,13 @@ def main(argv=None):
                            ours_gflops=flops / t[p] / 1e9)
                 line = f"{name:<11} {p:<10} {a:<9} {row['ours_ms']:9.2f} {row['ours_gflops']:8.1f}"
                 if ref:
-                    row.update(torch_ms=ref[p] * 1e3, torch_gflops=flops / ref[p] / 1e9, ratio=t[p] / ref[p],
-                               speedup=ref[p] / t[p])
-                    line += (f" {row['torch_ms']:9.2f} {row['torch_gflops']:8.1f} {row['ratio']:10.2f}"
-                             f" {row['speedup']:8.2f}")
+                    row.update(torch_ms=ref[p] * 1e3, torch_gflops=flops / ref[p] / 1e9, speedup=speedup(ref[p], t[p]))
+                    line += f" {row['torch_ms']:9.2f} {row['torch_gflops']:8.1f} {row['speedup']:10.2f}"
                 print(line, flush=True)
                 rows.append({("pass" if k == "pass_" else k): v for k, v in row.items()})
 
+    if torch:
+        print(SPEEDUP_LEGEND)
     path = args.json or os.path.join(HERE, "results", f"bench_conv-{device.replace(':', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

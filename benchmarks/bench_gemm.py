@@ -1,13 +1,16 @@
 """CPU GEMM throughput: convnet.ops.gemm vs torch.matmul (if importable) on the same shapes/threads.
 
-    PYTHONPATH=python python3 benchmarks/bench_gemm.py [--threads 2] [--reps 5]
+    python benchmarks/bench_gemm.py [--threads 2] [--reps 5] [--json PATH]
 
 Shapes are AlexNet's fully-connected layers at batch 128 (forward y = x W^T, backward data
 dx = dy W, backward weights dW = dy^T x) plus a few small / skinny ones. Prints shape, ms and
 GFLOP/s (2*M*N*K / time, best of --reps). Threads: OMP_NUM_THREADS for ours (set before import),
 torch.set_num_threads for torch.
+
+Results: a table on stdout and JSON at --json (default benchmarks/results/bench_gemm-<device>.json).
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -16,18 +19,20 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--reps", type=int, default=5)
 parser.add_argument("--device", default="cpu")
+parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+parser.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
 args = parser.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
 import numpy as np  # noqa: E402
 
 import convnet  # noqa: E402
+from common import SPEEDUP_HEADER, SPEEDUP_LEGEND, import_torch, speedup  # noqa: E402
 
-try:
-    import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch = None if args.no_torch else import_torch()
+if torch is not None:
     torch.set_num_threads(args.threads)
-except ImportError:
-    torch = None
 
 # (name, M, N, K, trans_a, trans_b)
 SHAPES = [
@@ -63,7 +68,8 @@ def main():
     dev = args.device
     print(f"threads={args.threads}  device={dev}  torch={'yes' if torch else 'no'}")
     print(f"{'shape':22s} {'M':>5s} {'N':>5s} {'K':>5s} {'ta tb':>5s} | {'ours ms':>8s} {'GFLOP/s':>8s} | "
-          f"{'torch ms':>8s} {'GFLOP/s':>8s}")
+          f"{'torch ms':>8s} {'GFLOP/s':>8s} {SPEEDUP_HEADER:>8s}")
+    rows = []
     for name, M, N, K, ta, tb in SHAPES:
         a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
         b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
@@ -78,13 +84,25 @@ def main():
         flop = 2.0 * M * N * K
         t = best_time(ours, args.reps)
         line = f"{name:22s} {M:5d} {N:5d} {K:5d} {int(ta):2d} {int(tb):2d} | {t * 1e3:8.3f} {flop / t / 1e9:8.1f} |"
+        row = dict(shape=name, M=M, N=N, K=K, trans_a=ta, trans_b=tb, ours_ms=t * 1e3, ours_gflops=flop / t / 1e9)
         if torch is not None and dev == "cpu":
             ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
             opa = ta_.T if ta else ta_
             opb = tb_.T if tb else tb_
             tt = best_time(lambda: torch.matmul(opa, opb), args.reps)
-            line += f" {tt * 1e3:8.3f} {flop / tt / 1e9:8.1f}"
+            row.update(torch_ms=tt * 1e3, torch_gflops=flop / tt / 1e9, speedup=speedup(tt, t))
+            line += f" {tt * 1e3:8.3f} {flop / tt / 1e9:8.1f} {row['speedup']:8.2f}"
         print(line, flush=True)
+        rows.append(row)
+    if torch is not None and dev == "cpu":
+        print(SPEEDUP_LEGEND)
+    path = args.json or os.path.join(HERE, "results", f"bench_gemm-{dev.replace(':', '')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(dict(device=dev, threads=args.threads, reps=args.reps, timing="best of reps",
+                       torch=torch.__version__ if torch else None, build=convnet.build_info(), results=rows),
+                  f, indent=1, default=str)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ import time
 
 import numpy as np
 
+from common import SPEEDUP_HEADER, SPEEDUP_LEGEND, import_torch, speedup
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
 MODELS = ("owt", "2012", "small")
 CPU_BATCH = {"owt": 64, "2012": 64, "small": 128}   # about 10-20 s of steps per side on 2 cores
@@ -387,17 +388,13 @@ def main(argv=None):
     threads = convnet.build_info().get("cpu_threads") or os.cpu_count()
     have_torch = False
     if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-            have_torch = True
-        except ImportError:
-            pass
+        have_torch = import_torch() is not None
     info = machine_info(device)
     print(f"train-step benchmark: device {device}, {threads} CPU threads, {info.get('cpu', '?')} "
           f"({info.get('cores')} cores, {info.get('simd')}), load {info.get('loadavg')}, "
           f"median of {steps} steps after {args.warmup} warm-up, torch {'yes' if have_torch else 'absent'}")
     header = (f"{'model':<6} {'batch':>5} {'ours img/s':>10} {'ours ms':>9} {'GFLOP/s':>8} {'peak MB':>8} "
-              f"{'torch img/s':>11} {'torch ms':>9} {'peak MB':>8} {'format':>13} {'ours/torch':>10}")
+              f"{'torch img/s':>11} {'torch ms':>9} {'peak MB':>8} {'format':>13} {SPEEDUP_HEADER:>10}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -417,9 +414,9 @@ def main(argv=None):
             row.update(torch_ms=t_ref * 1e3, torch_img_s=batch / t_ref, torch_peak_mb=ref["peak_mem_mb"],
                        torch_base_mb=ref.get("base_mem_mb"), torch_format=ref["format"],
                        torch_format_trial_s=ref["format_trial_s"], torch_times=ref["times"],
-                       torch_version=ref["torch"], torch_loss=ref["loss"], ratio=t_ref / t_ours)
+                       torch_version=ref["torch"], torch_loss=ref["loss"], speedup=speedup(t_ref, t_ours))
             line += (f" {row['torch_img_s']:>11.1f} {row['torch_ms']:>9.1f} {row['torch_peak_mb']:>8.0f} "
-                     f"{row['torch_format']:>13} {row['ratio']:>10.2f}")
+                     f"{row['torch_format']:>13} {row['speedup']:>10.2f}")
         print(line, flush=True)
         if args.profile and "profile" in mine:
             prof = mine["profile"]
@@ -432,7 +429,7 @@ def main(argv=None):
                     print(f"    {r['layer']:<10} {r['type']:<8} {r['pass_']:<8} {r['ms']:8.1f} ms "
                           f"{100 * r['ms'] / prof['step_ms']:5.1f} %")
         rows.append(row)
-    print("ours/torch is images/s ours / images/s torch (above 1: ours faster). Peak MB: "
+    print((SPEEDUP_LEGEND + ". " if have_torch else "") + "Peak MB: "
           + ("process peak RSS (separate processes)" if not on_gpu else "device memory (see --help)"))
     path = args.json or os.path.join(HERE, "results", f"bench_train-{device.replace(':', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

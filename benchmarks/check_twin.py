@@ -13,6 +13,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402
+from common import import_torch  # noqa: E402
 
 import convnet  # noqa: E402
 from convnet import models  # noqa: E402
@@ -34,7 +35,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args(argv)
-    import torch
+    torch = import_torch(required=True)
     torch.set_num_threads(convnet.build_info()["cpu_threads"])
     print(f"{'model':8} {'step':>4} {'ours loss':>12} {'torch loss':>12} {'rel diff':>9}")
     worst = 0.0

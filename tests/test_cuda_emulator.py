@@ -2,8 +2,9 @@
 for the CPU emulator in tools/cuda_emu (AddressSanitizer on, barriers and shuffles checked).
 
 Most machines of this project have nvcc but no GPU, so without this nothing would ever execute the
-CUDA code before a GPU session. It costs ~2-3 minutes on 2 cores; CONVNET_SKIP_EMULATOR=1 skips it
-(tools/device_check.sh does, since a real GPU runs the same cases there).
+CUDA code before a GPU session. It costs ~2-3 minutes on 2 cores, so it carries the `emulator` marker: the default
+`pytest` leaves it out and `.ci/run` runs it as a second invocation, `pytest -m emulator`.
+CONVNET_SKIP_EMULATOR=1 skips it (tools/device_check.sh does, since a real GPU runs the same cases there).
 """
 import os
 import platform
@@ -33,6 +34,7 @@ def _why_not():
     return None
 
 
+@pytest.mark.emulator
 @pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 def test_cuda_kernels_under_the_emulator(tmp_path):
     env = dict(os.environ, EMU_QUICK="1", EMU_BUILD_DIR=str(tmp_path / "build-emu"))

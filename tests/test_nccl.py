@@ -7,7 +7,7 @@ from convnet import nccl
 
 def _need_nccl():
     if not nccl.available():
-        pytest.skip("NCCL is not installed (pip install 'convnet[nccl]')")
+        pytest.skip("NCCL is not installed (pip install nvidia-nccl-cu13)")
 
 
 def test_version_and_unique_ids_need_no_gpu():

@@ -179,7 +179,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         convnet.train(model="vgg", data=builtin(0, n_train=10, n_test=10), progress=False)
     with pytest.raises(ValueError, match="unknown data"):
-        convnet.train(data="mnist", progress=False)
+        convnet.train(data="svhn", progress=False)
 
 
 def test_plateau_schedule():

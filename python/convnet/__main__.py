@@ -1,4 +1,4 @@
-"""Command line: python -m convnet {train, eval, predict, plot, info, summary} (also the `convnet` script).
+"""Command line: python -m convnet {train, eval, predict, plot, prepare, info, summary} (also the `convnet` script).
 
     python -m convnet train                          # small default net, built-in data, ./runs/...
     python -m convnet train --data cifar10:~/data --epochs 30 --plot
@@ -8,6 +8,7 @@
     python -m convnet eval --checkpoint runs/small-20260101-120000 --views 10
     python -m convnet predict --checkpoint runs/small-20260101-120000 cat.jpg dog.png
     python -m convnet plot runs/small-20260101-120000
+    python -m convnet prepare ~/data/imagenet ~/data/imagenet-256   # then --data imagenet:~/data/imagenet-256
     python -m convnet info
     python -m convnet summary --model 2012
 
@@ -123,6 +124,15 @@ def _parser():
     pl = sub.add_parser("plot", help="draw an existing run: curves.png, conv1_filters.png")
     pl.add_argument("run", help="a run folder")
 
+    pp = sub.add_parser("prepare", help="pre-resize an ImageNet-style folder (shorter side 256) into a compact set")
+    pp.add_argument("src", help="the folder with train/<class>/ and val/<class>/")
+    pp.add_argument("out", help="a new folder for the prepared set (then --data imagenet:<out>)")
+    pp.add_argument("--size", type=_int_at_least(1), default=256, help="shorter side of the stored images (default: 256)")
+    pp.add_argument("--quality", type=_int_at_least(1), default=90, help="JPEG quality, 1-100 (default: 90)")
+    pp.add_argument("--workers", type=_int_at_least(0), default=None,
+                    help="processes; 0: this one (default: the number of cores)")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("info", help="build information and devices")
 
     s = sub.add_parser("summary", help="print a model's layers, shapes, parameters and FLOPs")
@@ -196,6 +206,14 @@ def _run(args):
         for path in args.images:
             top = predict_topk(net, _load_image(path, net)[None], args.top, names)[0]
             print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for _, name, p in top))
+    elif args.command == "prepare":
+        from .data.prepare import prepare
+        m = prepare(args.src, args.out, size=args.size, workers=args.workers, quality=args.quality,
+                    progress=not args.no_progress)
+        for split, info in m["splits"].items():
+            print(f"{split}: {info['n']} images, {len(info['skipped'])} skipped")
+        print(f"prepared {len(m['classes'])} classes at shorter side {m['size']} in {args.out} "
+              f"(use --data imagenet:{args.out})")
     elif args.command == "plot":
         from .plots import plot_run
         for path in plot_run(args.run):

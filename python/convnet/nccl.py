@@ -1,7 +1,7 @@
 """NCCL for GPU buffers, loaded at run time (ctypes), so an install without it still imports.
 
 Where libnccl.so.2 comes from, first found wins: $CONVNET_NCCL (a path to the library), the
-`nvidia-nccl-cu13` wheel (`pip install 'convnet[nccl]'`: nvidia/nccl/lib/libnccl.so.2, self-contained),
+`nvidia-nccl-cu13` wheel (`pip install nvidia-nccl-cu13`, or `pip install '.[nccl]'` in a checkout: nvidia/nccl/lib/libnccl.so.2, self-contained),
 then the system's loader path. Nothing is loaded until `library()` (or NcclComm) is first called.
 
 NcclComm wraps one communicator (ncclCommInitRank; rank 0 makes the 128-byte unique id and the MPI
@@ -57,7 +57,7 @@ def library():
         return _lib
     path = find_library()
     if path is None:
-        raise NcclError("NCCL not found: pip install 'convnet[nccl]' (nvidia-nccl-cu13) or set CONVNET_NCCL "
+        raise NcclError("NCCL not found: pip install nvidia-nccl-cu13 or set CONVNET_NCCL "
                         "to a libnccl.so.2")
     try:
         lib = ctypes.CDLL(path)

@@ -5,6 +5,7 @@ Every data set is a pair of splits built by one constructor::
     train, test = builtin(seed=0)                     # synthetic shapes, 32x32, no files
     train, test = cifar10("~/data/cifar-10-batches-py")
     train, test = cifar100("~/data", label="fine")    # or label="coarse"
+    train, test = mnist("~/data/fashion-mnist")        # MNIST / Fashion-MNIST IDX files
     train, val = imagenet_folder("~/data/imagenet", size=256)
 
 or by name, the one data-name parser (names.py), which train(), evaluate() and the CLI use:
@@ -187,11 +188,12 @@ from . import augment  # noqa: E402
 from .builtin import builtin  # noqa: E402
 from .cifar import cifar10, cifar100  # noqa: E402
 from .imagenet import ImageFolder, imagenet_folder  # noqa: E402
+from .mnist import mnist  # noqa: E402
 from .loader import PIXEL_SCALE, BatchLoader  # noqa: E402
 from .names import folder_image_size, open_data  # noqa: E402
 
 __all__ = [
     "Dataset", "ArrayDataset", "ImageFolder", "BadImageError", "rgb_stats",
-    "builtin", "cifar10", "cifar100", "imagenet_folder",
+    "builtin", "cifar10", "cifar100", "mnist", "imagenet_folder",
     "BatchLoader", "PIXEL_SCALE", "augment", "open_data", "folder_image_size",
 ]

@@ -1,4 +1,5 @@
-"""Data names, the one parser: "builtin", "cifar10:<path>", "cifar100:<path>", "imagenet:<path>".
+"""Data names, the one parser: "builtin", "cifar10:<path>", "cifar100:<path>", "mnist:<path>",
+"imagenet:<path>" (an image folder, or a set made from one by `convnet prepare`, data/prepare.py).
 
 train(), evaluate() and the CLI all open data through `open_data`, and a checkpoint stores the
 name it returns (with the path made absolute), so `eval --checkpoint` finds the data from any folder.
@@ -16,7 +17,8 @@ import os
 
 __all__ = ["open_data", "folder_image_size", "KNOWN"]
 
-KNOWN = "'builtin', 'cifar10:<path>', 'cifar100:<path>', 'imagenet:<path>', or a (train, test) pair of datasets"
+KNOWN = ("'builtin', 'cifar10:<path>', 'cifar100:<path>', 'mnist:<path>', 'imagenet:<path>', "
+         "or a (train, test) pair of datasets")
 FOLDER_SIZE_ALEXNET = 256   # the paper: shorter side 256, then 224/227 crops
 
 
@@ -33,7 +35,8 @@ def open_data(data, input_size: int | None = None, image_size: int | None = None
     input_size: the input side of the net that reads the data (sizes image folders, see above);
     image_size: the folder's image side, overriding that. Raises ValueError for an unknown or
     malformed name, FileNotFoundError naming the absolute path for a missing folder."""
-    from . import builtin, cifar10, cifar100, imagenet_folder
+    from . import builtin, cifar10, cifar100, imagenet_folder, mnist
+    from .prepare import is_prepared, open_prepared
     if data is None:
         data = "builtin"
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -55,15 +58,17 @@ def open_data(data, input_size: int | None = None, image_size: int | None = None
             raise ValueError(f"data {data!r}: want 'builtin' or 'builtin:<seed>'") from None
         train, test = builtin(seed)
         return train, test, data
-    if kind in ("cifar10", "cifar100", "imagenet"):
+    if kind in ("cifar10", "cifar100", "mnist", "imagenet"):
         if not path:
             raise ValueError(f"data {data!r}: give the folder, e.g. '{kind}:/data/{kind}'")
         full = os.path.abspath(os.path.expanduser(path))
         if not os.path.exists(full):
             raise FileNotFoundError(f"data folder not found: {full} (from data={data!r})")
-        if kind == "imagenet":
+        if kind == "imagenet" and is_prepared(full):   # a set written by `convnet prepare`
+            train, test = open_prepared(full, image_size=image_size or folder_image_size(input_size))
+        elif kind == "imagenet":
             train, test = imagenet_folder(full, size=image_size or folder_image_size(input_size))
         else:
-            train, test = (cifar10 if kind == "cifar10" else cifar100)(full)
+            train, test = {"cifar10": cifar10, "cifar100": cifar100, "mnist": mnist}[kind](full)
         return train, test, f"{kind}:{full}"
     raise ValueError(f"unknown data {data!r}; known: {KNOWN}")
