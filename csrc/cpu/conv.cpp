@@ -293,7 +293,7 @@ void patch_rows(const void* vctx, int i0, int mr, int j, const float** ptrs) {
 // (a descheduled thread just takes fewer chunks); backward-filter sums, so it partitions the
 // images statically into per-thread partial dW (deterministic for a given thread count).
 
-// Per-thread budget for a chunk's patch matrix: within the 2 MB L2 of this Zen 5 (with the GEMM's
+// Per-thread budget for a chunk's patch matrix: within a 2 MB L2 (with the GEMM's
 // packed panels beside it; 1.5 MB measured best for the 13x13 layers, 1 MB and 2 MB slower), so the GEMM's
 // packing reads back what im2col just wrote from L2 (conv1's whole-image patch matrix, 4.4 MB, went
 // through L3: a quarter of conv1's time). Backward-data chunks are whole images (col2im gathers

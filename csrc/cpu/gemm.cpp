@@ -34,8 +34,9 @@
 //            two 512-bit FMA pipes), so the loads keep up and the 4-cycle FMA latency is hidden.
 //   AVX2:    6 x 16: 12 ymm accumulators (the classic Haswell shape).
 //   other:   4 x 16 plain C++ that the compiler vectorises for whatever the target has.
-// Blocking: KC = 256 (a 32-float B micro-panel of 256 k is 32 KB, within the 48 KB L1d of this
-// Zen 5); MC = 144 (Ap = 144 KB of the 1 MB L2; covers a batch of 128 in one block); NC = 1024
+// Blocking: KC = 256 (a 32-float B micro-panel of 256 k is 32 KB, within the 48 KB L1d of the
+// AMD Zen 5 it was tuned on, and of the Intel Xeon with AMX some sessions run on); MC = 144 (Ap = 144 KB
+// of a 1-2 MB L2; covers a batch of 128 in one block); NC = 1024
 // (Bp = 1 MB, L2/L3). Packing buffers are per thread, 64-byte aligned, allocated once per thread
 // (thread_local) and reused by every call.
 //
@@ -45,7 +46,7 @@
 // count is correct. For fc6 (M = 128) the split is over N, and each thread packs only its half
 // of the weights.
 //
-// Napkin math (this machine: AMD EPYC Zen 5, 2 cores, AVX-512 with two 512-bit FMA pipes):
+// Napkin math (the machine it was tuned on: AMD EPYC Zen 5, 2 cores, AVX-512 with two 512-bit FMA pipes):
 //   peak = 2 pipes x 16 lanes x 2 FLOP x ~4.1 GHz = ~265 GFLOP/s per core, ~530 on 2 cores
 //   (measured with a register-only FMA loop, 12 independent chains: 265 / 1 thread, 515 / 2).
 //   fc6 forward: 2 * 128 * 4096 * 9216 = 9.66 GFLOP -> 18 ms at peak; the weights (151 MB) are
