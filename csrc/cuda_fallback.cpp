@@ -1,5 +1,5 @@
 // The CUDA backend of a CPU-only build (CMakeLists.txt compiles this file only when CUDA is off):
-// not compiled in, no devices, and every other function of backend.h and streams.h defined so that
+// not compiled in, no devices, and every other function of backend.h, streams.h and upload.h defined so that
 // callers link without an #ifdef. None is reachable: Device::parse refuses "cuda:N" when there is no
 // device, so no CUDA tensor exists. Each raises RuntimeError naming itself should that ever change.
 #include <stdexcept>
@@ -7,6 +7,7 @@
 
 #include "backend.h"
 #include "streams.h"
+#include "upload.h"
 
 namespace convnet {
 namespace cuda {
@@ -47,6 +48,15 @@ void set_stream_slot(int, int) { no_cuda("set_stream_slot"); }
 int stream_slot(int) { no_cuda("stream_slot"); }
 void copy_between(int, int, void*, int, int, const void*, size_t, bool) { no_cuda("copy_between"); }
 void stream_barrier(const std::vector<int>&) { no_cuda("stream_barrier"); }
+
+// The Uploader's pinned staging (cuda/upload.cu). Its destructor frees every slot: never throws.
+void* pinned_alloc(size_t) { no_cuda("pinned_alloc"); }
+void pinned_free(void*) {}
+void* event_create(int) { no_cuda("event_create"); }
+void event_destroy(void*) {}
+void event_synchronize(void*) { no_cuda("event_synchronize"); }
+void upload_async(int, void*, const void*, size_t, void*) { no_cuda("upload_async"); }
+void stream_wait_event(int, void*) { no_cuda("stream_wait_event"); }
 
 }  // namespace cuda
 }  // namespace convnet

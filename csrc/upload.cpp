@@ -1,4 +1,5 @@
-// Uploader (csrc/upload.h): the slot ring and its rules; the CUDA side is cuda/upload.cu.
+// Uploader (csrc/upload.h): the slot ring and its rules; the CUDA side is cuda/upload.cu (in a CPU-only
+// build, cuda_fallback.cpp: no CUDA device exists there, so only the CPU branches run).
 #include "upload.h"
 
 #include <cstring>
@@ -12,14 +13,11 @@ Uploader::Uploader(Device device, int depth) : device_(device) {
     throw std::invalid_argument("Uploader: depth " + std::to_string(depth) + " outside [1, " +
                                 std::to_string(kMaxDepth) + "]");
   slots_.resize(depth);
-#ifdef CONVNET_WITH_CUDA
   if (device_.is_cuda())
     for (Slot& s : slots_) s.done = cuda::event_create(device_.index);
-#endif
 }
 
 Uploader::~Uploader() {
-#ifdef CONVNET_WITH_CUDA
   // A copy may still read a pinned buffer or write a tensor that goes back to the allocator: wait for
   // each slot's last copy before freeing anything. Destructors must not throw.
   for (Slot& s : slots_) {
@@ -30,7 +28,6 @@ Uploader::~Uploader() {
     } catch (...) {
     }
   }
-#endif
 }
 
 int Uploader::pending() const {
@@ -63,7 +60,6 @@ void Uploader::put(const void* src, const std::vector<int64_t>& shape, DType dty
     ++pending_;
     return;
   }
-#ifdef CONVNET_WITH_CUDA
   if (s.copying) cuda::event_synchronize(s.done);  // the slot's previous copy has read `pinned`
   if (s.pinned_bytes < bytes) {
     cuda::pinned_free(s.pinned);
@@ -76,16 +72,13 @@ void Uploader::put(const void* src, const std::vector<int64_t>& shape, DType dty
   cuda::upload_async(device_.index, s.tensor.raw(), s.pinned, bytes, s.done);
   s.copying = true;
   ++pending_;
-#endif
 }
 
 Tensor Uploader::get() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (pending_ == 0) throw std::invalid_argument("Uploader.get: nothing is waiting (put() an array first)");
   Slot& s = slots_[head_];
-#ifdef CONVNET_WITH_CUDA
   if (device_.is_cuda()) cuda::stream_wait_event(device_.index, s.done);
-#endif
   head_ = (head_ + 1) % depth();
   --pending_;
   return s.tensor;

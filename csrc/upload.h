@@ -20,8 +20,7 @@
 
 namespace convnet {
 
-#ifdef CONVNET_WITH_CUDA
-namespace cuda {  // cuda/upload.cu
+namespace cuda {  // cuda/upload.cu (stubs in cuda_fallback.cpp)
 void* pinned_alloc(size_t bytes);  // OutOfMemoryError when the driver refuses
 void pinned_free(void* p);
 void* event_create(int device);
@@ -33,7 +32,6 @@ void upload_async(int device, void* dst, const void* pinned_src, size_t bytes, v
 // The caller's current stream of `device` waits for `e`.
 void stream_wait_event(int device, void* e);
 }  // namespace cuda
-#endif
 
 class Uploader {
  public:

@@ -47,9 +47,12 @@ def _need_mpi():
     return exe
 
 
-def _launch(k, *args, timeout=120, check=True):
-    """Run the worker on k ranks (k = 1: a plain process, LocalComm) -> CompletedProcess."""
+def _launch(k, *args, timeout=300, check=True):
+    """Run the worker on k ranks (k = 1: a plain process, LocalComm) -> CompletedProcess. One CPU thread
+    per rank at every k (the same kernels' summation order everywhere, and no OpenMP threads spinning
+    against each other on a loaded machine); the timeout only guards against a hang."""
     env = {key: v for key, v in os.environ.items() if not key.startswith(("PMI_", "OMPI_", "PMIX_"))}
+    env["OMP_NUM_THREADS"] = "1"
     if k == 1:
         cmd = [sys.executable, str(WORKER), *args]
     else:
@@ -57,7 +60,6 @@ def _launch(k, *args, timeout=120, check=True):
         version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
         extra = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
         cmd = [exe, "-n", str(k), *extra, sys.executable, "-m", "mpi4py", str(WORKER), *args]
-        env["OMP_NUM_THREADS"] = "1"
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE)
     if check:
         assert run.returncode == 0, f"{cmd} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
@@ -266,7 +268,7 @@ def _tiny_cifar(folder):
     return folder
 
 
-def _train_cli(k, data, out, *extra, timeout=120, check=True, worker=None, env_extra=None):
+def _train_cli(k, data, out, *extra, timeout=300, check=True, worker=None, env_extra=None):
     """`convnet train` on the tiny data: one plain process (k = 1) or mpiexec -n k ... -m convnet
     (worker: [script, fault]: tests/dp_train_worker.py's CLI with a planted fault instead)."""
     args = ["train", "--data", f"cifar10:{data}", "--model", str(data / "net.json"), "--batch-size", "16",
