@@ -99,9 +99,10 @@ def leaky_relu_backward(x, dy, slope=0.01):
 
 def dropout_mask(shape, p, seed, counter, offset=0):
     """Keep-mask scaled for inverted dropout: 1/(1-p) where kept, 0 where dropped; element i takes
-    element offset + i of the draw."""
+    element offset + i of the draw. p is the op's float32 argument: a draw of exactly float32(0.9)
+    (one in 2^24) is kept at p = 0.9, as the kernels compare it."""
     n = int(np.prod(shape))
-    keep = philox_uniform(seed, counter, n, offset) >= p
+    keep = philox_uniform(seed, counter, n, offset) >= np.float32(p)
     return (keep / (1.0 - p)).reshape(shape)
 
 
