@@ -52,6 +52,7 @@ from convnet.data import builtin, folder_image_size, open_data
 
 trainmod = importlib.import_module("convnet.train")
 evalmod = importlib.import_module("convnet.evaluate")
+foldermod = importlib.import_module("convnet.run_folder")  # run_folder.RunFolder saves the checkpoints
 
 
 def cli(argv) -> int:
@@ -197,12 +198,12 @@ def test_out_refuses_an_earlier_run_unless_resumed(small_data, tmp_path, monkeyp
 
 def test_last_and_best_checkpoints_and_save_every(small_data, tmp_path, monkeypatch):
     written = []
-    real = trainmod.save_checkpoint
+    real = foldermod.save_checkpoint
 
     def save(path, net, meta):
         written.append((os.path.basename(path), meta["epoch"]))
         return real(path, net, meta)
-    monkeypatch.setattr(trainmod, "save_checkpoint", save)
+    monkeypatch.setattr(foldermod, "save_checkpoint", save)
     r = quick(small_data, tmp_path / "run", epochs=5, save_every=2, lr=0.05)
     last = [e for name, e in written if name == "checkpoint.npz"]
     best = [e for name, e in written if name == "best.npz"]

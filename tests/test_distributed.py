@@ -80,26 +80,39 @@ def _assert_same_bytes(a, b, what):
 # --------------------------------------------------------------------------------------------------
 # multi-rank
 
-def test_k_1_2_4_give_byte_identical_parameters(tmp_path):
+@pytest.fixture(scope="module")
+def one_process_20_steps(tmp_path_factory):
+    """dp_worker.py's 20 training steps on one plain process (the reference the K-rank runs must
+    equal), launched once for the tests below -> (CompletedProcess, state)."""
+    _need_mpi()
+    out = tmp_path_factory.mktemp("one-process") / "k1.npz"
+    run = _launch(1, "train", str(out), "--steps", "20")
+    return run, _state(out)
+
+
+def test_k_1_2_4_give_byte_identical_parameters(tmp_path, one_process_20_steps):
     # 20 steps of the small net (12x12 input, dropout 0.5), global batch 16 in micro-batches of 4.
     _need_mpi()
     states = {}
     for k in (1, 2, 4):
-        run = _launch(k, "train", str(tmp_path / f"k{k}.npz"))
+        if k == 1:
+            run, states[1] = one_process_20_steps
+        else:
+            run = _launch(k, "train", str(tmp_path / f"k{k}.npz"))
         digests = set(re.findall(r"digest ([0-9a-f]+)", run.stdout))
         assert len(re.findall(r"digest", run.stdout)) == k and len(digests) == 1, run.stdout  # replicas agree
-        states[k] = _state(tmp_path / f"k{k}.npz")
+        if k > 1:
+            states[k] = _state(tmp_path / f"k{k}.npz")
     _assert_same_bytes(states[1], states[2], "K=2 vs K=1")
     _assert_same_bytes(states[1], states[4], "K=4 vs K=1")
     start = convnet.Net(small_config(num_classes=10, input_size=12, width=8), device="cpu", seed=7).state()
     assert any(not np.array_equal(start[k], states[1][k]) for k in start)  # it did train
 
 
-def test_fast_reduction_trains_but_is_not_the_fixed_order(tmp_path):
+def test_fast_reduction_trains_but_is_not_the_fixed_order(tmp_path, one_process_20_steps):
     _need_mpi()
-    _launch(1, "train", str(tmp_path / "k1.npz"), "--steps", "5")
-    _launch(2, "train", str(tmp_path / "fast.npz"), "--steps", "5", "--reduction", "fast")
-    a, b = _state(tmp_path / "k1.npz"), _state(tmp_path / "fast.npz")
+    _launch(2, "train", str(tmp_path / "fast.npz"), "--steps", "20", "--reduction", "fast")
+    a, b = one_process_20_steps[1], _state(tmp_path / "fast.npz")
     rel = max(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-30) for k in a)
     assert rel < 1e-4  # the same training, summed in another order
 
@@ -134,15 +147,14 @@ def test_replica_drift_stops_the_job_naming_the_rank(tmp_path):
     assert "ReplicaDriftError" in run.stderr and "rank(s) [1] differ from rank 0" in run.stderr, run.stderr
 
 
-def test_resume_on_a_different_k_is_bit_exact(tmp_path):
+def test_resume_on_a_different_k_is_bit_exact(tmp_path, one_process_20_steps):
     # 10 steps on 2 ranks, then 10 more on 4 ranks from rank 0's saved state (the broadcast carries
     # parameters and momentum), equal 20 steps on 1 process.
     _need_mpi()
-    _launch(1, "train", str(tmp_path / "whole.npz"), "--steps", "20")
     _launch(2, "train", str(tmp_path / "half.npz"), "--steps", "10")
     _launch(4, "train", str(tmp_path / "resumed.npz"), "--steps", "10", "--first-step", "10",
             "--start", str(tmp_path / "half.npz"))
-    _assert_same_bytes(_state(tmp_path / "whole.npz"), _state(tmp_path / "resumed.npz"), "resumed on K=4")
+    _assert_same_bytes(one_process_20_steps[1], _state(tmp_path / "resumed.npz"), "resumed on K=4")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,22 +313,32 @@ def _run_folder(out):
     return state, meta, log
 
 
-def test_train_on_2_ranks_equals_1_process_at_the_same_micro_batch(tmp_path):
+@pytest.fixture(scope="module")
+def cli_one_process_3_epochs(tmp_path_factory):
+    """`convnet train --epochs 3 --micro-batch 4` on one plain process over _tiny_cifar, run once for
+    the tests below -> (data folder, run folder, CompletedProcess)."""
+    _need_mpi()
+    root = tmp_path_factory.mktemp("cli-one-process")
+    data = _tiny_cifar(root / "data")
+    run = _train_cli(1, data, root / "k1", "--epochs", "3", "--micro-batch", "4")
+    return data, root / "k1", run
+
+
+def test_train_on_2_ranks_equals_1_process_at_the_same_micro_batch(tmp_path, cli_one_process_3_epochs):
     # `mpiexec -n 2 python -m mpi4py -m convnet train --micro-batch 4` and the one-process run with
     # the same micro-batches: the same checkpoint bytes (parameters, momentum), the same history
     # (training loss, sharded validation), one run folder written by rank 0 alone.
     _need_mpi()
-    data = _tiny_cifar(tmp_path / "data")
-    one = _train_cli(1, data, tmp_path / "k1", "--epochs", "2", "--micro-batch", "4")
-    two = _train_cli(2, data, tmp_path / "k2", "--epochs", "2", "--micro-batch", "4")
-    s1, m1, log1 = _run_folder(tmp_path / "k1")
+    data, k1, one = cli_one_process_3_epochs
+    two = _train_cli(2, data, tmp_path / "k2", "--epochs", "3", "--micro-batch", "4")
+    s1, m1, log1 = _run_folder(k1)
     s2, m2, log2 = _run_folder(tmp_path / "k2")
     _assert_same_bytes(s1, s2, "K=2 vs K=1")
-    assert log1 == log2 == m2["history"] and len(log2) == 2 and m2["step"] == 10
+    assert log1 == log2 == m2["history"] and len(log2) == 3 and m2["step"] == 15
     assert m2["hparams"]["micro_batch"] == 4 and m2["hparams"]["batch_size"] == 16
     assert two.stdout.count("final: test top-1 accuracy") == 1, two.stdout  # rank 0 speaks
     text = (tmp_path / "k2" / "train.log").read_text()
-    assert text.count("epoch 2/2") == 1 and "data parallel over 2 processes" in text, text
+    assert text.count("epoch 3/3") == 1 and "data parallel over 2 processes" in text, text
     assert "convnet: rank 1/2 is pid" in two.stderr
     assert one.stdout.count("final:") == 1
 
@@ -357,13 +379,13 @@ TRAIN_WORKER = HERE / "dp_train_worker.py"
 
 
 @pytest.mark.parametrize("kind", ["kill", pytest.param("raise", marks=pytest.mark.slow)])
-def test_train_a_failing_rank_ends_the_job_and_loses_no_checkpoint(tmp_path, kind):
+def test_train_a_failing_rank_ends_the_job_and_loses_no_checkpoint(tmp_path, kind, cli_one_process_3_epochs):
     # Rank 1 dies (SIGKILL) or raises at step 7 (epoch 2 of 3): the job ends in seconds, the failing
     # rank is named (an exception by the rank itself, a kill by the launcher's PID, which rank 1
     # announced), epoch 1's checkpoint is whole, and resuming it on ONE process (micro-batches of 4)
     # ends with the bytes of an uninterrupted one-process run.
     _need_mpi()
-    data = _tiny_cifar(tmp_path / "data")
+    data, whole, _ = cli_one_process_3_epochs
     t0 = time.monotonic()
     run = _train_cli(2, data, tmp_path / "run", "--epochs", "3", "--micro-batch", "4", check=False, timeout=90,
                      worker=[str(TRAIN_WORKER), f"1:7:{kind}"])
@@ -377,9 +399,8 @@ def test_train_a_failing_rank_ends_the_job_and_loses_no_checkpoint(tmp_path, kin
         assert "signal 9" in out and f"PID {pid}" in out, out
     meta, _ = read_checkpoint(str(tmp_path / "run"))
     assert meta["epoch"] == 1 and meta["step"] == 5
-    _train_cli(1, data, tmp_path / "whole", "--epochs", "3", "--micro-batch", "4")
     _train_cli(1, data, tmp_path / "run", "--resume", str(tmp_path / "run"))
-    _assert_same_bytes(_run_folder(tmp_path / "whole")[0], _run_folder(tmp_path / "run")[0], "resumed on K=1")
+    _assert_same_bytes(_run_folder(whole)[0], _run_folder(tmp_path / "run")[0], "resumed on K=1")
 
 
 @pytest.mark.parametrize("kind", ["stop", pytest.param("hang", marks=pytest.mark.slow)])

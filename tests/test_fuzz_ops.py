@@ -7,7 +7,9 @@ return at once), so the default suite stays fast. CONVNET_FUZZ_EXAMPLES / CONVNE
 both for a long run. Arguments mix small valid values with the edges that used to break things:
 0, -1, 2**31 - 1, 2**62.
 """
+import contextlib
 import os
+import resource
 import time
 
 import numpy as np
@@ -208,6 +210,24 @@ def test_fuzz_softmax_cross_entropy(N, C, label_shift, specials, seed):
 
 
 _shape_budget = Budget()
+SHAPE_CAP = 256 << 20  # bytes a fuzzed tensor may take beyond what the process maps already
+
+
+@contextlib.contextmanager
+def address_space_cap(extra_bytes):
+    """The soft RLIMIT_AS lowered to what this process maps now + extra_bytes, restored after: an
+    allocation past it fails at once (MemoryError) instead of zero-filling gigabytes of RAM (an 8 GB
+    tensor took 10 s; a 16 GB one got the process killed on a 23 GB machine)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        cap = int(f.read().split()[0]) * resource.getpagesize() + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @fuzz
@@ -219,7 +239,8 @@ def test_fuzz_tensor_shapes(shape, view):
         return
     numel = int(np.prod([d for d in shape], dtype=object)) if shape else 1
     makeable = all(d >= 0 for d in shape) and (numel == 0 or numel * 4 <= 1 << 26)
-    ran = clean_call(lambda: _C.Tensor.zeros(tuple(shape)))
+    with address_space_cap(SHAPE_CAP):
+        ran = clean_call(lambda: _C.Tensor.zeros(tuple(shape)))
     if makeable:
         assert ran
         t = _C.Tensor.zeros(tuple(shape))
@@ -231,3 +252,5 @@ def test_fuzz_tensor_shapes(shape, view):
         assert ok == (all(d >= 0 for d in view) and vn == numel and (vn == 0 or vn < 2**63))
     elif any(d < 0 for d in shape) or numel * 4 > 2**62:
         assert not ran, f"a tensor of shape {shape} was made"
+    elif numel * 4 > SHAPE_CAP:  # possible in principle, more than the cap: MemoryError
+        assert not ran, f"a tensor of shape {shape} ({numel * 4} bytes) was made past a {SHAPE_CAP}-byte cap"

@@ -245,9 +245,10 @@ def test_devices_argument_errors():
         convnet.get_model("owt", devices=["cpu", "cpu"], allocate=False)
 
 
-def test_train_and_cli_with_devices(tmp_path):
+def test_train_and_cli_with_devices(tmp_path, monkeypatch):
     """train(devices=[...]) and `--devices` split a two-tower config over the towers' devices; the run
     checkpoints, resumes and evaluates like any other."""
+    import importlib
     from convnet.data import builtin
     cfg = models.two_tower_config(widths=(8, 16, 16, 16, 8), hidden=(32, 32), num_classes=10, input_size=28,
                                   conv1=(3, 1, 1), init_std="he")
@@ -265,6 +266,8 @@ def test_train_and_cli_with_devices(tmp_path):
     path.write_text(json.dumps(cfg))
     from convnet.__main__ import main
     # The CLI builds the config file's net over --devices and checks it against the checkpoint (a
-    # finished run: nothing more to train).
+    # finished run: nothing more to train). "--data builtin" opens the small split above, not the
+    # full built-in set (12,000 images made for a run that trains nothing).
+    monkeypatch.setattr(importlib.import_module("convnet.train"), "open_data", lambda *a, **k: (*data, "builtin"))
     assert main(["train", "--model", str(path), "--data", "builtin", "--epochs", "2", "--devices", "cpu,cpu",
                  "--resume", r2.checkpoint, "--no-progress"]) == 0

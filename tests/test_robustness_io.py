@@ -215,7 +215,7 @@ def savez(f, **arrays):
 _np.savez = savez
 """,
         "after-checkpoint": """
-T = sys.modules["convnet.train"]
+import convnet.run_folder as T  # where train() saves the run folder's checkpoints
 real = T.save_checkpoint
 def save(path, net, meta):
     r = real(path, net, meta)
@@ -241,7 +241,7 @@ T.save_checkpoint = save
 def test_second_trainer_on_a_run_folder_is_refused(tmp_path):
     out = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", TRAINER + f"""
-T = sys.modules["convnet.train"]
+import convnet.run_folder as T  # where train() saves the run folder's checkpoints
 real = T.save_checkpoint
 def save(path, net, meta):
     r = real(path, net, meta)

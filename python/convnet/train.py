@@ -1,43 +1,35 @@
-"""train(): the SGD loop, the learning-rate schedule and progress. The pieces live in their own
-modules: hparams.py (the hyper-parameter record and its defaults), checkpoint.py (atomic save, load,
-resume, the run-folder lock), evaluate.py, plots.py, models.build_model, data.open_data (data names).
+"""train(): resolve a run (new or resumed: its hyper-parameters, data, net and folder), then loop over
+its epochs. The pieces live in their own modules: hparams.py (the hyper-parameter record, its
+defaults and the LR schedule), epoch.py (one training epoch, its record and line), run_folder.py (what
+the run folder holds and when each file is written), checkpoint.py (atomic save, load, resume, the
+lock), evaluate.py, plots.py, models.build_model, data.open_data (data names), distributed.TrainingRun
+(the data-parallel hooks).
 
     >>> import convnet
     >>> result = convnet.train()                  # the small default net on the built-in data
     >>> result.history[-1]["val_top1_err"]
-
-A step never reads the device back except the loss (one scalar, checked to be finite): the
-statistics [loss, top-1 hits, top-5 hits] are summed on the device and read when logged.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import sys
 import time
 import warnings
 
 import numpy as np
 
-from . import _C
-from ._C import ops
-from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, LOG_NAME, TEXT_LOG_NAME, CheckpointError, RunLock,
-                         best_device, clean_stale_temps, find_checkpoint, load_checkpoint, net_from_meta,
+from . import run_folder
+from .checkpoint import (CheckpointError, best_device, find_checkpoint, load_checkpoint, net_from_meta,
                          read_checkpoint, restore, save_checkpoint)
 from .data import open_data
+from .epoch import NonFiniteLossError, dropout_seed, epoch_record, format_epoch, train_epoch
 from .evaluate import check_fit, evaluate
 from .hparams import DEFAULT_EPOCHS, HParams, Schedule
 from .net import Net
-from .tensor import upload_batches
+from .run_folder import RunFolder
 
 __all__ = ["train", "evaluate", "TrainResult", "Schedule", "save_checkpoint", "load_checkpoint",
            "read_checkpoint", "open_data", "CheckpointError", "NonFiniteLossError", "DEFAULT_EPOCHS"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf; nothing was written from the broken state."""
 
 
 @dataclasses.dataclass
@@ -56,16 +48,6 @@ class TrainResult:
     def test_accuracy(self) -> float:
         """Top-1 accuracy (centre crop) on the test split after the last epoch."""
         return 1.0 - self.history[-1]["val_top1_err"] if self.history else float("nan")
-
-
-def _dropout_seed(seed: int) -> int:
-    return int(np.random.SeedSequence([int(seed), 0xD0]).generate_state(1, np.uint64)[0])
-
-
-def _fmt_epoch(h, epochs):
-    return (f"epoch {h['epoch']}/{epochs}  lr {h['lr']:.3g}  loss {h['train_loss']:.4f}  "
-            f"train top-1 err {100 * h['train_top1_err']:.2f}%  val top-1 err {100 * h['val_top1_err']:.2f}%  "
-            f"top-5 err {100 * h['val_top5_err']:.2f}%  {h['images_per_s']:.0f} img/s  {h['seconds']:.1f} s")
 
 
 def train(model=None, data=None, epochs: int | None = None, batch_size: int | None = None,
@@ -124,9 +106,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         if model is None and (input_size or num_classes):
             raise ValueError(f"input_size/num_classes: resuming {ckpt_path} keeps its net; start a new run "
                              f"to change them")
-    elif out_dir and run.on_root(lambda d: any(os.path.exists(os.path.join(d, f)) for f in
-                                               (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, TEXT_LOG_NAME)),
-                                 out_dir, share=True):
+    elif out_dir and run.on_root(run_folder.holds_run, out_dir, share=True):
         raise ValueError(f"out_dir {out_dir} holds an earlier run: resume it (--resume {out_dir}) or "
                          f"choose another folder")
     hp_in = dict((meta_in or {}).get("hparams", {}))
@@ -185,8 +165,8 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
         raise ValueError(f"train: {len(train_ds)} training images make no batch of {hp.batch_size}")
     out_dir = run.local_out_dir(out_dir)
     if out_dir is not False:
-        out_dir = out_dir or os.path.join("runs", f"{net.meta.get('name', 'net')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    lock = run.on_root(_take_run_folder, out_dir)
+        out_dir = out_dir or run_folder.default_path(net.meta.get("name", "net"))
+    lock = run.on_root(run_folder.take, out_dir)
     try:
         with run.guard(collective=(NonFiniteLossError,)):  # a rank's own error ends the whole job
             return _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds,
@@ -197,126 +177,58 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
             lock.release()
 
 
-def _take_run_folder(out_dir):
-    if not out_dir:
-        return None
-    os.makedirs(out_dir, exist_ok=True)
-    return RunLock(out_dir).acquire()
-
-
 def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds, device,
           workers, progress, plot, log_every, log_seconds, t_start, run):
     start_epoch = int((meta_in or {}).get("epoch", 0))
     history = [h for h in (meta_in or {}).get("history", []) if h["epoch"] <= start_epoch]
     step = int((meta_in or {}).get("step", 0))
-    drop_seed = _dropout_seed(hp.seed)
-    text_log = None
-    if out_dir:
-        clean_stale_temps(out_dir)
-        with open(os.path.join(out_dir, LOG_NAME), "w") as f:  # the log agrees with the checkpoint
-            f.writelines(json.dumps(h) + "\n" for h in history)
-        text_log = open(os.path.join(out_dir, TEXT_LOG_NAME), "a")
-
-    def say(line, err=False, always=False):
-        if progress or always:
-            print(line, file=sys.stderr if err else sys.stdout, flush=True)
-        if text_log:
-            text_log.write(line + "\n")
-            text_log.flush()
-
-    tty = progress and sys.stderr.isatty()
-    where = f", writing to {out_dir}" if out_dir else ""
-    if meta_in and start_epoch >= hp.epochs:
-        say(f"convnet: {ckpt_path} is a finished run ({start_epoch}/{hp.epochs} epochs): nothing to train; "
-            f"give more epochs (--epochs) to continue it", err=True, always=True)
-    else:
-        what = f"resuming {ckpt_path} at epoch {start_epoch + 1}" if meta_in else "training"
-        say(f"convnet: {what}: {net.meta.get('name', 'net')} ({net.num_params:,} params) on {device}, "
-            f"{len(train_ds)} train / {len(test_ds)} test images, {hp.epochs} epochs of {len(loader)} batches "
-            f"of {hp.batch_size}, lr {hp.lr:g}{run.describe()}{where}", err=True)
-    acc = _C.Tensor.zeros((3,), net.cost_layer.device, "float32")
-    last_ckpt = ckpt_path if meta_in else None
-    best_err = min((h["val_top1_err"] for h in history), default=math.inf)
-    for epoch in range(start_epoch, hp.epochs):
-        cur_lr = sched.lr_for(epoch)
-        loader.set_epoch(epoch)
-        ops.fill_(acc, 0.0)
-        bar = None
-        if tty:
-            from tqdm import tqdm
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{hp.epochs}", unit="batch", leave=False,
-                       dynamic_ncols=True)
-        t0 = last_line = time.time()
-        nb = images = 0
-        # one process: batch k+1 is uploaded while step k computes (tensor.upload_batches); data
-        # parallel: run.train_step slices the NumPy batch into its micro-batches itself
-        batches = loader if run.dp is not None else upload_batches(loader, net.data_layer.device,
-                                                                     net.cost_layer.num_classes, net.cost_layer.device)
-        for x, y in batches:
-            stats = run.train_step(net, x, y, cur_lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
-            loss = float(stats.numpy()[0])  # the one scalar read per step
-            if not math.isfinite(loss):
-                if bar is not None:
-                    bar.close()
-                layer = net.first_nonfinite_output(x, y, step=step, seed=drop_seed)
-                raise NonFiniteLossError(
-                    f"train: the loss is {loss} at step {step} (epoch {epoch + 1}, batch {nb + 1}, lr {cur_lr:g})"
-                    + (f"; the first layer whose output is not finite: {layer}" if layer else "")
-                    + f"; the last good checkpoint: {last_ckpt or 'none written'} (nothing was saved from "
-                      f"this state); try a smaller --lr")
-            ops.add_(acc, stats, 1.0)
-            step, nb, images = step + 1, nb + 1, images + len(y) * run.size  # the global batch
-            if progress and bar is None and time.time() - last_line > log_seconds:
-                last_line = time.time()  # no TTY (a log file): a plain line now and then
-                st = acc.numpy()
-                say(f"  epoch {epoch + 1}/{hp.epochs}  batch {nb}/{len(loader)}  loss {st[0] / nb:.4f}  "
-                    f"acc {100 * st[1] / images:.1f}%  {images / max(last_line - t0, 1e-9):.0f} img/s", err=True)
-            if bar is not None:
-                bar.update(1)
-                if nb % log_every == 0 or nb == len(loader):
-                    s = acc.numpy()
-                    bar.set_postfix_str(f"loss {s[0] / nb:.3f} acc {100 * s[1] / images:.1f}% "
-                                        f"{images / max(time.time() - t0, 1e-9):.0f} img/s", refresh=False)
-        s = acc.numpy().astype(np.float64)
-        train_secs = time.time() - t0
-        if bar is not None:
-            bar.close()
-        val = run.evaluate(net, test_ds, views=hp.eval_views, batch_size=hp.batch_size, workers=workers,
-                           progress=progress)
-        sched.end_epoch(val["top1_err"])
-        rec = {"epoch": epoch + 1, "lr": cur_lr, "train_loss": s[0] / nb, "train_top1_err": 1 - s[1] / images,
-               "train_top5_err": 1 - s[2] / images, "val_loss": val["loss"], "val_top1_err": val["top1_err"],
-               "val_top5_err": val["top5_err"], "images_per_s": images / max(train_secs, 1e-9),
-               "seconds": time.time() - t0, "step": step}
-        history.append(rec)
-        say(_fmt_epoch(rec, hp.epochs))
-        if out_dir:
+    drop_seed = dropout_seed(hp.seed)
+    folder = RunFolder(out_dir, history, progress)
+    try:
+        where = f", writing to {out_dir}" if out_dir else ""
+        if meta_in and start_epoch >= hp.epochs:
+            folder.say(f"convnet: {ckpt_path} is a finished run ({start_epoch}/{hp.epochs} epochs): nothing to "
+                       f"train; give more epochs (--epochs) to continue it", err=True, always=True)
+        else:
+            what = f"resuming {ckpt_path} at epoch {start_epoch + 1}" if meta_in else "training"
+            folder.say(f"convnet: {what}: {net.meta.get('name', 'net')} ({net.num_params:,} params) on {device}, "
+                       f"{len(train_ds)} train / {len(test_ds)} test images, {hp.epochs} epochs of {len(loader)} "
+                       f"batches of {hp.batch_size}, lr {hp.lr:g}{run.describe()}{where}", err=True)
+        last_ckpt = ckpt_path if meta_in else None
+        for epoch in range(start_epoch, hp.epochs):
+            cur_lr = sched.lr_for(epoch)
+            t0 = time.time()
+            done = train_epoch(net, loader, run, hp, epoch, cur_lr, step, drop_seed, progress=progress,
+                               say=folder.say, log_every=log_every, log_seconds=log_seconds,
+                               last_checkpoint=last_ckpt)
+            step = done.step
+            val = run.evaluate(net, test_ds, views=hp.eval_views, batch_size=hp.batch_size, workers=workers,
+                               progress=progress)
+            sched.end_epoch(val["top1_err"])
+            rec = epoch_record(epoch + 1, cur_lr, done, val, time.time() - t0)
+            history.append(rec)
+            folder.say(format_epoch(rec, hp.epochs))
             meta = {"epoch": epoch + 1, "step": step, "hparams": hp.to_dict(), "schedule": sched.state(),
                     "history": history, "data": data_name, "class_names": list(train_ds.class_names),
                     "image_size": getattr(train_ds, "size", None), "image_shape": list(train_ds.image_shape),
                     "loader": {"seed": hp.seed, "next_epoch": epoch + 1}, "dropout_seed": str(drop_seed),
                     "device": device}
-            if val["top1_err"] < best_err:
-                best_err = val["top1_err"]
-                save_checkpoint(os.path.join(out_dir, BEST_NAME), net, meta)
-            if (epoch + 1) % hp.save_every == 0 or epoch + 1 == hp.epochs:
-                last_ckpt = save_checkpoint(os.path.join(out_dir, CHECKPOINT_NAME), net, meta)
-            with open(os.path.join(out_dir, LOG_NAME), "a") as f:  # after the checkpoint: no repeats
-                f.write(json.dumps(rec) + "\n")
-    if plot and out_dir and history:
-        from .plots import plot_curves, plot_filters
-        plot_curves(history, os.path.join(out_dir, "curves.png"))
-        plot_filters(net, os.path.join(out_dir, "conv1_filters.png"))
-    seconds = time.time() - t_start
-    skipped = dict(getattr(train_ds, "skipped", []))  # path -> reason (an image folder's scan and decodes)
-    skipped.update({p: "unreadable" for p in loader.skipped if p not in skipped})
-    if skipped:
-        listed = "; ".join(f"{p} ({why})" for p, why in list(skipped.items())[:10])
-        say(f"convnet: skipped {len(skipped)} bad training files: {listed}" + ("; ..." if len(skipped) > 10 else ""),
-            err=True)
-    if out_dir:
-        say(f"convnet: done in {seconds:.1f} s; checkpoint {last_ckpt}, log {os.path.join(out_dir, LOG_NAME)}",
-            err=True)
-        text_log.close()
+            last_ckpt = folder.end_epoch(net, meta, rec, write_last=(epoch + 1) % hp.save_every == 0
+                                         or epoch + 1 == hp.epochs) or last_ckpt
+        if plot and out_dir and history:
+            from .plots import plot_curves, plot_filters
+            plot_curves(history, os.path.join(out_dir, "curves.png"))
+            plot_filters(net, os.path.join(out_dir, "conv1_filters.png"))
+        seconds = time.time() - t_start
+        skipped = dict(getattr(train_ds, "skipped", []))  # path -> reason (an image folder's scan and decodes)
+        skipped.update({p: "unreadable" for p in loader.skipped if p not in skipped})
+        if skipped:
+            listed = "; ".join(f"{p} ({why})" for p, why in list(skipped.items())[:10])
+            folder.say(f"convnet: skipped {len(skipped)} bad training files: {listed}"
+                       + ("; ..." if len(skipped) > 10 else ""), err=True)
+        if out_dir:
+            folder.say(f"convnet: done in {seconds:.1f} s; checkpoint {last_ckpt}, log {folder.log_path}", err=True)
+    finally:
+        folder.close()
     return TrainResult(net=net, history=history, out_dir=out_dir, checkpoint=last_ckpt, seconds=seconds,
                        rank=run.rank)
