@@ -428,6 +428,15 @@ print("KEPT")
     assert epochs_in_log(out) == [1]
 
 
+def test_divergence_read_every_few_steps_names_the_window(tmp_path, small_builtin, monkeypatch):
+    # On a GPU the loss is read every CHECK_EVERY_CUDA steps: the error names the window it lies in.
+    from convnet import epoch
+    from convnet.train import NonFiniteLossError
+    monkeypatch.setattr(epoch, "loss_check_every", lambda device: 2)
+    with pytest.raises(NonFiniteLossError, match=r"the loss is (nan|inf) at one of steps 0\.\.1 \(epoch 1, batch 2"):
+        convnet.train(data="builtin", epochs=1, batch_size=8, lr=1e30, out_dir=False, progress=False, workers=0)
+
+
 @pytest.mark.parametrize("hp", [dict(lr=float("nan")), dict(lr=-1.0), dict(lr=0.0), dict(momentum=5.0),
                                 dict(momentum=-0.5), dict(weight_decay=-1e-4), dict(weight_decay=float("inf")),
                                 dict(lighting=-1.0), dict(epochs=0), dict(batch_size=0)])

@@ -40,6 +40,14 @@ def dropout_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), 0xD0]).generate_state(1, np.uint64)[0])
 
 
+CHECK_EVERY_CUDA = 16  # steps between reads of the loss on a GPU (train_epoch)
+
+
+def loss_check_every(device) -> int:
+    """Steps between two reads of the training loss on `device`: 1 on the CPU, CHECK_EVERY_CUDA on a GPU."""
+    return 1 if str(device) == "cpu" else CHECK_EVERY_CUDA
+
+
 def train_epoch(net, loader, run, hp, epoch: int, lr: float, step: int, drop_seed: int, *, progress: bool,
                 say, log_every: int = 10, log_seconds: float = 60.0, last_checkpoint=None) -> EpochPass:
     """One epoch of SGD steps (run.train_step: one process or this rank of a data-parallel job).
@@ -47,9 +55,14 @@ def train_epoch(net, loader, run, hp, epoch: int, lr: float, step: int, drop_see
     progress    a tqdm bar on a terminal (postfix refreshed every `log_every` batches), else a plain
                 line through `say` every `log_seconds`
     Raises NonFiniteLossError naming the step, the first layer whose output is not finite and
-    `last_checkpoint` (the last good one) when the loss is NaN or Inf."""
+    `last_checkpoint` (the last good one) when the loss is NaN or Inf. The loss is read back every
+    step on the CPU (free) and every CHECK_EVERY_CUDA steps on a GPU (loss_check_every: a read waits
+    for the step, so the host could not queue the next one meanwhile); there the error names the
+    window of steps."""
     loader.set_epoch(epoch)
     acc = _C.Tensor.zeros((3,), net.cost_layer.device, "float32")
+    check_every = loss_check_every(net.cost_layer.device)
+    checked = step  # the steps before this one are known finite
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -64,16 +77,19 @@ def train_epoch(net, loader, run, hp, epoch: int, lr: float, step: int, drop_see
     try:
         for x, y in batches:
             stats = run.train_step(net, x, y, lr, hp.momentum, hp.weight_decay, step=step, seed=drop_seed)
-            loss = float(stats.numpy()[0])  # the one scalar read per step
-            if not math.isfinite(loss):
-                layer = net.first_nonfinite_output(x, y, step=step, seed=drop_seed)
-                raise NonFiniteLossError(
-                    f"train: the loss is {loss} at step {step} (epoch {epoch + 1}, batch {nb + 1}, lr {lr:g})"
-                    + (f"; the first layer whose output is not finite: {layer}" if layer else "")
-                    + f"; the last good checkpoint: {last_checkpoint or 'none written'} (nothing was saved from "
-                      f"this state); try a smaller --lr")
             ops.add_(acc, stats, 1.0)
             step, nb, images = step + 1, nb + 1, images + len(y) * run.size  # the global batch
+            if nb % check_every == 0 or nb == len(loader):
+                loss = float((stats if check_every == 1 else acc).numpy()[0])
+                if not math.isfinite(loss):
+                    layer = net.first_nonfinite_output(x, y, step=step - 1, seed=drop_seed)
+                    at = f"step {step - 1}" if step - checked == 1 else f"one of steps {checked}..{step - 1}"
+                    raise NonFiniteLossError(
+                        f"train: the loss is {loss} at {at} (epoch {epoch + 1}, batch {nb}, lr {lr:g})"
+                        + (f"; the first layer whose output is not finite: {layer}" if layer else "")
+                        + f"; the last good checkpoint: {last_checkpoint or 'none written'} (nothing was saved "
+                          f"from this state); try a smaller --lr")
+                checked = step
             if progress and bar is None and time.time() - last_line > log_seconds:
                 last_line = time.time()  # no TTY (a log file): a plain line now and then
                 st = acc.numpy()
