@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -429,6 +430,14 @@ namespace {
 void need_probability(const char* op, float p) {
   if (!(p >= 0.0f && p < 1.0f)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
 }
+
+// Element i takes element offset + i of the draw, which has 2**64 elements (indices up to 2**64 - 1).
+void need_in_draw(const char* op, const char* name, const Tensor& t, uint64_t offset) {
+  const uint64_t n = static_cast<uint64_t>(t.numel());
+  if (n > 0 && offset > std::numeric_limits<uint64_t>::max() - (n - 1))
+    fail(op, "offset=" + std::to_string(offset) + " plus the " + std::to_string(n) + " elements of " + name +
+                 " run past the end of the Philox draw (element 2**64 - 1)");
+}
 }  // namespace
 
 void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter,
@@ -437,6 +446,7 @@ void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, u
   const Device dev = check_tensors(spec::dropout_forward, {&x, &y});
   need_probability(op, p);
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  need_in_draw(op, "x", x, offset);
   CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter, offset));
 }
 
@@ -446,6 +456,7 @@ void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed
   const Device dev = check_tensors(spec::dropout_backward, {&dy, &dx});
   need_probability(op, p);
   need_shape(op, "dx", dx, dy.shape(), "dy " + dy.shape_str());
+  need_in_draw(op, "dy", dy, offset);
   CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter, offset));
 }
 

@@ -11,7 +11,7 @@ import pytest
 
 import convnet
 import reference as R
-from conftest import poisoned
+from conftest import poisoned, to_device
 from convnet import _C, ops
 from convnet.hparams import HParams
 from gradcheck import assert_close
@@ -175,3 +175,25 @@ def test_run_seed_must_fit_the_dropout_key():
     for seed in (2**64, -1):
         with pytest.raises(ValueError, match=r"seed=.*in \[0, 2\*\*64\)"):
             HParams(seed=seed).validate()
+
+
+@pytest.mark.parametrize("offset,n", [(2**64 - 8, 8), (2**64 - 7, 7), (2**64 - 1, 1), (2**64 - 6, 5),
+                                      (2**64 - 13, 9), (2**62, 17)])
+def test_dropout_at_the_end_of_the_draw(device, rng, offset, n):
+    """Regression (fuzz): with offset + n reaching 2**64 the kernels computed offset + n, which wraps
+    to a small number, and left the output unwritten. Element 2**64 - 1 is the draw's last."""
+    x = rng.standard_normal(n)
+    want = R.dropout_forward(x, 0.5, 7, 2**64 - 1, offset)
+    y, dx = poisoned((n,), device), poisoned((n,), device)
+    ops.dropout_forward(to_device(x, device), y, 0.5, 7, 2**64 - 1, offset)
+    ops.dropout_backward(to_device(x, device), dx, 0.5, 7, 2**64 - 1, offset)
+    assert_close(y.numpy(), want, 1e-6)
+    assert_close(dx.numpy(), want, 1e-6)
+
+
+@pytest.mark.parametrize("offset,n", [(2**64 - 7, 8), (2**64 - 1, 2), (2**64 - 4, 5)])
+def test_dropout_past_the_end_of_the_draw_is_refused(offset, n):
+    x, y = _C.Tensor.zeros((n,)), _C.Tensor.zeros((n,))
+    for op in (ops.dropout_forward, ops.dropout_backward):
+        with pytest.raises(ValueError, match=f"offset={offset} plus the {n} elements of .* run past the end"):
+            op(x, y, 0.5, 7, 0, offset)
