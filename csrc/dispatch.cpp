@@ -332,7 +332,11 @@ namespace {
 // (N, in) view of an fc input: the batch dimension first, everything after it flattened.
 std::pair<int64_t, int64_t> fc_rows_cols(const char* op, const char* name, const Tensor& x) {
   if (x.dim() < 2) fail(op, std::string(name) + " must be at least 2-D (N, features...), got shape " + x.shape_str());
-  return {x.size(0), x.size(0) ? x.numel() / x.size(0) : 0};
+  int64_t features = 1;  // the trailing dimensions flattened; an empty batch (N = 0) has them too
+  for (int d = 1; d < x.dim(); ++d)
+    if (__builtin_mul_overflow(features, x.size(d), &features))
+      fail(op, std::string(name) + " " + x.shape_str() + " has more than 2^63 features");
+  return {x.size(0), features};
 }
 }  // namespace
 

@@ -260,3 +260,96 @@ def test_fuzz_tensor_shapes(shape, view):
         assert ok == (all(d >= 0 for d in view) and vn == numel and (vn == 0 or vn < 2**63))
     elif any(d < 0 for d in shape) or numel * 4 > 2**62:
         assert not ran, f"a tensor of shape {shape} was made"
+
+
+_gemm_budget = Budget()
+SCALARS = [0.0, 1.0, -2.5, 1e-3]
+
+
+@fuzz
+@given(M=st.integers(0, 9), N=st.integers(0, 9), K=st.integers(0, 9), trans_a=st.booleans(), trans_b=st.booleans(),
+       alpha=st.sampled_from(SCALARS + [float("nan"), float("inf")]), beta=st.sampled_from(SCALARS),
+       wrong=st.sampled_from([None, None, None, "a", "b", "c"]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_gemm(M, N, K, trans_a, trans_b, alpha, beta, wrong, seed):
+    """c = alpha op(a) op(b) + beta c for any (M, N, K) including 0, either transpose, any scalars;
+    beta = 0 never reads c (poisoned with NaN); a wrong shape is a ValueError."""
+    if _gemm_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    a_shape, b_shape, c_shape = [(K, M) if trans_a else (M, K), (N, K) if trans_b else (K, N), (M, N)]
+    if wrong:
+        bad = {"a": a_shape, "b": b_shape, "c": c_shape}[wrong]
+        bad = (bad[0] + 1, bad[1])
+        a_shape, b_shape, c_shape = [bad if wrong == w else s for w, s in zip("abc", (a_shape, b_shape, c_shape))]
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    c0 = rng.standard_normal(c_shape) if beta != 0 else np.full(c_shape, np.nan)
+    c = to_device(c0, "cpu")
+    ran = clean_call(lambda: ops.gemm(to_device(a, "cpu"), to_device(b, "cpu"), c, trans_a, trans_b, alpha, beta))
+    if wrong:  # one extra row of a, b or c: op(a) op(b) is ill-formed or does not fit c
+        assert not ran, f"gemm accepted shapes {a_shape} {b_shape} {c_shape} (trans {trans_a}, {trans_b})"
+        return
+    assert ran
+    if not np.isfinite(alpha):
+        return  # alpha * 0 (K = 0, or a zero product) is NaN in IEEE arithmetic: not pinned
+    want = R.gemm(a, b, trans_a, trans_b, alpha, beta, c0)
+    assert_close(c.numpy(), want, 1e-5)
+
+
+_fc_budget = Budget()
+
+
+@fuzz
+@given(N=st.integers(0, 6), feat=st.lists(st.integers(0, 4), min_size=1, max_size=3), out=st.integers(0, 7),
+       bias=st.booleans(), accumulate=st.booleans(), relu=st.booleans(), specials=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_fuzz_fc(N, feat, out, bias, accumulate, relu, specials, seed):
+    """fc_forward over x (N, trailing...) flattened, with bias, accumulation and fused ReLU (NaN kept,
+    as PyTorch's relu keeps it); its backward passes against the reference."""
+    if _fc_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    fin = int(np.prod(feat))
+    x = rng.standard_normal((N, *feat))
+    if specials and x.size:
+        x.reshape(-1)[rng.integers(0, x.size)] = np.nan
+    w, b = rng.standard_normal((out, fin)), rng.standard_normal(out)
+    y0 = rng.standard_normal((N, out)) if accumulate else np.full((N, out), np.nan)
+    y = to_device(y0, "cpu")
+    ran = clean_call(lambda: ops.fc_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu") if bias else None,
+                                            y, accumulate, relu))
+    assert ran
+    want = R.fc_forward(x.reshape(N, fin), w, b if bias else None) + (y0 if accumulate else 0)
+    if relu:
+        want = R.relu_forward(want)
+    got = y.numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    ok = ~np.isnan(want)
+    assert_close(got[ok], want[ok], 1e-5)
+    if specials:
+        return
+    dy = rng.standard_normal((N, out))
+    dx, dw, db = poisoned((N, fin), "cpu"), poisoned((out, fin), "cpu"), poisoned((out,), "cpu")
+    ops.fc_backward_data(to_device(dy, "cpu"), to_device(w, "cpu"), dx)
+    ops.fc_backward_weights(to_device(dy, "cpu"), to_device(x.reshape(N, fin), "cpu"), dw, db)
+    rdx, rdw, rdb = R.fc_backward(dy, x.reshape(N, fin), w)
+    assert_close(dx.numpy(), rdx, 1e-5)
+    assert_close(dw.numpy(), rdw, 1e-5)
+    assert_close(db.numpy(), rdb, 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Regressions the fuzzers found
+
+def test_fc_empty_batch_keeps_its_features(rng):
+    """x (0, 3) has 3 features, not 0: an empty batch ran conv but fc refused it as 'x (0, 3) has 0
+    [input features]'. Now every fc op runs it (nothing to write but dw, db: zeros)."""
+    x, w, b = np.zeros((0, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    y = poisoned((0, 4), "cpu")
+    ops.fc_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y)
+    dx = poisoned((0, 3), "cpu")
+    ops.fc_backward_data(to_device(np.zeros((0, 4)), "cpu"), to_device(w, "cpu"), dx)
+    dw, db = poisoned((4, 3), "cpu"), poisoned((4,), "cpu")
+    ops.fc_backward_weights(to_device(np.zeros((0, 4)), "cpu"), to_device(x, "cpu"), dw, db)
+    assert not np.any(dw.numpy()) and not np.any(db.numpy())
+    with pytest.raises(ValueError, match=r"w \(4, 2\) expects 2 input features but x \(0, 3\) has 3"):
+        ops.fc_forward(to_device(x, "cpu"), _C.Tensor.zeros((4, 2)), None, y)
