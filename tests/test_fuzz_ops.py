@@ -248,7 +248,10 @@ def test_fuzz_tensor_shapes(shape, view):
         return
     numel = int(np.prod([d for d in shape], dtype=object)) if shape else 1
     makeable = all(d >= 0 for d in shape) and (numel == 0 or numel * 4 <= 1 << 26)
-    ran = clean_call(lambda: _C.Tensor.zeros(tuple(shape)))
+    # Sizes between 64 MiB and the impossible are asked of empty(), which touches no page: zeros()
+    # of 2**31 floats would fill 8 GiB (seconds, and the machine's memory) to show nothing more.
+    make = _C.Tensor.zeros if makeable or any(d < 0 for d in shape) or numel * 4 > 2**62 else _C.Tensor.empty
+    ran = clean_call(lambda: make(tuple(shape)))
     if makeable:
         assert ran
         t = _C.Tensor.zeros(tuple(shape))
@@ -335,6 +338,106 @@ def test_fuzz_fc(N, feat, out, bias, accumulate, relu, specials, seed):
     assert_close(dx.numpy(), rdx, 1e-5)
     assert_close(dw.numpy(), rdw, 1e-5)
     assert_close(db.numpy(), rdb, 1e-5)
+
+
+_sgd_budget = Budget()
+HYPER = [0.0, 0.01, 0.5, 2.0, -0.1, float("nan"), float("inf")]
+
+
+@fuzz
+@given(shapes=st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=3), min_size=0, max_size=4),
+       lr=st.sampled_from(HYPER), wd=st.sampled_from(HYPER), momentum=st.sampled_from([0.0, 0.9, 0.999, 1.0, -0.5, float("nan")]),
+       short=st.sampled_from([None, None, "grads", "velocities", "lrs", "weight_decays"]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_sgd(shapes, lr, wd, momentum, short, seed):
+    """sgd_update over any list of parameters (empty ones too) and hyper-parameters: the paper's
+    rule where lr and weight decay are finite >= 0 and 0 <= momentum < 1, else a ValueError; lists
+    of different lengths are a ValueError."""
+    if _sgd_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    ws = [rng.standard_normal(sh) for sh in shapes]
+    gs = [rng.standard_normal(sh) for sh in shapes]
+    vs = [rng.standard_normal(sh) for sh in shapes]
+    lrs = [lr * (i + 1) if np.isfinite(lr) else lr for i in range(len(shapes))]
+    wds = [wd] * len(shapes)
+    P, G, V = ([to_device(a, "cpu") for a in arrays] for arrays in (ws, gs, vs))
+    lists = {"grads": G, "velocities": V, "lrs": lrs, "weight_decays": wds}
+    if short:
+        lists[short] = lists[short] + ([lists[short][0]] if lists[short] else
+                                       [0.1] if short in ("lrs", "weight_decays") else [to_device(np.zeros(1), "cpu")])
+    good_hyper = all(np.isfinite(v) and v >= 0 for v in lrs + wds) and 0 <= momentum < 1
+    valid = not short and good_hyper
+    ran = clean_call(lambda: ops.sgd_update(P, lists["grads"], lists["velocities"], lists["lrs"],
+                                            lists["weight_decays"], momentum))
+    assert ran == valid, f"ran={ran} lr={lr} wd={wd} m={momentum} short={short} n={len(shapes)}"
+    if not ran:
+        for t, a in zip(P + V, ws + vs):  # a refused update writes nothing
+            np.testing.assert_array_equal(t.numpy(), a.astype(np.float32))
+        return
+    for i in range(len(shapes)):
+        w_want, v_want = R.sgd_update(ws[i].astype(np.float32).astype(np.float64), gs[i].astype(np.float32),
+                                      vs[i].astype(np.float32), np.float32(lrs[i]), np.float32(momentum),
+                                      np.float32(wds[i]))
+        assert_close(V[i].numpy(), v_want, 1e-5)
+        assert_close(P[i].numpy(), w_want, 1e-5)
+
+
+_elementwise_budget = Budget()
+ELEMENTWISE = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add_", "fill_"]
+
+
+@fuzz
+@given(op=st.sampled_from(ELEMENTWISE), shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+       scalar=st.sampled_from([0.0, 0.01, -0.5, 3.0, float("nan"), float("inf")]), in_place=st.booleans(),
+       specials=st.booleans(), mismatch=st.sampled_from([False, False, False, True]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_elementwise(op, shape, scalar, in_place, specials, mismatch, seed):
+    """The elementwise ops on any shape, with NaN/Inf inputs, any scalar, in place or not (PyTorch's
+    NaN rules, tests/reference.py); another shape for the second tensor is a ValueError."""
+    if _elementwise_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    a, b = (rng.standard_normal(shape).astype(np.float32).astype(np.float64) for _ in range(2))  # as stored
+    if specials and a.size:
+        a.reshape(-1)[rng.integers(0, a.size, 3)] = [np.nan, np.inf, -np.inf]
+        b.reshape(-1)[rng.integers(0, b.size, 2)] = [np.nan, -np.inf]
+    other = list(shape) + [2] if mismatch else shape
+    A, B = to_device(a, "cpu"), to_device(b if not mismatch else rng.standard_normal(other), "cpu")
+    out = A if in_place else poisoned(other, "cpu")
+    slope_ok = np.isfinite(scalar)
+    calls = {
+        "relu_forward": (lambda: ops.relu_forward(A, out), lambda: R.relu_forward(a), True),
+        "relu_backward": (lambda: ops.relu_backward(A, B, out if not in_place else B),
+                          lambda: R.relu_backward(a, b), True),
+        "leaky_relu_forward": (lambda: ops.leaky_relu_forward(A, out, scalar), lambda: R.leaky_relu_forward(a, scalar),
+                               slope_ok),
+        "leaky_relu_backward": (lambda: ops.leaky_relu_backward(A, B, out if not in_place else B, scalar),
+                                lambda: R.leaky_relu_backward(a, b, scalar), slope_ok),
+        "add_": (lambda: ops.add_(A, B, scalar), lambda: R.add(a, b if not in_place else a, scalar), True),
+        "fill_": (lambda: ops.fill_(A, scalar), lambda: R.fill(shape, scalar), True),
+    }
+    call, want_fn, ok = calls[op]
+    if op == "add_" and in_place:
+        B = A
+        call = lambda: ops.add_(A, A, scalar)  # noqa: E731 - dst += alpha * dst, allowed (elementwise)
+    if op == "fill_" and mismatch:
+        return  # one tensor: nothing to mismatch
+    if op == "relu_forward" and mismatch and in_place:
+        return  # in place: one tensor
+    one_tensor = in_place and op in ("relu_forward", "leaky_relu_forward", "add_")  # B unused
+    valid = ok and not (mismatch and not one_tensor)
+    ran = clean_call(call)
+    assert ran == valid, f"{op} ran={ran} scalar={scalar} in_place={in_place} mismatch={mismatch}"
+    if not ran:
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = want_fn().astype(np.float32)
+    target = {"relu_backward": B if in_place else out, "leaky_relu_backward": B if in_place else out,
+              "add_": A, "fill_": A}.get(op, out)
+    got = target.numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (op, got, want)
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)])  # the infinities
+    assert_close(got[fin], want[fin], 1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
