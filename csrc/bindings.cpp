@@ -339,8 +339,8 @@ upload stream after the work queued so far; get() returns the oldest upload's te
 thread's stream ordered after its copy. A tensor handed out is never overwritten while held.
 convnet.upload_batches drives it for the training loop.
 )doc")
-      .def(py::init([](const std::string& device, int depth) {
-             return std::make_unique<Uploader>(Device::parse(device), depth);
+      .def(py::init([](const std::string& device, PyInt depth) {
+             return std::make_unique<Uploader>(Device::parse(device), to_int<int>(depth.value, "Uploader", "depth"));
            }),
            py::arg("device"), py::arg("depth") = 3)
       .def("put", [](Uploader& u, const py::array& array) {
@@ -376,15 +376,16 @@ convnet.upload_batches drives it for the training loop.
         "Return the caching allocator's free blocks on a CUDA device to the driver.");
   m.def("can_access_peer", &runtime::can_access_peer, py::arg("device"), py::arg("peer"));
   m.attr("stream_slots") = cuda::kStreamSlots;  // towers a device can run concurrently
-  m.def("set_stream", &runtime::set_stream, py::arg("device"), py::arg("slot"),
-        "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
+  def_op(m, "set_stream", &runtime::set_stream,
+         "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.",
+         py::arg("device"), py::arg("slot"));
   m.def("stream_barrier", &runtime::stream_barrier, py::arg("devices"), GIL(),
         "Every stream of these devices waits for everything queued on all of them.");
-  m.def("copy_between", &runtime::copy_between, py::arg("dst"), py::arg("dst_slot"), py::arg("src"),
-        py::arg("src_slot"), GIL(),
-        "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
-        "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
-        "the next stream_barrier. Any devices; a plain copy on the CPU.");
+  def_op(m, "copy_between", &runtime::copy_between,
+         "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
+         "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
+         "the next stream_barrier. Any devices; a plain copy on the CPU.",
+         py::arg("dst"), py::arg("dst_slot"), py::arg("src"), py::arg("src_slot"));
   m.def("conv_output_shape", [](py::iterable x_shape, py::iterable w_shape, PyPair stride, PyPair pad, PyInt groups) {
     const char* op = "conv_output_shape";
     const ConvShape s = ops::conv_shape(to_shape(x_shape, op, "x_shape"), to_shape(w_shape, op, "w_shape"),
@@ -410,7 +411,8 @@ convnet.upload_batches drives it for the training loop.
      "Force the CPU kernels' driver selectors (conv driver, GEMM threads, parallel loops): 'serial', "
      "'parallel', or 'auto' (by size and thread count, the default). For tests: every path on any machine.");
   m.def("cpu_path", []() { return std::string(cpu::path_name(cpu::forced_path())); });
-  m.def("set_cpu_threads", [](int threads) {
+  m.def("set_cpu_threads", [](PyInt value) {
+    const int threads = to_int<int>(value.value, "set_cpu_threads", "threads");
     if (threads < 1) throw std::invalid_argument("set_cpu_threads: threads must be >= 1, got " + std::to_string(threads));
     cpu::set_num_threads(threads);
   }, py::arg("threads"), "Threads of the CPU kernels from now on (OpenMP); build_info()['cpu_threads'] reads it.");

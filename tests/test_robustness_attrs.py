@@ -197,3 +197,21 @@ def test_dropout_past_the_end_of_the_draw_is_refused(offset, n):
     for op in (ops.dropout_forward, ops.dropout_backward):
         with pytest.raises(ValueError, match=f"offset={offset} plus the {n} elements of .* run past the end"):
             op(x, y, 0.5, 7, 0, offset)
+
+
+def test_runtime_integer_arguments():
+    """The runtime's integer arguments take the same checked path as the ops' attributes."""
+    t = _C.Tensor.zeros((2,))
+    cases = [(lambda v: _C.set_stream("cpu", v), "set_stream: slot"),
+             (lambda v: _C.copy_between(t, v, t, 0), "copy_between: dst_slot"),
+             (lambda v: _C.copy_between(t, 0, t, v), "copy_between: src_slot"),
+             (lambda v: _C.Uploader("cpu", v), "Uploader: depth"),
+             (lambda v: _C.set_cpu_threads(v), "set_cpu_threads: threads")]
+    for call, words in cases:
+        with pytest.raises(ValueError, match=f"^{words}=1099511627776 is out of range"):
+            call(2**40)
+        with pytest.raises(TypeError, match=f"^{words} must be an int, got 1.5"):
+            call(1.5)
+    threads = _C.cpu_threads()
+    _C.set_cpu_threads(np.int64(threads))
+    assert _C.cpu_threads() == threads
