@@ -145,11 +145,19 @@ def test_fuzz_pool(N, H, W, C, Rw, Sw, sh, sw, ph, pw, kind, specials, seed):
         np.testing.assert_array_equal(am.numpy(), ram)
         fin = ~np.isnan(ry)
         np.testing.assert_allclose(got[fin], ry[fin], rtol=1e-6)
+        dy = rng.standard_normal(ry.shape)
+        dx = poisoned(x.shape, "cpu")
+        ops.max_pool_backward(to_device(dy, "cpu"), am, dx, (Rw, Sw), (sh, sw), (ph, pw))
+        assert_close(dx.numpy(), R.max_pool_backward(dy, ram, x.shape), 1e-5)
     else:
         if specials:
             return  # the average of an inf and a -inf is NaN in any order: nothing to pin
         ops.avg_pool_forward(to_device(x, "cpu"), y, (Rw, Sw), (sh, sw), (ph, pw))
         assert_close(y.numpy(), R.avg_pool_forward(x, Rw, Sw, (sh, sw), (ph, pw)), 1e-5)
+        dy = rng.standard_normal((N, P, Q, C))
+        dx = poisoned(x.shape, "cpu")
+        ops.avg_pool_backward(to_device(dy, "cpu"), dx, (Rw, Sw), (sh, sw), (ph, pw))
+        assert_close(dx.numpy(), R.avg_pool_backward(dy, x.shape, Rw, Sw, (sh, sw), (ph, pw)), 1e-5)
 
 
 _lrn_budget = Budget()
@@ -176,6 +184,11 @@ def test_fuzz_lrn(shape, size, alpha, beta, k, seed):
     assert np.array_equal(np.isnan(got), np.isnan(ref))
     fin = np.isfinite(ref)
     assert_close(got[fin], ref[fin], 1e-5)
+    if fin.all():
+        dy = rng.standard_normal(shape)
+        dx = poisoned(shape, "cpu")
+        ops.lrn_backward(to_device(x, "cpu"), y, to_device(dy, "cpu"), dx, size, alpha, beta, k)
+        assert_close(dx.numpy(), R.lrn_backward(x, dy, size, alpha, beta, k), 1e-4)
 
 
 _dropout_budget = Budget()
