@@ -1,13 +1,19 @@
 // The only pybind11 file: exposes Tensor, devices, build information, the runtime (runtime.h) and every
 // op of the op table (ops.def) as convnet._C; the ops' bindings and convnet._C.op_table come from the table.
 // Errors cross as Python exceptions: std::invalid_argument -> ValueError, OutOfMemoryError -> MemoryError,
-// std::runtime_error (CUDA failures) -> RuntimeError. Ops release the GIL while they run, so
-// data-loading threads keep working during a step.
+// std::runtime_error (CUDA failures) -> RuntimeError. Integer arguments (the ops' int, uint64_t and Pair
+// attributes, shapes) take any Python int and are range-checked here (to_int): ValueError naming the op
+// and the argument when the C++ type cannot hold the value, TypeError naming them for a non-integer.
+// Ops release the GIL while they run, so data-loading threads keep working during a step.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstring>
+#include <limits>
+#include <tuple>
+#include <utility>
 
 #include "backend.h"
 #include "cpu/gemm_bf16.h"
@@ -21,18 +27,151 @@
 namespace py = pybind11;
 using namespace convnet;
 
+// ---- integer arguments ---------------------------------------------------------------------------
+// pybind11's own int casters refuse a Python int outside the C++ type's range (2**40 for an int, -1
+// for a uint64_t) as "incompatible function arguments", a TypeError that names neither the argument
+// nor the limit. So the ops' int, uint64_t and Pair attributes are bound as PyInt / PyPair: casters
+// that take any Python object as it is, narrowed by to_int / to_pair below with the op's and the
+// argument's names (def_op). The Python signature still reads int / tuple[int, int].
 namespace {
+struct PyInt {
+  py::object value;
+};
+struct PyPair {
+  py::object value;
+};
+}  // namespace
+
+namespace pybind11 {
+namespace detail {
+template <>
+struct type_caster<PyInt> {
+  PYBIND11_TYPE_CASTER(PyInt, const_name("int"));
+  bool load(handle src, bool) {
+    value.value = reinterpret_borrow<object>(src);
+    return true;
+  }
+};
+template <>
+struct type_caster<PyPair> {
+  PYBIND11_TYPE_CASTER(PyPair, const_name("tuple[int, int]"));
+  bool load(handle src, bool) {
+    value.value = reinterpret_borrow<object>(src);
+    return true;
+  }
+};
+}  // namespace detail
+}  // namespace pybind11
+
+namespace {
+
+std::string describe(py::handle v) {
+  return std::string(py::repr(v)) + " (" + std::string(py::str(py::type::handle_of(v).attr("__name__"))) + ")";
+}
+
+// v as a Python int: an int or anything with __index__ (NumPy integers), never a bool or a float
+// (TypeError "<op>: <what> must be an int, got 2.0 (float)").
+py::int_ as_index(py::handle v, const char* op, const std::string& what) {
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    throw py::type_error(std::string(op) + ": " + what + " must be an int, got " + describe(v));
+  PyObject* i = PyNumber_Index(v.ptr());
+  if (!i) throw py::error_already_set();  // an __index__ that raised
+  return py::reinterpret_steal<py::int_>(i);
+}
+
+template <class T>
+bool fits(const py::int_& i) {
+  return !(i < py::int_(std::numeric_limits<T>::min())) && !(i > py::int_(std::numeric_limits<T>::max()));
+}
+
+template <class T>
+[[noreturn]] void out_of_range(const char* op, const std::string& what, py::handle shown) {
+  throw py::value_error(std::string(op) + ": " + what + "=" + std::string(py::str(shown)) +
+                        " is out of range [" + std::to_string(std::numeric_limits<T>::min()) + ", " +
+                        std::to_string(std::numeric_limits<T>::max()) + "]");
+}
+
+// v as a T (int, int64_t, uint64_t): ValueError "<op>: <what>=<v> is out of range [lo, hi]" when T
+// cannot hold it.
+template <class T>
+T to_int(py::handle v, const char* op, const std::string& what) {
+  const py::int_ i = as_index(v, op, what);
+  if (!fits<T>(i)) out_of_range<T>(op, what, i);
+  return i.cast<T>();
+}
+
+// v as a Pair: a sequence of two ints (a tuple, a list), each in int's range.
+ops::Pair to_pair(py::handle v, const char* op, const std::string& what) {
+  if (!PySequence_Check(v.ptr()) || PyUnicode_Check(v.ptr()) || PyBytes_Check(v.ptr()) ||
+      PySequence_Size(v.ptr()) != 2) {
+    PyErr_Clear();  // PySequence_Size of an object without a length
+    throw py::type_error(std::string(op) + ": " + what + " must be a (height, width) pair of ints, got " +
+                         describe(v));
+  }
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
+  const py::int_ h = as_index(seq[0], op, what + "[0]"), w = as_index(seq[1], op, what + "[1]");
+  if (!fits<int>(h) || !fits<int>(w)) out_of_range<int>(op, what, py::make_tuple(h, w));
+  return {h.cast<int>(), w.cast<int>()};
+}
+
+// A shape (d0, d1, ...): each dimension an int64 (its sign and size are Tensor's and the ops' to check).
+std::vector<int64_t> to_shape(const py::iterable& shape, const char* op, const char* what = "shape") {
+  std::vector<int64_t> out;
+  for (auto d : shape)
+    out.push_back(to_int<int64_t>(d, op, std::string(what) + "[" + std::to_string(out.size()) + "]"));
+  return out;
+}
+
+// How each C++ parameter type of an op is taken from Python (PyArg<T>::type) and turned into the C++
+// value (to_cpp): as pybind11 casts it, except the integer attributes, which are checked as above.
+template <class T>
+struct PyArg {
+  using type = T;
+  static T to_cpp(T v, const char*, const char*) { return v; }
+};
+template <>
+struct PyArg<int> {
+  using type = PyInt;
+  static int to_cpp(const PyInt& v, const char* op, const char* arg) { return to_int<int>(v.value, op, arg); }
+};
+template <>
+struct PyArg<uint64_t> {
+  using type = PyInt;
+  static uint64_t to_cpp(const PyInt& v, const char* op, const char* arg) {
+    return to_int<uint64_t>(v.value, op, arg);
+  }
+};
+template <>
+struct PyArg<ops::Pair> {
+  using type = PyPair;
+  static ops::Pair to_cpp(const PyPair& v, const char* op, const char* arg) { return to_pair(v.value, op, arg); }
+};
+
+// convnet.ops.<name>: converts every argument (left to right, so the first bad one is the one
+// named), then runs the op with the GIL released.
+template <class... Args, class... Extra, size_t... I>
+void def_op_(py::module_& m, const char* name, void (*fn)(Args...), const char* doc, std::index_sequence<I...>,
+             const Extra&... extra) {
+  const std::array<const char*, sizeof...(Args)> names{extra.name...};
+  m.def(
+      name,
+      [fn, name, names](typename PyArg<Args>::type... args) {
+        std::tuple<Args...> cpp{PyArg<Args>::to_cpp(args, name, names[I])...};
+        py::gil_scoped_release release;
+        std::apply(fn, std::move(cpp));
+      },
+      doc, extra...);
+}
+template <class... Args, class... Extra>
+void def_op(py::module_& m, const char* name, void (*fn)(Args...), const char* doc, const Extra&... extra) {
+  static_assert(sizeof...(Args) == sizeof...(Extra), "one py::arg per parameter");
+  def_op_(m, name, fn, doc, std::index_sequence_for<Args...>{}, extra...);
+}
 
 DType parse_dtype(const std::string& name) {
   if (name == "float32") return DType::Float32;
   if (name == "int32") return DType::Int32;
   throw std::invalid_argument("unknown dtype '" + name + "': convnet tensors are 'float32' or 'int32'");
-}
-
-std::vector<int64_t> to_shape(const py::iterable& shape) {
-  std::vector<int64_t> out;
-  for (auto d : shape) out.push_back(d.cast<int64_t>());
-  return out;
 }
 
 // float32 or int32, else ValueError naming `op`, the dtype and the shape.
@@ -153,14 +292,14 @@ with .numpy(); move it with .to(device).
       .def_static(
           "empty",
           [](py::iterable shape, const std::string& device, const std::string& dtype) {
-            return Tensor::empty(to_shape(shape), parse_dtype(dtype), Device::parse(device));
+            return Tensor::empty(to_shape(shape, "Tensor.empty"), parse_dtype(dtype), Device::parse(device));
           },
           py::arg("shape"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
           "Uninitialised tensor of `shape` on `device`.")
       .def_static(
           "zeros",
           [](py::iterable shape, const std::string& device, const std::string& dtype) {
-            Tensor t = Tensor::empty(to_shape(shape), parse_dtype(dtype), Device::parse(device));
+            Tensor t = Tensor::empty(to_shape(shape, "Tensor.zeros"), parse_dtype(dtype), Device::parse(device));
             if (t.dtype() == DType::Float32) {
               ops::fill_(t, 0.0f);
             } else if (t.device().is_cuda()) {
@@ -176,7 +315,7 @@ with .numpy(); move it with .to(device).
       .def("numpy", &to_numpy, "A NumPy copy of the data (waits for the device).")
       .def("__array__", [](const Tensor& t, py::args, py::kwargs) { return to_numpy(t); })
       .def("to", &to_device, py::arg("device"), "This tensor on `device` (itself if already there).")
-      .def("reshape", [](const Tensor& t, py::iterable shape) { return t.reshape(to_shape(shape)); },
+      .def("reshape", [](const Tensor& t, py::iterable shape) { return t.reshape(to_shape(shape, "Tensor.reshape")); },
            "A view with another shape of the same element count (shares memory).")
       .def("copy_", [](const Tensor& self, const Tensor& src) { py::gil_scoped_release r; ops::copy_(self, src); return self; },
            py::arg("src"), "Copy `src` (same shape and dtype, any device) into this tensor.")
@@ -200,8 +339,8 @@ upload stream after the work queued so far; get() returns the oldest upload's te
 thread's stream ordered after its copy. A tensor handed out is never overwritten while held.
 convnet.upload_batches drives it for the training loop.
 )doc")
-      .def(py::init([](const std::string& device, int depth) {
-             return std::make_unique<Uploader>(Device::parse(device), depth);
+      .def(py::init([](const std::string& device, PyInt depth) {
+             return std::make_unique<Uploader>(Device::parse(device), to_int<int>(depth.value, "Uploader", "depth"));
            }),
            py::arg("device"), py::arg("depth") = 3)
       .def("put", [](Uploader& u, const py::array& array) {
@@ -237,22 +376,28 @@ convnet.upload_batches drives it for the training loop.
         "Return the caching allocator's free blocks on a CUDA device to the driver.");
   m.def("can_access_peer", &runtime::can_access_peer, py::arg("device"), py::arg("peer"));
   m.attr("stream_slots") = cuda::kStreamSlots;  // towers a device can run concurrently
-  m.def("set_stream", &runtime::set_stream, py::arg("device"), py::arg("slot"),
-        "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.");
+  def_op(m, "set_stream", &runtime::set_stream,
+         "This thread's launches on `device` go to its compute stream number `slot` (a tower); no-op on cpu.",
+         py::arg("device"), py::arg("slot"));
   m.def("stream_barrier", &runtime::stream_barrier, py::arg("devices"), GIL(),
         "Every stream of these devices waits for everything queued on all of them.");
-  m.def("copy_between", &runtime::copy_between, py::arg("dst"), py::arg("dst_slot"), py::arg("src"),
-        py::arg("src_slot"), GIL(),
-        "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
-        "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
-        "the next stream_barrier. Any devices; a plain copy on the CPU.");
-  m.def("conv_output_shape", [](py::iterable x_shape, py::iterable w_shape, Pair stride, Pair pad, int groups) {
-    const ConvShape s = ops::conv_shape(to_shape(x_shape), to_shape(w_shape), stride, pad, groups, "conv_output_shape");
+  def_op(m, "copy_between", &runtime::copy_between,
+         "dst <- src from the producer's stream (src's device, src_slot) to the consumer's (dst's device, "
+         "dst_slot) through the pair's copy stream, ordered by events; keep src alive and unwritten until "
+         "the next stream_barrier. Any devices; a plain copy on the CPU.",
+         py::arg("dst"), py::arg("dst_slot"), py::arg("src"), py::arg("src_slot"));
+  m.def("conv_output_shape", [](py::iterable x_shape, py::iterable w_shape, PyPair stride, PyPair pad, PyInt groups) {
+    const char* op = "conv_output_shape";
+    const ConvShape s = ops::conv_shape(to_shape(x_shape, op, "x_shape"), to_shape(w_shape, op, "w_shape"),
+                                        to_pair(stride.value, op, "stride"), to_pair(pad.value, op, "pad"),
+                                        to_int<int>(groups.value, op, "groups"), op);
     return py::make_tuple(s.N, s.P, s.Q, s.K);
   }, py::arg("x_shape"), py::arg("w_shape"), py::arg("stride") = Pair{1, 1}, py::arg("pad") = Pair{0, 0}, py::arg("groups") = 1,
      "(N, P, Q, K) of conv_forward for x (N, H, W, C) and w (K, R, S, C/groups); ValueError when invalid.");
-  m.def("pool_output_shape", [](py::iterable x_shape, Pair window, Pair stride, Pair pad) {
-    const PoolShape s = ops::pool_shape(to_shape(x_shape), window, stride, pad, "pool_output_shape");
+  m.def("pool_output_shape", [](py::iterable x_shape, PyPair window, PyPair stride, PyPair pad) {
+    const char* op = "pool_output_shape";
+    const PoolShape s = ops::pool_shape(to_shape(x_shape, op, "x_shape"), to_pair(window.value, op, "window"),
+                                        to_pair(stride.value, op, "stride"), to_pair(pad.value, op, "pad"), op);
     return py::make_tuple(s.N, s.P, s.Q, s.C);
   }, py::arg("x_shape"), py::arg("window"), py::arg("stride"), py::arg("pad") = Pair{0, 0});
 
@@ -266,7 +411,8 @@ convnet.upload_batches drives it for the training loop.
      "Force the CPU kernels' driver selectors (conv driver, GEMM threads, parallel loops): 'serial', "
      "'parallel', or 'auto' (by size and thread count, the default). For tests: every path on any machine.");
   m.def("cpu_path", []() { return std::string(cpu::path_name(cpu::forced_path())); });
-  m.def("set_cpu_threads", [](int threads) {
+  m.def("set_cpu_threads", [](PyInt value) {
+    const int threads = to_int<int>(value.value, "set_cpu_threads", "threads");
     if (threads < 1) throw std::invalid_argument("set_cpu_threads: threads must be >= 1, got " + std::to_string(threads));
     cpu::set_num_threads(threads);
   }, py::arg("threads"), "Threads of the CPU kernels from now on (OpenMP); build_info()['cpu_threads'] reads it.");
@@ -295,8 +441,9 @@ convnet.upload_batches drives it for the training loop.
 
   // ---- ops (contracts in csrc/ops.h) ---------------------------------------------------------
   py::module_ o = m.def_submodule("ops", "Every op of convnet; outputs are passed in and written.");
-  // every op of the table csrc/ops.def, with its argument names and defaults
-#define CONVNET_OP(name, shape_rule, doc, args) o.def(#name, &ops::name args, GIL(), doc);
+  // every op of the table csrc/ops.def, with its argument names and defaults (def_op: integer
+  // attributes range-checked, the GIL released while the op runs)
+#define CONVNET_OP(name, shape_rule, doc, args) def_op(o, #name, &ops::name, doc args);
 #define IN(type, name) , py::arg(#name)
 #define OUT(type, name) , py::arg(#name)
 #define ACC(type, name) , py::arg(#name)

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -331,7 +332,11 @@ namespace {
 // (N, in) view of an fc input: the batch dimension first, everything after it flattened.
 std::pair<int64_t, int64_t> fc_rows_cols(const char* op, const char* name, const Tensor& x) {
   if (x.dim() < 2) fail(op, std::string(name) + " must be at least 2-D (N, features...), got shape " + x.shape_str());
-  return {x.size(0), x.size(0) ? x.numel() / x.size(0) : 0};
+  int64_t features = 1;  // the trailing dimensions flattened; an empty batch (N = 0) has them too
+  for (int d = 1; d < x.dim(); ++d)
+    if (__builtin_mul_overflow(features, x.size(d), &features))
+      fail(op, std::string(name) + " " + x.shape_str() + " has more than 2^63 features");
+  return {x.size(0), features};
 }
 }  // namespace
 
@@ -429,6 +434,14 @@ namespace {
 void need_probability(const char* op, float p) {
   if (!(p >= 0.0f && p < 1.0f)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
 }
+
+// Element i takes element offset + i of the draw, which has 2**64 elements (indices up to 2**64 - 1).
+void need_in_draw(const char* op, const char* name, const Tensor& t, uint64_t offset) {
+  const uint64_t n = static_cast<uint64_t>(t.numel());
+  if (n > 0 && offset > std::numeric_limits<uint64_t>::max() - (n - 1))
+    fail(op, "offset=" + std::to_string(offset) + " plus the " + std::to_string(n) + " elements of " + name +
+                 " run past the end of the Philox draw (element 2**64 - 1)");
+}
 }  // namespace
 
 void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, uint64_t counter,
@@ -437,6 +450,7 @@ void dropout_forward(const Tensor& x, const Tensor& y, float p, uint64_t seed, u
   const Device dev = check_tensors(spec::dropout_forward, {&x, &y});
   need_probability(op, p);
   need_shape(op, "y", y, x.shape(), "x " + x.shape_str());
+  need_in_draw(op, "x", x, offset);
   CONVNET_DISPATCH(dev, dropout_forward(x.f32(), y.f32(), x.numel(), p, seed, counter, offset));
 }
 
@@ -446,6 +460,7 @@ void dropout_backward(const Tensor& dy, const Tensor& dx, float p, uint64_t seed
   const Device dev = check_tensors(spec::dropout_backward, {&dy, &dx});
   need_probability(op, p);
   need_shape(op, "dx", dx, dy.shape(), "dy " + dy.shape_str());
+  need_in_draw(op, "dy", dy, offset);
   CONVNET_DISPATCH(dev, dropout_backward(dy.f32(), dx.f32(), dy.numel(), p, seed, counter, offset));
 }
 

@@ -91,12 +91,13 @@ __global__ void leaky_relu_backward_kernel(const float* x, const float* dy, floa
 
 // One thread per Philox block of 4 elements: the same numbers as the CPU (csrc/philox.h).
 // out[i] = in[i] * mask(offset + i); one thread per Philox block of the draw that touches
-// [offset, offset + n) (the first and last may be partial when offset is not a multiple of 4).
+// [offset, last], last = offset + n - 1 <= 2**64 - 1 (dispatch checks it; offset + n itself may wrap),
+// n >= 1 (the launcher returns on 0). The first and last may be partial when offset is not a multiple of 4.
 __global__ void dropout_kernel(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter,
                                uint64_t offset) {
   const float scale = 1.0f / (1.0f - p);
-  const uint64_t first = offset / 4, end = offset + (uint64_t)n;
-  const int64_t blocks = (int64_t)((end + 3) / 4 - first);
+  const uint64_t first = offset / 4, last = offset + (uint64_t)(n - 1);
+  const int64_t blocks = (int64_t)(last / 4 - first + 1);
   for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < blocks;
        b += (int64_t)gridDim.x * blockDim.x) {
     const uint64_t blk = first + (uint64_t)b;
@@ -105,7 +106,7 @@ __global__ void dropout_kernel(const float* in, float* out, int64_t n, float p, 
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const uint64_t e = blk * 4 + j;
-      if (e >= offset && e < end) {
+      if (e >= offset && e <= last) {
         const int64_t i = (int64_t)(e - offset);
         out[i] = u[j] >= p ? in[i] * scale : 0.0f;
       }

@@ -29,13 +29,13 @@ def philox4x32_10(ctr, key):
 
 def philox_uniform(seed, counter, n, offset=0):
     """Elements offset .. offset + n - 1 of the draw keyed by (seed, counter), uniforms in [0, 1):
-    element e is word e % 4 of block e // 4."""
-    if offset:
-        return philox_uniform(seed, counter, offset + n)[offset:]
-    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    element e is word e % 4 of block e // 4. The draw has 2**64 elements: offset + n <= 2**64."""
+    assert 0 <= offset and offset + n <= 2**64, "past the end of the draw"
+    first = offset // 4
+    blocks = np.uint64(first) + np.arange((offset + n + 3) // 4 - first, dtype=np.uint64)
     ctr = np.stack([blocks & _MASK32, blocks >> np.uint64(32),
                     np.full_like(blocks, counter & 0xFFFFFFFF), np.full_like(blocks, counter >> 32)], axis=1)
-    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
+    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[offset - 4 * first:][:n]
     return (words >> 8).astype(np.float64) / 16777216.0
 
 

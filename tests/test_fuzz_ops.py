@@ -47,11 +47,12 @@ class Budget:
 
 
 def clean_call(fn):
-    """-> True when fn ran, False when it raised a clean ValueError, MemoryError or TypeError."""
+    """-> True when fn ran, False when it raised a clean ValueError or MemoryError (an int argument
+    beyond its C++ type is a ValueError too, naming the op and the argument)."""
     try:
         fn()
         return True
-    except (ValueError, MemoryError, TypeError) as e:  # TypeError: pybind11 refuses an int over 32 bits
+    except (ValueError, MemoryError) as e:
         assert str(e), "an exception without a message"
         return False
 
@@ -146,11 +147,19 @@ def test_fuzz_pool(N, H, W, C, Rw, Sw, sh, sw, ph, pw, kind, specials, seed):
         np.testing.assert_array_equal(am.numpy(), ram)
         fin = ~np.isnan(ry)
         np.testing.assert_allclose(got[fin], ry[fin], rtol=1e-6)
+        dy = rng.standard_normal(ry.shape)
+        dx = poisoned(x.shape, "cpu")
+        ops.max_pool_backward(to_device(dy, "cpu"), am, dx, (Rw, Sw), (sh, sw), (ph, pw))
+        assert_close(dx.numpy(), R.max_pool_backward(dy, ram, x.shape), 1e-5)
     else:
         if specials:
             return  # the average of an inf and a -inf is NaN in any order: nothing to pin
         ops.avg_pool_forward(to_device(x, "cpu"), y, (Rw, Sw), (sh, sw), (ph, pw))
         assert_close(y.numpy(), R.avg_pool_forward(x, Rw, Sw, (sh, sw), (ph, pw)), 1e-5)
+        dy = rng.standard_normal((N, P, Q, C))
+        dx = poisoned(x.shape, "cpu")
+        ops.avg_pool_backward(to_device(dy, "cpu"), dx, (Rw, Sw), (sh, sw), (ph, pw))
+        assert_close(dx.numpy(), R.avg_pool_backward(dy, x.shape, Rw, Sw, (sh, sw), (ph, pw)), 1e-5)
 
 
 _lrn_budget = Budget()
@@ -177,6 +186,39 @@ def test_fuzz_lrn(shape, size, alpha, beta, k, seed):
     assert np.array_equal(np.isnan(got), np.isnan(ref))
     fin = np.isfinite(ref)
     assert_close(got[fin], ref[fin], 1e-5)
+    if fin.all():
+        dy = rng.standard_normal(shape)
+        dx = poisoned(shape, "cpu")
+        ops.lrn_backward(to_device(x, "cpu"), y, to_device(dy, "cpu"), dx, size, alpha, beta, k)
+        assert_close(dx.numpy(), R.lrn_backward(x, dy, size, alpha, beta, k), 1e-4)
+
+
+_dropout_budget = Budget()
+U64_EDGES = [0, 1, 3, 4, 2**32 - 1, 2**32, 2**63, 2**64 - 64, 2**64 - 9, 2**64 - 8, 2**64 - 5, 2**64 - 4,
+             2**64 - 1, 2**64, -1]
+
+
+@fuzz
+@given(n=st.integers(0, 40), p=st.sampled_from([0.0, 0.3, 0.5, 0.99, 1.0, -0.1, float("nan")]),
+       seed=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from(U64_EDGES)),
+       counter=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from(U64_EDGES)),
+       offset=st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 64), st.sampled_from(U64_EDGES)),
+       data_seed=st.integers(0, 2**32 - 1))
+def test_fuzz_dropout(n, p, seed, counter, offset, data_seed):
+    """Any key and offset: the reference's mask (element offset + i of the draw), or a ValueError when
+    the offset runs past the draw's 2**64 elements (it used to leave the output unwritten)."""
+    if _dropout_budget.spent():
+        return
+    x = np.random.default_rng(data_seed).standard_normal(n)
+    y, dx = poisoned((n,), "cpu"), poisoned((n,), "cpu")
+    valid = 0 <= p < 1 and all(0 <= v < 2**64 for v in (seed, counter, offset)) and (n == 0 or offset + n <= 2**64)
+    ran = clean_call(lambda: ops.dropout_forward(to_device(x, "cpu"), y, p, seed, counter, offset))
+    ran_back = clean_call(lambda: ops.dropout_backward(to_device(x, "cpu"), dx, p, seed, counter, offset))
+    assert ran == valid and ran_back == valid, f"ran={ran}/{ran_back} n={n} p={p} offset={offset}"
+    if ran:
+        want = R.dropout_forward(x, p, seed, counter, offset)
+        assert_close(y.numpy(), want, 1e-6)
+        assert_close(dx.numpy(), want, 1e-6)  # backward of dy = x: the same mask
 
 
 _loss_budget = Budget()
@@ -254,3 +296,196 @@ def test_fuzz_tensor_shapes(shape, view):
         assert not ran, f"a tensor of shape {shape} was made"
     elif numel * 4 > SHAPE_CAP:  # possible in principle, more than the cap: MemoryError
         assert not ran, f"a tensor of shape {shape} ({numel * 4} bytes) was made past a {SHAPE_CAP}-byte cap"
+
+
+_gemm_budget = Budget()
+SCALARS = [0.0, 1.0, -2.5, 1e-3]
+
+
+@fuzz
+@given(M=st.integers(0, 9), N=st.integers(0, 9), K=st.integers(0, 9), trans_a=st.booleans(), trans_b=st.booleans(),
+       alpha=st.sampled_from(SCALARS + [float("nan"), float("inf")]), beta=st.sampled_from(SCALARS),
+       wrong=st.sampled_from([None, None, None, "a", "b", "c"]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_gemm(M, N, K, trans_a, trans_b, alpha, beta, wrong, seed):
+    """c = alpha op(a) op(b) + beta c for any (M, N, K) including 0, either transpose, any scalars;
+    beta = 0 never reads c (poisoned with NaN); a wrong shape is a ValueError."""
+    if _gemm_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    a_shape, b_shape, c_shape = [(K, M) if trans_a else (M, K), (N, K) if trans_b else (K, N), (M, N)]
+    if wrong:
+        bad = {"a": a_shape, "b": b_shape, "c": c_shape}[wrong]
+        bad = (bad[0] + 1, bad[1])
+        a_shape, b_shape, c_shape = [bad if wrong == w else s for w, s in zip("abc", (a_shape, b_shape, c_shape))]
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    c0 = rng.standard_normal(c_shape) if beta != 0 else np.full(c_shape, np.nan)
+    c = to_device(c0, "cpu")
+    ran = clean_call(lambda: ops.gemm(to_device(a, "cpu"), to_device(b, "cpu"), c, trans_a, trans_b, alpha, beta))
+    if wrong:  # one extra row of a, b or c: op(a) op(b) is ill-formed or does not fit c
+        assert not ran, f"gemm accepted shapes {a_shape} {b_shape} {c_shape} (trans {trans_a}, {trans_b})"
+        return
+    assert ran
+    if not np.isfinite(alpha):
+        return  # alpha * 0 (K = 0, or a zero product) is NaN in IEEE arithmetic: not pinned
+    want = R.gemm(a, b, trans_a, trans_b, alpha, beta, c0)
+    assert_close(c.numpy(), want, 1e-5)
+
+
+_fc_budget = Budget()
+
+
+@fuzz
+@given(N=st.integers(0, 6), feat=st.lists(st.integers(0, 4), min_size=1, max_size=3), out=st.integers(0, 7),
+       bias=st.booleans(), accumulate=st.booleans(), relu=st.booleans(), specials=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_fuzz_fc(N, feat, out, bias, accumulate, relu, specials, seed):
+    """fc_forward over x (N, trailing...) flattened, with bias, accumulation and fused ReLU (NaN kept,
+    as PyTorch's relu keeps it); its backward passes against the reference."""
+    if _fc_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    fin = int(np.prod(feat))
+    x = rng.standard_normal((N, *feat))
+    if specials and x.size:
+        x.reshape(-1)[rng.integers(0, x.size)] = np.nan
+    w, b = rng.standard_normal((out, fin)), rng.standard_normal(out)
+    y0 = rng.standard_normal((N, out)) if accumulate else np.full((N, out), np.nan)
+    y = to_device(y0, "cpu")
+    ran = clean_call(lambda: ops.fc_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu") if bias else None,
+                                            y, accumulate, relu))
+    assert ran
+    want = R.fc_forward(x.reshape(N, fin), w, b if bias else None) + (y0 if accumulate else 0)
+    if relu:
+        want = R.relu_forward(want)
+    got = y.numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    ok = ~np.isnan(want)
+    assert_close(got[ok], want[ok], 1e-5)
+    if specials:
+        return
+    dy = rng.standard_normal((N, out))
+    dx, dw, db = poisoned((N, fin), "cpu"), poisoned((out, fin), "cpu"), poisoned((out,), "cpu")
+    ops.fc_backward_data(to_device(dy, "cpu"), to_device(w, "cpu"), dx)
+    ops.fc_backward_weights(to_device(dy, "cpu"), to_device(x.reshape(N, fin), "cpu"), dw, db)
+    rdx, rdw, rdb = R.fc_backward(dy, x.reshape(N, fin), w)
+    assert_close(dx.numpy(), rdx, 1e-5)
+    assert_close(dw.numpy(), rdw, 1e-5)
+    assert_close(db.numpy(), rdb, 1e-5)
+
+
+_sgd_budget = Budget()
+HYPER = [0.0, 0.01, 0.5, 2.0, -0.1, float("nan"), float("inf")]
+
+
+@fuzz
+@given(shapes=st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=3), min_size=0, max_size=4),
+       lr=st.sampled_from(HYPER), wd=st.sampled_from(HYPER), momentum=st.sampled_from([0.0, 0.9, 0.999, 1.0, -0.5, float("nan")]),
+       short=st.sampled_from([None, None, "grads", "velocities", "lrs", "weight_decays"]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_sgd(shapes, lr, wd, momentum, short, seed):
+    """sgd_update over any list of parameters (empty ones too) and hyper-parameters: the paper's
+    rule where lr and weight decay are finite >= 0 and 0 <= momentum < 1, else a ValueError; lists
+    of different lengths are a ValueError."""
+    if _sgd_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    ws = [rng.standard_normal(sh) for sh in shapes]
+    gs = [rng.standard_normal(sh) for sh in shapes]
+    vs = [rng.standard_normal(sh) for sh in shapes]
+    lrs = [lr * (i + 1) if np.isfinite(lr) else lr for i in range(len(shapes))]
+    wds = [wd] * len(shapes)
+    P, G, V = ([to_device(a, "cpu") for a in arrays] for arrays in (ws, gs, vs))
+    lists = {"grads": G, "velocities": V, "lrs": lrs, "weight_decays": wds}
+    if short:
+        lists[short] = lists[short] + ([lists[short][0]] if lists[short] else
+                                       [0.1] if short in ("lrs", "weight_decays") else [to_device(np.zeros(1), "cpu")])
+    good_hyper = all(np.isfinite(v) and v >= 0 for v in lrs + wds) and 0 <= momentum < 1
+    valid = not short and good_hyper
+    ran = clean_call(lambda: ops.sgd_update(P, lists["grads"], lists["velocities"], lists["lrs"],
+                                            lists["weight_decays"], momentum))
+    assert ran == valid, f"ran={ran} lr={lr} wd={wd} m={momentum} short={short} n={len(shapes)}"
+    if not ran:
+        for t, a in zip(P + V, ws + vs):  # a refused update writes nothing
+            np.testing.assert_array_equal(t.numpy(), a.astype(np.float32))
+        return
+    for i in range(len(shapes)):
+        w_want, v_want = R.sgd_update(ws[i].astype(np.float32).astype(np.float64), gs[i].astype(np.float32),
+                                      vs[i].astype(np.float32), np.float32(lrs[i]), np.float32(momentum),
+                                      np.float32(wds[i]))
+        assert_close(V[i].numpy(), v_want, 1e-5)
+        assert_close(P[i].numpy(), w_want, 1e-5)
+
+
+_elementwise_budget = Budget()
+ELEMENTWISE = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "add_", "fill_"]
+
+
+@fuzz
+@given(op=st.sampled_from(ELEMENTWISE), shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+       scalar=st.sampled_from([0.0, 0.01, -0.5, 3.0, float("nan"), float("inf")]), in_place=st.booleans(),
+       specials=st.booleans(), mismatch=st.sampled_from([False, False, False, True]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_elementwise(op, shape, scalar, in_place, specials, mismatch, seed):
+    """The elementwise ops on any shape, with NaN/Inf inputs, any scalar, in place or not (PyTorch's
+    NaN rules, tests/reference.py); another shape for the second tensor is a ValueError."""
+    if _elementwise_budget.spent():
+        return
+    rng = np.random.default_rng(seed)
+    a, b = (rng.standard_normal(shape).astype(np.float32).astype(np.float64) for _ in range(2))  # as stored
+    if specials and a.size:
+        a.reshape(-1)[rng.integers(0, a.size, 3)] = [np.nan, np.inf, -np.inf]
+        b.reshape(-1)[rng.integers(0, b.size, 2)] = [np.nan, -np.inf]
+    other = list(shape) + [2] if mismatch else shape
+    A, B = to_device(a, "cpu"), to_device(b if not mismatch else rng.standard_normal(other), "cpu")
+    out = A if in_place else poisoned(other, "cpu")
+    slope_ok = np.isfinite(scalar)
+    calls = {
+        "relu_forward": (lambda: ops.relu_forward(A, out), lambda: R.relu_forward(a), True),
+        "relu_backward": (lambda: ops.relu_backward(A, B, out if not in_place else B),
+                          lambda: R.relu_backward(a, b), True),
+        "leaky_relu_forward": (lambda: ops.leaky_relu_forward(A, out, scalar), lambda: R.leaky_relu_forward(a, scalar),
+                               slope_ok),
+        "leaky_relu_backward": (lambda: ops.leaky_relu_backward(A, B, out if not in_place else B, scalar),
+                                lambda: R.leaky_relu_backward(a, b, scalar), slope_ok),
+        "add_": (lambda: ops.add_(A, B, scalar), lambda: R.add(a, b if not in_place else a, scalar), True),
+        "fill_": (lambda: ops.fill_(A, scalar), lambda: R.fill(shape, scalar), True),
+    }
+    call, want_fn, ok = calls[op]
+    if op == "add_" and in_place:
+        B = A
+        call = lambda: ops.add_(A, A, scalar)  # noqa: E731 - dst += alpha * dst, allowed (elementwise)
+    if op == "fill_" and mismatch:
+        return  # one tensor: nothing to mismatch
+    if op == "relu_forward" and mismatch and in_place:
+        return  # in place: one tensor
+    one_tensor = in_place and op in ("relu_forward", "leaky_relu_forward", "add_")  # B unused
+    valid = ok and not (mismatch and not one_tensor)
+    ran = clean_call(call)
+    assert ran == valid, f"{op} ran={ran} scalar={scalar} in_place={in_place} mismatch={mismatch}"
+    if not ran:
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = want_fn().astype(np.float32)
+    target = {"relu_backward": B if in_place else out, "leaky_relu_backward": B if in_place else out,
+              "add_": A, "fill_": A}.get(op, out)
+    got = target.numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (op, got, want)
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)])  # the infinities
+    assert_close(got[fin], want[fin], 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Regressions the fuzzers found
+
+def test_fc_empty_batch_keeps_its_features(rng):
+    """x (0, 3) has 3 features, not 0: an empty batch ran conv but fc refused it as 'x (0, 3) has 0
+    [input features]'. Now every fc op runs it (nothing to write but dw, db: zeros)."""
+    x, w, b = np.zeros((0, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    y = poisoned((0, 4), "cpu")
+    ops.fc_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y)
+    dx = poisoned((0, 3), "cpu")
+    ops.fc_backward_data(to_device(np.zeros((0, 4)), "cpu"), to_device(w, "cpu"), dx)
+    dw, db = poisoned((4, 3), "cpu"), poisoned((4,), "cpu")
+    ops.fc_backward_weights(to_device(np.zeros((0, 4)), "cpu"), to_device(x, "cpu"), dw, db)
+    assert not np.any(dw.numpy()) and not np.any(db.numpy())
+    with pytest.raises(ValueError, match=r"w \(4, 2\) expects 2 input features but x \(0, 3\) has 3"):
+        ops.fc_forward(to_device(x, "cpu"), _C.Tensor.zeros((4, 2)), None, y)

@@ -140,14 +140,15 @@ CONVNET_OMP(parallel for simd if (select_parallel_loop(n)) schedule(static))
 
 namespace {
 // out[i] = in[i] * mask(offset + i): draw element e comes from Philox block e / 4, word e % 4. The
-// loop runs over the draw's blocks that touch [offset, offset + n), so an offset that is not a
-// multiple of 4 starts and ends inside a block.
+// loop runs over the draw's blocks that touch [offset, last] (last = offset + n - 1, at most 2**64 - 1:
+// dispatch checks it, and nothing here computes offset + n, which may be 2**64), so an offset that
+// is not a multiple of 4 starts and ends inside a block.
 void apply_dropout_mask(const float* in, float* out, int64_t n, float p, uint64_t seed, uint64_t counter,
                         uint64_t offset) {
   if (n == 0) return;
   const float scale = 1.0f / (1.0f - p);
-  const uint64_t first = offset / 4, end = offset + static_cast<uint64_t>(n);
-  const int64_t blocks = static_cast<int64_t>((end + 3) / 4 - first);
+  const uint64_t first = offset / 4, last = offset + static_cast<uint64_t>(n - 1);
+  const int64_t blocks = static_cast<int64_t>(last / 4 - first + 1);
 CONVNET_OMP(parallel for if (select_parallel_loop(4 * n)) schedule(static))
   for (int64_t b = 0; b < blocks; ++b) {
     const uint64_t blk = first + static_cast<uint64_t>(b);
@@ -155,7 +156,7 @@ CONVNET_OMP(parallel for if (select_parallel_loop(4 * n)) schedule(static))
     philox_uniform4(seed, counter, blk, u);
     for (int j = 0; j < 4; ++j) {
       const uint64_t e = blk * 4 + j;
-      if (e < offset || e >= end) continue;
+      if (e < offset || e > last) continue;
       const int64_t i = static_cast<int64_t>(e - offset);
       out[i] = u[j] >= p ? in[i] * scale : 0.0f;
     }

@@ -209,17 +209,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_HELD = set()  # the lock files held by RunLocks of this process (its own pid in them is no stale lock)
+
+
 class RunLock:
-    """An exclusive lock on a run folder: the file .lock holding {"pid", "host"}, created with O_EXCL.
-    A lock whose holder is a dead pid on this host is stale and is taken over; a live holder (or
-    one on another host) makes `acquire` raise RunLockedError naming it."""
+    """An exclusive lock on a run folder: the file .lock holding {"pid", "host"}, created with O_EXCL
+    (the folder too, if it does not exist). A lock whose holder is a dead pid on this host is stale
+    and is taken over; a live holder (another process, another host, or another RunLock of this
+    process: a second train() in a thread) makes `acquire` raise RunLockedError naming it. `release`
+    removes the file, and the folder if acquire created it and nothing else was written there."""
 
     def __init__(self, folder):
-        self.path = os.path.join(os.fspath(folder), LOCK_NAME)
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, LOCK_NAME)
         self.held = False
+        self.created = False
 
     def acquire(self):
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        key = os.path.abspath(self.path)
+        if not os.path.isdir(self.folder):
+            os.makedirs(self.folder, exist_ok=True)
+            self.created = True
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -230,10 +241,11 @@ class RunLock:
                     pid, host = int(holder["pid"]), str(holder["host"])
                 except (OSError, ValueError, KeyError, TypeError):
                     holder, pid, host = None, None, None   # half-written or garbage: stale
-                if holder is not None and (host != me["host"] or _pid_alive(pid)) and pid != me["pid"]:
-                    raise RunLockedError(f"run folder {os.path.dirname(self.path)} is in use by another "
-                                         f"trainer (pid {pid} on {host}); wait for it, or remove "
-                                         f"{self.path} if that process is gone") from None
+                mine = pid == me["pid"] and host == me["host"]
+                if holder is not None and (key in _HELD if mine else host != me["host"] or _pid_alive(pid)):
+                    who = "another trainer in this process" if mine else "another trainer"
+                    raise RunLockedError(f"run folder {self.folder} is in use by {who} (pid {pid} on {host}); "
+                                         f"wait for it, or remove {self.path} if that process is gone") from None
                 try:
                     os.remove(self.path)          # stale: its holder is dead
                 except FileNotFoundError:
@@ -242,14 +254,18 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            _HELD.add(key)
             return self
         raise RunLockedError(f"could not take the lock {self.path}")
 
     def release(self):
         if self.held:
             self.held = False
+            _HELD.discard(os.path.abspath(self.path))
             try:
                 os.remove(self.path)
+                if self.created:
+                    os.rmdir(self.folder)  # only if empty: a run that failed before writing anything
             except OSError:
                 pass
 

@@ -90,8 +90,8 @@ class HParams:
             bad("weight_decay", ">= 0")
         if self.lighting < 0:
             bad("lighting", ">= 0")
-        if self.seed < 0:
-            bad("seed", ">= 0")
+        if not 0 <= self.seed < 2**64:
+            bad("seed", "in [0, 2**64) (the dropout masks' Philox key is 64 bits)")
         if self.patience < 1:
             bad("patience", ">= 1")
         if self.save_every < 1:

@@ -32,10 +32,14 @@ __all__ = ["Param", "Layer", "Data", "Conv", "FC", "ReLU", "Dropout", "LRN", "Ma
            "SoftmaxCrossEntropy", "Copy", "LAYER_TYPES", "layer_from_config"]
 
 
-def _whole(v, what: str, low: int = 0) -> int:
-    """An integer option >= low: an int, a float without a fraction or a numeric string (JSON and INI
-    spell numbers all three ways). ValueError for 2.5, True, "ten" or a value below `low`, where
-    int() would round, count True as 1 or fail without naming the option."""
+INT_MAX = 2**31 - 1  # the largest value of the ops' int and Pair attributes (C++ int)
+
+
+def _whole(v, what: str, low: int = 0, high: int | None = None) -> int:
+    """An integer option in [low, high]: an int, a float without a fraction or a numeric string (JSON
+    and INI spell numbers all three ways). ValueError for 2.5, True, "ten" or a value out of range,
+    where int() would round, count True as 1 or fail without naming the option. Options passed to an
+    op's int or Pair attribute take high=INT_MAX, so they are refused here, naming the layer."""
     if isinstance(v, str):
         try:
             v = int(v.strip())
@@ -45,6 +49,8 @@ def _whole(v, what: str, low: int = 0) -> int:
         raise ValueError(f"{what} must be a whole number, got {v!r}")
     if v < low:
         raise ValueError(f"{what} must be >= {low}, got {v!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{what} must be <= {high}, got {v!r}")
     return int(v)
 
 
@@ -66,8 +72,8 @@ def _pair(v, what: str = "value") -> tuple:
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
             raise ValueError(f"{what}: expected an int or a pair, got {v!r}")
-        return _whole(v[0], what), _whole(v[1], what)
-    return _whole(v, what), _whole(v, what)
+        return _whole(v[0], what, high=INT_MAX), _whole(v[1], what, high=INT_MAX)
+    return _whole(v, what, high=INT_MAX), _whole(v, what, high=INT_MAX)
 
 
 def _check_learned(layer):
@@ -300,7 +306,7 @@ class Conv(Layer):
         if self.algorithm not in self.ALGORITHMS:
             self._fail(f"algorithm={self.algorithm!r}: must be one of {', '.join(self.ALGORITHMS)}")
         self.size, self.stride, self.pad = _pair(self.size, "size"), _pair(self.stride, "stride"), _pair(self.pad, "pad")
-        K, (R, S), g = _whole(self.filters, "filters", 1), self.size, _whole(self.groups, "groups", 1)
+        K, (R, S), g = _whole(self.filters, "filters", 1), self.size, _whole(self.groups, "groups", 1, INT_MAX)
         if self.algorithm == "winograd" and not (self.stride == (1, 1) and R == S and R in (3, 5)
                                                  and max(self.pad) < R):
             self._fail(f"algorithm='winograd' needs stride 1 and a 3x3 or 5x5 filter with pad < size, got "
@@ -479,9 +485,9 @@ class LRN(Layer):
     def setup(self, in_shapes):
         if len(in_shapes[0]) != 3:
             self._fail(f"input shape {in_shapes[0]} is not (H, W, C)")
-        if _whole(self.groups, "groups", 1) < 1 or in_shapes[0][2] % int(self.groups):
+        if _whole(self.groups, "groups", 1, INT_MAX) < 1 or in_shapes[0][2] % int(self.groups):
             self._fail(f"groups={self.groups} must divide the {in_shapes[0][2]} channels")
-        _whole(self.size, "size", 1)
+        _whole(self.size, "size", 1, INT_MAX)
         if _number(self.k, "k") <= 0:
             self._fail(f"k must be > 0, got {self.k!r}")
         _number(self.alpha, "alpha")

@@ -81,9 +81,7 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
                 folder), else one process; "mpi": MPI even for one rank; False: one process. See
                 convnet.distributed.
     """
-    from .data import BatchLoader
     from .distributed import TrainingRun
-    from .models import build_model, input_side
     t_start = time.time()
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  seed=seed, schedule=schedule, lr_steps=list(lr_steps) if lr_steps is not None else None,
@@ -95,14 +93,34 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     if plot:
         from .plots import require_matplotlib
         require_matplotlib()
-    meta_in, arrays, ckpt_path = None, None, None
+    ckpt_path = None
     if resume:
         if resume is True and out_dir in (None, False):
             raise ValueError("resume=True needs out_dir (where checkpoint.npz is)")
         ckpt_path = find_checkpoint(out_dir if resume is True else resume)
-        meta_in, arrays = run.read_checkpoint(ckpt_path)  # data parallel: rank 0 reads, broadcasts
         if out_dir is None:
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    # The run folder is locked before anything is read or written: a second trainer on it is refused
+    # at once, naming the holder. The default folder (out_dir None) is named after the net: locked then.
+    locks = [run.on_root(run_folder.take, out_dir)] if out_dir else []
+    try:
+        return _train(run, locks, model, data, out_dir, resume, ckpt_path, given, devices, device, workers,
+                      progress, plot, log_every, log_seconds, t_start, input_size, num_classes, image_size)
+    finally:
+        run.close()
+        for lock in locks:
+            if lock:
+                lock.release()
+
+
+def _train(run, locks, model, data, out_dir, resume, ckpt_path, given, devices, device, workers, progress,
+           plot, log_every, log_seconds, t_start, input_size, num_classes, image_size):
+    """The rest of train(), with its run folder locked (`locks`: release them all when done)."""
+    from .data import BatchLoader
+    from .models import build_model, input_side
+    meta_in, arrays = None, None
+    if resume:
+        meta_in, arrays = run.read_checkpoint(ckpt_path)  # data parallel: rank 0 reads, broadcasts
         if model is None and (input_size or num_classes):
             raise ValueError(f"input_size/num_classes: resuming {ckpt_path} keeps its net; start a new run "
                              f"to change them")
@@ -166,15 +184,11 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     out_dir = run.local_out_dir(out_dir)
     if out_dir is not False:
         out_dir = out_dir or run_folder.default_path(net.meta.get("name", "net"))
-    lock = run.on_root(run_folder.take, out_dir)
-    try:
-        with run.guard(collective=(NonFiniteLossError,)):  # a rank's own error ends the whole job
-            return _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds,
-                         device, workers, progress and run.is_root, plot, log_every, log_seconds, t_start, run)
-    finally:
-        run.close()
-        if lock:
-            lock.release()
+    if not locks:
+        locks.append(run.on_root(run_folder.take, out_dir))
+    with run.guard(collective=(NonFiniteLossError,)):  # a rank's own error ends the whole job
+        return _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds,
+                     device, workers, progress and run.is_root, plot, log_every, log_seconds, t_start, run)
 
 
 def _loop(net, hp, sched, loader, test_ds, out_dir, meta_in, ckpt_path, data_name, train_ds, device,
