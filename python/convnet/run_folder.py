@@ -36,10 +36,10 @@ def holds_run(path) -> bool:
 
 
 def take(path):
-    """Create the folder and take its lock (RunLockedError if another trainer holds it); None for no folder."""
+    """Take the folder's lock, creating the folder (RunLockedError if another trainer holds it; a
+    folder the lock created and nothing filled is removed again on release); None for no folder."""
     if not path:
         return None
-    os.makedirs(path, exist_ok=True)
     return RunLock(path).acquire()
 
 
