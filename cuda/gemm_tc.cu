@@ -22,8 +22,8 @@
 //     ldmatrix.x4 for B (two 8-column tiles each: b0, b1 of both), then 16 mma;
 //   * global -> shared goes through registers (a conversion cannot ride on cp.async): each thread
 //     loads its share of slice i+1 (2 groups of 4 (TF32) or 8 (BF16) floats per operand: float4
-//     where aligned and wholly in range, else bounds-checked scalars, zeros outside) before the mma
-//     of slice i, and converts and stores it to the other stage after them: 2 stages, one
+//     where aligned and wholly in range, else bounds-checked scalars, zeros outside) and converts
+//     it (4 words per group) before the mma of slice i, and stores it to the other stage after them: 2 stages, one
 //     __syncthreads per slice. An operand stored k-contiguous (A (M, K), B (N, K)) stores 16 bytes
 //     per group; one stored along m / n (A (K, M), B (K, N)) transposes in the store, 4 words per
 //     group (BF16: a word is the (k, k+1) pair of one row), with 2-way bank conflicts;
@@ -88,7 +88,7 @@ struct TcLoader {
   int R, k_end;
   bool vec;             // float4 loads allowed (16-byte aligned base, ld % 4 == 0)
   uint32_t* dst[2];     // each group's first word in stage 0
-  float v[2][G];        // the loaded slice, FP32, until it is converted and stored
+  uint32_t w[2][4];     // the loaded slice, converted (4 words per group), until it is stored
 
   __device__ __forceinline__ TcLoader(const float* __restrict__ base, int64_t ld_, int R_, int r0, int k0, int k_end_,
                                       bool vec_, uint32_t* S0)
@@ -112,21 +112,23 @@ struct TcLoader {
     }
   }
 
-  // The next slice into v, then one slice on.
+  // The next slice into w (converted as it arrives: BF16 halves the registers that hold it), then
+  // one slice on.
   __device__ __forceinline__ void load() {
 #pragma unroll
     for (int g = 0; g < 2; ++g) {
+      float v[G];
       if (KCONTIG) {
         const bool row_ok = r[g] < R;
         if (vec && row_ok && k[g] + G <= k_end) {
 #pragma unroll
           for (int j = 0; j < G; j += 4) {
             const float4 f = *reinterpret_cast<const float4*>(src[g] + j);
-            v[g][j] = f.x; v[g][j + 1] = f.y; v[g][j + 2] = f.z; v[g][j + 3] = f.w;
+            v[j] = f.x; v[j + 1] = f.y; v[j + 2] = f.z; v[j + 3] = f.w;
           }
         } else {
 #pragma unroll
-          for (int j = 0; j < G; ++j) v[g][j] = row_ok && k[g] + j < k_end ? src[g][j] : 0.0f;
+          for (int j = 0; j < G; ++j) v[j] = row_ok && k[g] + j < k_end ? src[g][j] : 0.0f;
         }
         src[g] += BK;
       } else {
@@ -136,36 +138,35 @@ struct TcLoader {
           const float* s = src[g] + h * ld;
           if (vec && k_ok && r[g] + 4 <= R) {
             const float4 f = *reinterpret_cast<const float4*>(s);
-            v[g][4 * h] = f.x; v[g][4 * h + 1] = f.y; v[g][4 * h + 2] = f.z; v[g][4 * h + 3] = f.w;
+            v[4 * h] = f.x; v[4 * h + 1] = f.y; v[4 * h + 2] = f.z; v[4 * h + 3] = f.w;
           } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[g][4 * h + j] = k_ok && r[g] + j < R ? s[j] : 0.0f;
+            for (int j = 0; j < 4; ++j) v[4 * h + j] = k_ok && r[g] + j < R ? s[j] : 0.0f;
           }
         }
         src[g] += BK * ld;
       }
       k[g] += BK;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (P == Precision::TF32) w[g][j] = f32_to_tf32(v[j]);
+        else if (KCONTIG) w[g][j] = pack_bf16x2(v[2 * j], v[2 * j + 1]);
+        else w[g][j] = pack_bf16x2(v[j], v[4 + j]);
+      }
     }
   }
 
-  // v, converted, into stage `stage`.
+  // w into stage `stage`.
   __device__ __forceinline__ void store(int stage) {
 #pragma unroll
     for (int g = 0; g < 2; ++g) {
-      uint32_t w[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (P == Precision::TF32) w[j] = f32_to_tf32(v[g][j]);
-        else if (KCONTIG) w[j] = pack_bf16x2(v[g][2 * j], v[g][2 * j + 1]);
-        else w[j] = pack_bf16x2(v[g][j], v[g][4 + j]);
-      }
       uint32_t* d = dst[g] + stage * kStageWords;
       if (KCONTIG) {
-        *reinterpret_cast<int4*>(d) = make_int4(static_cast<int>(w[0]), static_cast<int>(w[1]),
-                                                static_cast<int>(w[2]), static_cast<int>(w[3]));
+        *reinterpret_cast<int4*>(d) = make_int4(static_cast<int>(w[g][0]), static_cast<int>(w[g][1]),
+                                                static_cast<int>(w[g][2]), static_cast<int>(w[g][3]));
       } else {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) d[j * kRowWords] = w[j];
+        for (int j = 0; j < 4; ++j) d[j * kRowWords] = w[g][j];
       }
     }
   }
