@@ -33,7 +33,7 @@
 // Napkin math, fc6 forward (M = 128, N = 4096, K = 9216) on an H100 SXM: 9.66 GFLOP is 0.010 ms at
 // the dense BF16 tensor peak (989 TFLOP/s) and 0.020 ms at TF32 (495), while W alone is 151 MB of
 // FP32, 0.045 ms at 3.35 TB/s: with FP32 master weights read by the GEMM, fc6 is memory-bound in
-// both modes (64 FLOP/byte against a ridge of ~150 / ~300).
+// both modes (64 FLOP/byte against a ridge of ~150 TF32 / ~300 BF16).
 // Per block: 2 stages x 2 operands x 128 rows x 80 B = 40 KB of shared memory; 2 blocks per SM.
 #include "gemm_tc.cuh"
 #include "mma.cuh"
