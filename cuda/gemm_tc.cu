@@ -83,8 +83,8 @@ struct TcLoader {
   static constexpr int KROWS = KCONTIG ? 1 : G / 4;  // k rows one group spans (stored (K, R))
   const float* src[2];  // each group's first element in the next slice (row clamped into range)
   int64_t ld;
-  int k[2];             // that element's k
-  int r[2];             // its r (KCONTIG: the row; else the first of 4)
+  int k;                // that element's k, the same for both groups (q and q + 256 agree mod 64)
+  int r;                // group 0's r (KCONTIG: the row; else the first of 4); group 1's is r + 64
   int R, k_end;
   bool vec;             // float4 loads allowed (16-byte aligned base, ld % 4 == 0)
   uint32_t* dst[2];     // each group's first word in stage 0
@@ -97,16 +97,14 @@ struct TcLoader {
     for (int g = 0; g < 2; ++g) {
       const int q = threadIdx.x + g * kGemmThreads;
       if (KCONTIG) {
-        const int row = q / 4;
-        r[g] = r0 + row;
-        k[g] = k0 + (q % 4) * G;
-        src[g] = base + (r[g] < R ? r[g] : 0) * ld + k[g];
+        const int row = q / 4, rg = r0 + row;
+        if (g == 0) r = rg, k = k0 + (q % 4) * G;
+        src[g] = base + (rg < R ? rg : 0) * ld + k;
         dst[g] = S0 + row * kRowWords + (q % 4) * 4;
       } else {
-        const int row = 4 * (4 * (q / 64) + q % 4), u = (q / 4) % 16;
-        r[g] = r0 + row;
-        k[g] = k0 + u * KROWS;
-        src[g] = base + k[g] * ld + (r[g] < R ? r[g] : 0);
+        const int row = 4 * (4 * (q / 64) + q % 4), u = (q / 4) % 16, rg = r0 + row;
+        if (g == 0) r = rg, k = k0 + u * KROWS;
+        src[g] = base + k * ld + (rg < R ? rg : 0);
         dst[g] = S0 + row * kRowWords + u;
       }
     }
@@ -118,9 +116,10 @@ struct TcLoader {
 #pragma unroll
     for (int g = 0; g < 2; ++g) {
       float v[G];
+      const int rg = r + 64 * g;
       if (KCONTIG) {
-        const bool row_ok = r[g] < R;
-        if (vec && row_ok && k[g] + G <= k_end) {
+        const bool row_ok = rg < R;
+        if (vec && row_ok && k + G <= k_end) {
 #pragma unroll
           for (int j = 0; j < G; j += 4) {
             const float4 f = *reinterpret_cast<const float4*>(src[g] + j);
@@ -128,25 +127,24 @@ struct TcLoader {
           }
         } else {
 #pragma unroll
-          for (int j = 0; j < G; ++j) v[j] = row_ok && k[g] + j < k_end ? src[g][j] : 0.0f;
+          for (int j = 0; j < G; ++j) v[j] = row_ok && k + j < k_end ? src[g][j] : 0.0f;
         }
         src[g] += BK;
       } else {
 #pragma unroll
         for (int h = 0; h < KROWS; ++h) {
-          const bool k_ok = k[g] + h < k_end;
+          const bool k_ok = k + h < k_end;
           const float* s = src[g] + h * ld;
-          if (vec && k_ok && r[g] + 4 <= R) {
+          if (vec && k_ok && rg + 4 <= R) {
             const float4 f = *reinterpret_cast<const float4*>(s);
             v[4 * h] = f.x; v[4 * h + 1] = f.y; v[4 * h + 2] = f.z; v[4 * h + 3] = f.w;
           } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[4 * h + j] = k_ok && r[g] + j < R ? s[j] : 0.0f;
+            for (int j = 0; j < 4; ++j) v[4 * h + j] = k_ok && rg + j < R ? s[j] : 0.0f;
           }
         }
         src[g] += BK * ld;
       }
-      k[g] += BK;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if (P == Precision::TF32) w[g][j] = f32_to_tf32(v[j]);
@@ -154,6 +152,7 @@ struct TcLoader {
         else w[g][j] = pack_bf16x2(v[j], v[4 + j]);
       }
     }
+    k += BK;
   }
 
   // w into stage `stage`.
