@@ -121,6 +121,14 @@ struct SgdParam {
   KERNEL(avg_pool_forward, (const PoolShape& s, const float* x, float* y))                               \
   KERNEL(avg_pool_backward, (const PoolShape& s, const float* dy, float* dx))
 
+// The arithmetic of the GEMMs under the FC layers and the convolutions: ONE process-wide setting that
+// both backends read (docs/architecture.md, "Precision"; held in csrc/cpu/gemm_bf16.cpp, set through
+// convnet._C.set_precision, which Net calls around its passes). The op contracts do not change with it.
+enum class Precision { FP32, TF32, BF16 };
+Precision gemm_precision();
+void set_gemm_precision(Precision p);
+const char* precision_name(Precision p);  // "fp32", "tf32", "bf16"
+
 // Declares one kernel, `void name(params);`, of the list above.
 #define CONVNET_DECLARE_KERNEL(name, params) void name params;
 

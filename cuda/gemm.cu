@@ -27,6 +27,9 @@
 //   * the four transpose cases are template parameters: only the loader's addressing changes;
 //   * epilogue: C = act(alpha * acc + beta * C + bias[n]) with act = ReLU or identity, float4 stores
 //     where C allows (fc_forward's bias and ReLU run here, not as a second pass over y);
+//   * precision: under tf32 / bf16 (the process-wide setting, backend.h) every launch with M > 1 and
+//     N > 1 runs the tensor-core kernel of cuda/gemm_tc.cu instead, with the same tiles, split-K
+//     plan, reduce and epilogue contract; the GEMV shapes stay FP32 (memory-bound), as on the CPU;
 //   * split-K: when the M x N tiles cannot fill the GPU (fc6 forward: M = 128 gives 1 x 32 tiles for
 //     132 SMs), blockIdx.z splits K into slices, the count chosen so the grid fills whole waves of
 //     2 blocks per SM; each writes its partial tile to scratch and a second kernel sums the slices in
@@ -44,32 +47,20 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "gemm_tc.cuh"
 
 namespace convnet {
 namespace cuda {
 
 namespace {
 
-constexpr int BM = 128, BN = 128, BK = 8;
-constexpr int kThreads = 256;
-constexpr int kMinBlocksPerSM = 2;  // 256 x 128 registers x 2 = the SM's 64K
+constexpr int BM = kGemmTile, BN = kGemmTile, BK = 8;
+constexpr int kThreads = kGemmThreads;
+constexpr int kMinBlocksPerSM = kGemmMinBlocksPerSM;  // 256 x 128 registers x 2 = the SM's 64K
 constexpr int STAGES = 4;
 constexpr int PAD = 4;  // row padding of the shared tiles: the transposing copies avoid bank conflicts
 
-struct Params {
-  const float* A;
-  const float* B;
-  float* C;          // C, or the split-K scratch (split z at C + z * split_stride)
-  const float* bias; // (N,) added to every row, or null; only without split-K (the reduce adds it)
-  int M, N, K;
-  int64_t lda, ldb, ldc;
-  float alpha, beta;
-  bool relu;
-  int k_per_split;   // K range of blockIdx.z: [z * k_per_split, min(K, (z + 1) * k_per_split))
-  int64_t split_stride;
-  int tiles_n;       // tiles along N (blockIdx.x = tile_m * tiles_n + tile_n)
-  bool vec_c;        // float4 access to C allowed (16-byte aligned base, ldc % 4 == 0)
-};
+using Params = GemmParams;  // gemm_tc.cuh: shared with the tensor-core kernels
 
 // ---------------------------------------------------------------------------------------------
 // the loader: one thread's share (4 floats) of each 128 x 8 slice of one operand
@@ -309,7 +300,12 @@ __global__ void scale_kernel(float* C, int M, int N, int64_t ldc, float beta, co
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
-void launch(bool trans_a, bool trans_b, bool vec, dim3 grid, const Params& p) {
+// The FP32 kernel for the transposes, or under tf32 / bf16 (`precision`) the tensor-core one.
+void launch(Precision precision, bool trans_a, bool trans_b, bool vec, dim3 grid, const Params& p) {
+  if (precision != Precision::FP32) {
+    launch_gemm_tc(precision, trans_a, trans_b, grid, p);
+    return;
+  }
   cudaStream_t stream = current_stream();
   // nt has no operand stored along m / n: one instantiation
   if (!trans_a && trans_b) gemm_kernel<false, true, false><<<grid, kThreads, 0, stream>>>(p);
@@ -371,6 +367,8 @@ void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha
   const int k_per_split = static_cast<int>(ceil_div(ceil_div(K, splits), BK) * BK);
   splits = static_cast<int>(ceil_div(K, k_per_split));
 
+  // The GEMV shapes stay FP32 in every precision (memory-bound; docs/architecture.md, "Precision").
+  const Precision precision = M > 1 && N > 1 ? gemm_precision() : Precision::FP32;
   Params p{};
   p.A = A;
   p.B = B;
@@ -395,7 +393,7 @@ void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha
     p.relu = relu;
     p.split_stride = 0;
     p.vec_c = aligned16(C) && ldc % 4 == 0;
-    launch(trans_a, trans_b, vec, grid, p);
+    launch(precision, trans_a, trans_b, vec, grid, p);
     return;
   }
 
@@ -410,7 +408,7 @@ void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha
   p.split_stride = mn;
   // N % 4 == 0 makes every slice's offset z * M * N a multiple of 4 floats too.
   p.vec_c = aligned16(partial.ptr) && N % 4 == 0;
-  launch(trans_a, trans_b, vec, grid, p);
+  launch(precision, trans_a, trans_b, vec, grid, p);
   splitk_reduce_kernel<<<grid_for(mn, kThreads), kThreads, 0, stream>>>(partial.ptr, splits, M, N, C, ldc, alpha,
                                                                          beta, bias, relu);
   CONVNET_LAUNCH_CHECK("gemm splitk_reduce_kernel");

@@ -306,13 +306,25 @@ def avg_pool_backward(dy, x_shape, R=3, S=3, stride=(2, 2), pad=(0, 0)):
 # --------------------------------------------------------------------------------------------------
 # reduced precision (python/convnet/precision.py)
 
-def round_bf16(x):
+def round_bf16(x, flush_denormals=True):
     """float32(x) rounded to bfloat16 (round to nearest even; denormals to signed zero, as
-    vcvtne2ps2bf16 does), returned as float64."""
+    vcvtne2ps2bf16 does, unless flush_denormals=False: CUDA's cvt.rn.bf16 keeps them), returned
+    as float64."""
     u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     exp_zero = (u & 0x7F800000) == 0
     r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    r = np.where(exp_zero, (u >> 31) << 31, r)
+    if flush_denormals:
+        r = np.where(exp_zero, (u >> 31) << 31, r)
     nan = (u & 0x7FFFFFFF) > 0x7F800000
     r = np.where(nan, u | 0x400000, r)
     return (r & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def round_tf32(x):
+    """float32(x) rounded to TF32 as CUDA's cvt.rna.tf32.f32 does (10-bit mantissa, round to nearest,
+    ties away from zero; Inf stays, NaN stays NaN, overflow gives Inf), returned as float64."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    special = (u & 0x7F800000) == 0x7F800000
+    r = ((u + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF
+    r = np.where(special, u, r)
+    return r.astype(np.uint32).view(np.float32).astype(np.float64)

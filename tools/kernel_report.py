@@ -8,8 +8,9 @@ Compiles every cuda/*.cu for one architecture (sm_90 by default) with the projec
   * theoretical occupancy on H100 (64K registers, 228 KB shared memory, 2048 threads and 32 blocks
     per SM; registers allocated per warp in units of 256, 1 KB of shared memory reserved per block);
   * for the kernels whose names contain ``conv`` or ``gemm``, the instruction mix of the main loop
-    (``cuobjdump -sass``): the backward branch whose body holds the most FFMA. Counts are static,
-    over the loop body: FFMA share of all instructions (NOPs excluded), LDS / LDG / STS by width,
+    (``cuobjdump -sass``): the backward branch whose body holds the most FFMA + HMMA. Counts are
+    static, over the loop body: FFMA and HMMA (tensor-core mma) shares of all instructions (NOPs
+    excluded), LDSM (ldmatrix), LDS / LDG / STS by width,
     integer-division sequences (an ``I2F*.RP`` starts each inlined one; a ``CALL`` is a 64-bit
     division or other subroutine), local-memory traffic (LDL / STL) and cp.async (LDGSTS).
 
@@ -19,6 +20,9 @@ memory time = compulsory bytes / bandwidth, modelled time = the larger. The FFMA
 the issue slots allow (one warp instruction per scheduler per clock; every non-FFMA takes a slot);
 stalls, occupancy and wave tails come on top, so the model is optimistic. cuDNN's times are
 estimates (see CUDNN_EFFICIENCY), not measurements.
+
+The model adds the FC layers under tf32 / bf16 (cuda/gemm_tc.cu's tensor-core kernels) against
+cuDNN/cuBLAS TF32 / BF16 estimates: see tc_model for its assumptions.
 
 Needs nvcc on PATH and cuobjdump + nvdisasm (``pip install nvidia-cuda-cuobjdump
 nvidia-cuda-nvdisasm``: the script looks in site-packages/nvidia/*/bin too).
@@ -54,6 +58,27 @@ BANDWIDTH = 3.35e12   # H100 SXM5 HBM3
 # more. Replace with bench_conv.py's torch column once a GPU has run it.
 CUDNN_EFFICIENCY = {"conv1": 0.45, "conv": 0.70, "fc": 0.80}
 
+# Tensor cores, H100 SXM5 dense (NVIDIA H100 datasheet; the sparse figures are twice these).
+PEAK_TC = {"tf32": 494.7e12, "bf16": 989.4e12}
+# Cycles of one SM sub-partition's tensor core per HMMA at that peak: 132 SMs x 4 sub-partitions x
+# 1.83 GHz x 4 cycles x (1024 FMA of m16n8k8 TF32 | 2048 FMA of m16n8k16 BF16) = the peak; the
+# same 4 cycles for both shapes.
+HMMA_CYCLES = 4
+# The fraction of that peak Hopper reaches through warp-level mma.sync (the sm_80 instruction our
+# kernels use): the full rate needs the warpgroup wgmma. An ESTIMATE: about half is the figure
+# commonly reported (e.g. the Hopper microbenchmark studies, arXiv 2402.13499 / 2501.12084); replace
+# it with a measurement once a GPU has run bench_gemm.py under tf32 / bf16.
+MMA_SYNC_FRACTION = 0.5
+# cuBLAS/cuDNN TF32 / BF16 GEMM (wgmma) as a fraction of the dense tensor peak on the FC shapes:
+# an ESTIMATE, not a measurement (large-GEMM BF16 figures of ~70-80 % of peak are what cuBLAS is
+# usually quoted at; M = 128 is not large).
+CUDNN_TC_EFFICIENCY = 0.70
+# Bytes per element each side reads and writes. Ours: FP32 master data, converted while staged.
+# cuDNN TF32 takes FP32 operands; BF16 (a framework's autocast) BF16 operands and outputs, plus a
+# cast of the FP32 weights to BF16 once per step (4 B read + 2 B written per weight), counted in
+# the per-step totals, not in the passes.
+TC_BYTES = {"ours": 4, "tf32": 4, "bf16": 2}
+
 
 # --- compile and parse --------------------------------------------------------------------------
 
@@ -79,6 +104,8 @@ def demangle(names):
 def short_name(demangled):
     """'void convnet::cuda::(anonymous namespace)::gemm_kernel<true, false>(Params)' -> 'gemm_kernel<true, false>'"""
     name = re.sub(r"^void\s+", "", demangled.replace("(anonymous namespace)::", ""))
+    # enum template arguments demangle as casts: "(convnet::Precision)1" -> "tf32"
+    name = name.replace("(convnet::Precision)1", "tf32").replace("(convnet::Precision)2", "bf16")
     name = name.split("(")[0]
     head, _, args = name.partition("<")
     return head.split("::")[-1] + ("<" + args if args else "")
@@ -155,7 +182,7 @@ def parse_sass(cuobjdump, cubin):
 
 
 def main_loop(instrs):
-    """The loop (a backward branch and its target) whose body holds the most FFMA."""
+    """The loop (a backward branch and its target) whose body holds the most FFMA + HMMA."""
     best = None
     for i, (addr, op, text) in enumerate(instrs):
         if not op.startswith("BRA"):
@@ -167,7 +194,7 @@ def main_loop(instrs):
         if target > addr:
             continue
         body = [ins for ins in instrs if target <= ins[0] <= addr]
-        ffma = sum(1 for ins in body if ins[1].startswith("FFMA"))
+        ffma = sum(1 for ins in body if ins[1].startswith(("FFMA", "HMMA")))
         if ffma and (best is None or ffma > best[0] or (ffma == best[0] and len(body) < len(best[1]))):
             best = (ffma, body, target, addr)
     return best
@@ -183,7 +210,8 @@ def width(op):
 
 def mix(body):
     ops = [op for _, op, _ in body if not op.startswith("NOP")]
-    m = {"instr": len(ops), "ffma": sum(op.startswith("FFMA") for op in ops)}
+    m = {"instr": len(ops), "ffma": sum(op.startswith("FFMA") for op in ops),
+         "hmma": sum(op.startswith("HMMA") for op in ops), "ldsm": sum(op.startswith("LDSM") for op in ops)}
     for kind in ("LDS", "LDG", "STS", "STG"):
         widths = {}
         for op in ops:
@@ -196,6 +224,7 @@ def mix(body):
     m["call"] = sum(op.startswith("CALL") for op in ops)
     m["bar"] = sum(op.startswith("BAR") for op in ops)
     m["ffma_share"] = m["ffma"] / m["instr"] if m["instr"] else 0.0
+    m["hmma_share"] = m["hmma"] / m["instr"] if m["instr"] else 0.0
     return m
 
 
@@ -244,14 +273,16 @@ def fmt_widths(w):
 
 def print_table(rows, md):
     head = ["file", "kernel", "thr", "regs", "spill st/ld", "smem B", "blocks/SM (warps)", "limit",
-            "FFMA share", "instr", "LDS", "LDG", "STS", "cp.async", "div", "call", "local"]
+            "FFMA share", "HMMA share", "instr", "LDSM", "LDS", "LDG", "STS", "cp.async", "div", "call", "local"]
     lines = []
     for r in rows:
         m = r.get("main_loop")
         lines.append([r["file"], r["kernel"], str(r["threads"] or "256?"), str(r["regs"]),
                       f"{r['spill_st']}/{r['spill_ld']}", str(r["smem"]),
                       f"{r['blocks_per_sm']} ({r['warps_per_sm']})", r["limiter"],
-                      f"{100 * m['ffma_share']:.0f} %" if m else "", str(m["instr"]) if m else "",
+                      f"{100 * m['ffma_share']:.0f} %" if m else "",
+                      f"{100 * m['hmma_share']:.0f} % ({m['hmma']})" if m and m["hmma"] else "",
+                      str(m["instr"]) if m else "", str(m["ldsm"]) if m and m["ldsm"] else "",
                       fmt_widths(m["lds"]) if m else "", fmt_widths(m["ldg"]) if m else "",
                       fmt_widths(m["sts"]) if m else "", str(m["ldgsts"]) if m else "",
                       str(m["div"]) if m else "", str(m["call"]) if m else "", str(m["local"]) if m else ""])
@@ -318,6 +349,72 @@ def model_row(layer, pass_, flops, bytes_, share, cudnn_eff):
                 ratio=t_ours / t_cudnn if t_ours else None)
 
 
+def tc_efficiency(m):
+    """Fraction of the dense tensor peak a main loop allows: the tensor core needs HMMA_CYCLES /
+    MMA_SYNC_FRACTION cycles per HMMA, the scheduler one issue slot per instruction (static count,
+    both sides of the loop's branches included: pessimistic); the larger bounds the loop."""
+    if not m or not m["hmma"]:
+        return None
+    return HMMA_CYCLES * m["hmma"] / max(m["instr"], HMMA_CYCLES * m["hmma"] / MMA_SYNC_FRACTION)
+
+
+def tc_model(rows, batch):
+    """The FC layers under tf32 / bf16: ours = cuda/gemm_tc.cu (the worst instantiation of that
+    precision), cuDNN = CUDNN_TC_EFFICIENCY
+    of the dense peak; each the larger of compute and compulsory-memory time (TC_BYTES)."""
+    out = []
+    for prec in ("tf32", "bf16"):
+        effs = [tc_efficiency(r.get("main_loop")) for r in rows
+                if r["kernel"].startswith("gemm_tc_kernel<" + prec)]
+        effs = [e for e in effs if e]
+        eff = min(effs) if effs else None
+        for name, (cin, cout) in FC_LAYERS.items():
+            flops = 2.0 * batch * cin * cout
+            elems = batch * cin + cin * cout + batch * cout
+            for pass_ in ("fwd", "bwd_data", "bwd_filter"):
+                t_mem = TC_BYTES["ours"] * elems / BANDWIDTH
+                t_ours = max(flops / (PEAK_TC[prec] * eff), t_mem) if eff else None
+                t_cudnn = max(flops / (PEAK_TC[prec] * CUDNN_TC_EFFICIENCY), TC_BYTES[prec] * elems / BANDWIDTH)
+                out.append(dict(precision=prec, layer=name, pass_=pass_, gflop=flops / 1e9,
+                                mbytes=TC_BYTES["ours"] * elems / 1e6, tc_eff=eff,
+                                bound="memory" if t_ours and t_mem >= t_ours else "compute",
+                                ours_ms=t_ours * 1e3 if t_ours else None, cudnn_est_ms=t_cudnn * 1e3,
+                                ratio=t_ours / t_cudnn if t_ours else None))
+    return out
+
+
+def print_tc_model(model, md, batch):
+    head = ["precision", "layer", "pass", "GFLOP", "MB (ours)", "TC eff.", "bound", "model ms", "cuDNN est. ms",
+            "model / cuDNN"]
+    lines = [[m["precision"], m["layer"], m["pass_"], f"{m['gflop']:.1f}", f"{m['mbytes']:.0f}",
+              f"{100 * m['tc_eff']:.0f} %" if m["tc_eff"] else "?", m["bound"],
+              f"{m['ours_ms']:.4f}" if m["ours_ms"] else "?", f"{m['cudnn_est_ms']:.4f}",
+              f"{m['ratio']:.2f}" if m["ratio"] else "?"] for m in model]
+    print(f"\ntensor-core model (FC layers under tf32 / bf16), batch {batch}, H100 SXM5 dense TF32 "
+          f"{PEAK_TC['tf32'] / 1e12:.0f} / BF16 {PEAK_TC['bf16'] / 1e12:.0f} TFLOP/s, mma.sync at "
+          f"{100 * MMA_SYNC_FRACTION:.0f} % of it, cuDNN at {100 * CUDNN_TC_EFFICIENCY:.0f} %")
+    if md:
+        print("\n| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for l in lines:
+            print("| " + " | ".join(l) + " |")
+    else:
+        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+        for l in lines:
+            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+    for prec in ("tf32", "bf16"):
+        rows = [m for m in model if m["precision"] == prec]
+        ours = sum(m["ours_ms"] or 0 for m in rows)
+        cudnn = sum(m["cudnn_est_ms"] for m in rows)
+        cast = 0.0
+        if prec == "bf16":  # autocast's FP32 -> BF16 copy of each weight, once per step
+            cast = sum(6.0 * cin * cout for cin, cout in FC_LAYERS.values()) / BANDWIDTH * 1e3
+        print(f"{prec}: fc6+fc7+fc8, all passes: model {ours:.3f} ms, cuDNN estimate {cudnn:.3f} ms"
+              + (f" + weight cast {cast:.3f} ms = {cudnn + cast:.3f} ms" if cast else "")
+              + f", ratio {ours / (cudnn + cast):.2f}" if ours else "")
+
+
 def print_model(model, md, batch):
     head = ["layer", "pass", "GFLOP", "MB", "FFMA share", "model ms", "cuDNN est. ms", "model / cuDNN"]
     lines = [[m["layer"], m["pass_"], f"{m['gflop']:.1f}", f"{m['mbytes']:.0f}",
@@ -355,11 +452,13 @@ def main(argv=None):
     rows = report(args.arch, files)
     print_table(rows, args.markdown)
     model = time_model(rows, args.batch) if args.model else None
+    tc = tc_model(rows, args.batch) if args.model else None
     if model:
         print_model(model, args.markdown, args.batch)
+        print_tc_model(tc, args.markdown, args.batch)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "kernels": rows, "model": model}, f, indent=1)
+            json.dump({"arch": args.arch, "kernels": rows, "model": model, "tc_model": tc}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,13 @@
 #endif
 
 namespace convnet {
-namespace cpu {
 
 // ---------------------------------------------------------------------------------------------
 // settings
 
+// The process-wide GEMM precision (backend.h): read by the CPU GEMM and the CUDA FC GEMM alike.
 namespace {
 std::atomic<Precision> g_precision{Precision::FP32};
-std::atomic<Bf16Kernel> g_bf16_kernel{Bf16Kernel::Auto};
 }  // namespace
 
 Precision gemm_precision() { return g_precision.load(std::memory_order_relaxed); }
@@ -62,6 +61,12 @@ const char* precision_name(Precision p) {
     default: return "fp32";
   }
 }
+
+namespace cpu {
+
+namespace {
+std::atomic<Bf16Kernel> g_bf16_kernel{Bf16Kernel::Auto};
+}  // namespace
 
 bool cpu_has_avx512_bf16() {
 #ifdef CONVNET_X86

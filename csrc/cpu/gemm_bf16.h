@@ -23,13 +23,17 @@
 
 #include <cstdint>
 
+#include "backend.h"
+
 namespace convnet {
 namespace cpu {
 
-enum class Precision { FP32, TF32, BF16 };
-Precision gemm_precision();
-void set_gemm_precision(Precision p);
-const char* precision_name(Precision p);  // "fp32", "tf32", "bf16"
+// The setting itself is declared in backend.h (shared with the CUDA backend); these names keep
+// cpu:: code reading it as before.
+using convnet::Precision;
+using convnet::gemm_precision;
+using convnet::set_gemm_precision;
+using convnet::precision_name;
 
 enum class Bf16Kernel { Auto, Amx, Avx512Bf16, Portable };
 bool cpu_has_avx512_bf16();               // CPUID (and the OS saving zmm state)

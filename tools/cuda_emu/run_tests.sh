@@ -30,13 +30,16 @@ source tools/cuda_emu/env.sh
 export CONVNET_TEST_DEVICES=cuda:0,cuda:1
 
 FILES=(tests/test_elementwise.py tests/test_fc.py tests/test_conv.py tests/test_lrn.py tests/test_pool.py
-       tests/test_tensor.py tests/test_upload.py tests/test_errors.py tests/test_parallel.py)
+       tests/test_tensor.py tests/test_upload.py tests/test_errors.py tests/test_parallel.py
+       tests/test_precision_cuda.py)
 K=(-k "not conv1")
 [ "${EMU_FULL:-0}" = 1 ] && K=()
 
 if [ "${EMU_QUICK:-0}" != 1 ]; then
   step "selftest (planted bugs are caught)" tools/cuda_emu/selftest/run.sh
 fi
+# the emulated tensor-core instructions of cuda/mma.cuh, tile by tile (a few seconds)
+step "mma_check (emulated ldmatrix / mma fragments)" tools/cuda_emu/selftest/mma_check.sh
 for f in "${FILES[@]}"; do
   step "pytest $f" python3 -m pytest -q -m "not slow" "${K[@]}" "$@" "$f"
 done
