@@ -263,8 +263,8 @@ def test_fuzz_dropout(n, p, seed, counter, offset, data_seed):
     assert ran == valid and ran_back == valid, f"ran={ran}/{ran_back} n={n} p={p} offset={offset}"
     if ran:
         want = R.dropout_forward(x, p, seed, counter, offset)
-        assert_close(y.numpy(), want, 1e-6)
-        assert_close(dx.numpy(), want, 1e-6)  # backward of dy = x: the same mask
+        assert_close(y.numpy(), want, 1e-5)   # the kept scale 1 / (1 - p) in float32: ~1e-6 off at p = 0.99
+        assert_close(dx.numpy(), want, 1e-5)  # backward of dy = x: the same mask
 
 
 _loss_budget = Budget()
