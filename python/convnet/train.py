@@ -102,8 +102,10 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
             out_dir = os.path.dirname(os.path.abspath(ckpt_path))
     # The run folder is locked before anything is read or written: a second trainer on it is refused
     # at once, naming the holder. The default folder (out_dir None) is named after the net: locked then.
-    locks = [run.on_root(run_folder.take, out_dir)] if out_dir else []
+    locks = []
     try:
+        if out_dir:
+            locks.append(run.on_root(run_folder.take, out_dir))
         return _train(run, locks, model, data, out_dir, resume, ckpt_path, given, devices, device, workers,
                       progress, plot, log_every, log_seconds, t_start, input_size, num_classes, image_size)
     finally:
