@@ -10,10 +10,10 @@
 // makes the transposing stores at most 2-way bank-conflicted). Global loads for tile t+1 go into
 // registers while tile t is multiplied (register prefetch), so the latency of the gathers overlaps
 // the FMAs. The gathers keep each thread's k as counters advanced by BK per slice ((r, s, c) in the
-// forward; (r, s, k) with r and s as quotient and remainder by the stride in backward data) and the
-// k-independent part of every row's offset precomputed, so those K loops have no division
-// (backward filter still divides per element). Every gathered element is bounds-checked (zero
-// padding, partial tiles); offsets into x, y, dy, dx are int64.
+// forward; (r, s, k) with r and s as quotient and remainder by the stride in backward data; the
+// pixel's (h, w) and x offset in backward filter) and the k-independent part of every row's offset
+// precomputed, so no K loop has an integer division. Every gathered element is bounds-checked
+// (zero padding, partial tiles); offsets into x, y, dy, dx are int64.
 //
 //   forward          M = N*P*Q (output pixels), N = Kg, K = R*S*Cg (r, s, c; c fastest)
 //                    A (pixel, (r,s,c)) = x[n, p*sh-ph+r, q*sw-pw+s, g*Cg+c]: 16 threads take 16
@@ -30,7 +30,9 @@
 //                    by a first small kernel (w is ~1 MB): contiguous along c and along k.
 //   backward filter  M = Kg, N = R*S*Cg, K = N*P*Q (output pixels), split across blocks (split-K):
 //                    A (k, pixel) = dy[pixel, g*Kg+k]: contiguous along k.
-//                    B (pixel, (r,s,c)) = the forward's patch entry: contiguous along c.
+//                    B (pixel, (r,s,c)) = the forward's patch entry: contiguous along c. Each
+//                    thread walks its pixels' (h, w) and x offset by BK pixels per slice, carrying
+//                    q into p and p into n with compares.
 //                    Each split writes its own partial dW into scratch; a second kernel sums the
 //                    splits in split order (deterministic, no atomics). One split writes dw directly.
 //                    db: cuda::bias_grad on dy viewed as (N*P*Q, K).
@@ -358,7 +360,8 @@ __global__ void __launch_bounds__(kThreads, 3) conv_backward_data_kernel(ConvSha
 // backward filter: dW_g (Kg, RSC) over output pixels [split * chunk, ...), into out (its own
 // (K, RSC) slab of scratch, or dw itself when there is one split)
 
-__global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy,
+// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py).
+__global__ void __launch_bounds__(kThreads, 3) conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy,
                                                                         const float* __restrict__ x,
                                                                         float* __restrict__ out, int64_t chunk,
                                                                         bool accumulate) {
@@ -389,25 +392,66 @@ __global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShap
     t = rs - r * s.S;
   }
   const float* dyk = dy + (int64_t)g * Kg + kout;
-  const float* xc = x + (int64_t)g * Cg + c;
   out += (int64_t)split * s.K * RSC;
+
+  // B gather: pixel i of this thread, (n, p, q), reads x at (h, w) = (p*sh - ph + r, q*sw - pw + t).
+  // Each of the 4 pixels keeps h, w and its x offset as counters. A slice moves a pixel on by
+  // BK = dn*P*Q + dp*Q + dq pixels (dn, dp, dq fixed per shape): add the step, then carry q into p
+  // and p into n once each, with compares and constant offsets only, so the K loop has no division.
+  // Pixels past k_end keep counting but are never read.
+  const int sh = s.stride_h, sw = s.stride_w;
+  const int64_t PQ1 = PQ > 0 ? PQ : 1;  // NPQ = 0: nothing is ever loaded
+  const int Q1 = s.Q > 0 ? s.Q : 1;
+  const int dn = (int)(BK / PQ1), dp = (int)(BK % PQ1) / Q1, dq = BK % Q1;
+  const int h_end = s.P * sh - s.pad_h + r, w_end = s.Q * sw - s.pad_w + t;  // h at p = P, w at q = Q
+  const int64_t C = s.C, WC = (int64_t)s.W * C;
+  const int64_t step_x = dn * s.H * WC + dp * sh * WC + (int64_t)dq * sw * C;  // x offset of BK pixels
+  const int64_t carry_q = sh * WC - (int64_t)s.Q * sw * C;                   // q = Q -> q = 0 of p + 1
+  const int64_t carry_p = s.H * WC - (int64_t)s.P * sh * WC;                 // p = P -> p = 0 of n + 1
+  int hb[4], wb[4];
+  int64_t xoff[4];  // x offset of (n, h, w, g*Cg + c)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t pix = k_begin + lk + 4 * i;
+    const int64_t n = pix / PQ1;
+    const int pq = (int)(pix - n * PQ1);
+    const int p = pq / Q1, q = pq - p * Q1;
+    hb[i] = p * sh - s.pad_h + r;
+    wb[i] = q * sw - s.pad_w + t;
+    xoff[i] = ((n * s.H + hb[i]) * s.W + wb[i]) * C + (int64_t)g * Cg + c;
+  }
+  const float* dyp = dyk + (k_begin + lk) * s.K;  // dy at this thread's first pixel of the slice
+  int64_t next_k = k_begin;                       // the k-tile start the counters are for
 
   float a_reg[4], b_reg[4];
   auto load = [&](int64_t kt) {
+#pragma unroll 1
+    for (; next_k < kt; next_k += BK) {  // k-tiles come in order, one BK apart: one step per call
+      dyp += (int64_t)BK * s.K;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        hb[i] += dp * sh;
+        wb[i] += dq * sw;
+        xoff[i] += step_x;
+        if (wb[i] >= w_end) {
+          wb[i] -= s.Q * sw;
+          hb[i] += sh;
+          xoff[i] += carry_q;
+        }
+        if (hb[i] >= h_end) {
+          hb[i] -= s.P * sh;
+          xoff[i] += carry_p;
+        }
+      }
+    }
+    const int64_t left64 = k_end - kt - lk;  // this thread's pixels 4*i < left are in
+    const int left = left64 < BK ? (int)left64 : BK;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int64_t pix = kt + lk + 4 * i;
-      const bool in = pix < k_end;
-      a_reg[i] = (in && kout_in) ? __ldg(dyk + pix * s.K) : 0.0f;
-      float v = 0.0f;
-      if (in && col_in) {
-        const int64_t n = pix / PQ;
-        const int pq = (int)(pix - n * PQ);
-        const int p = pq / s.Q, q = pq - p * s.Q;
-        const int h = p * s.stride_h - s.pad_h + r, wc = q * s.stride_w - s.pad_w + t;
-        if (h >= 0 && h < s.H && wc >= 0 && wc < s.W) v = __ldg(xc + ((n * s.H + h) * s.W + wc) * s.C);
-      }
-      b_reg[i] = v;
+      const bool in = 4 * i < left;
+      a_reg[i] = (in && kout_in) ? __ldg(dyp + 4 * i * s.K) : 0.0f;
+      const bool inside = (unsigned)hb[i] < (unsigned)s.H && (unsigned)wb[i] < (unsigned)s.W;
+      b_reg[i] = (in && col_in && inside) ? __ldg(x + xoff[i]) : 0.0f;
     }
   };
   auto store = [&]() {
