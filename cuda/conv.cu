@@ -25,7 +25,7 @@
 //                    zero unless both divide exactly and land inside the output: the transposed-conv
 //                    gather, so stride > 1 is exact and every dx element is written once (no atomics).
 //                    Exactness is a compare of stride phases (h+ph) % sh == r % sh, kept per row and
-//                    per thread, not a division.
+//                    per thread, not a division (stride 1: an instantiation without phases).
 //                    B ((r,s,k), c) = wt[g, (r,s,k), c] = w[g*Kg+k, r, s, c], with wt = w regrouped
 //                    by a first small kernel (w is ~1 MB): contiguous along c and along k.
 //   backward filter  M = Kg, N = R*S*Cg, K = N*P*Q (output pixels), split across blocks (split-K):
@@ -232,14 +232,16 @@ struct GatherRow {
   int phase, unused;
 };
 
-// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py).
+// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py). kUnitStride: stride 1
+// x 1, where every phase is 0 and the quotients are r and t themselves (the compiler drops them).
+template <bool kUnitStride>
 __global__ void __launch_bounds__(kThreads, 3) conv_backward_data_kernel(ConvShape s, const float* __restrict__ dy,
                                                                          const float* __restrict__ wt,
                                                                          float* __restrict__ dx, bool accumulate) {
   __shared__ __align__(16) float As[BK][kLd];
   __shared__ __align__(16) float Bs[BK][kLd];
   const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSK = s.R * s.S * Kg;
-  const int sh = s.stride_h, sw = s.stride_w;
+  const int sh = kUnitStride ? 1 : s.stride_h, sw = kUnitStride ? 1 : s.stride_w;
   const int64_t HW = (int64_t)s.H * s.W;
   const int64_t M = (int64_t)s.N * HW;
   const int g = blockIdx.z;
@@ -530,7 +532,10 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
     regroup_filters_kernel<<<grid_for(w_size, kThreads), kThreads, 0, stream>>>(s, w, wt.ptr);
     CONVNET_LAUNCH_CHECK("regroup_filters_kernel");
   }
-  conv_backward_data_kernel<<<grid, kThreads, 0, stream>>>(s, dy, wt.ptr, dx, accumulate);
+  if (s.stride_h == 1 && s.stride_w == 1)
+    conv_backward_data_kernel<true><<<grid, kThreads, 0, stream>>>(s, dy, wt.ptr, dx, accumulate);
+  else
+    conv_backward_data_kernel<false><<<grid, kThreads, 0, stream>>>(s, dy, wt.ptr, dx, accumulate);
   CONVNET_LAUNCH_CHECK("conv_backward_data_kernel");
 }
 
