@@ -9,10 +9,11 @@
 // staged in shared memory as As[BK][64 + 4] and Bs[BK][64 + 4] (the +4 keeps float4 alignment and
 // makes the transposing stores at most 2-way bank-conflicted). Global loads for tile t+1 go into
 // registers while tile t is multiplied (register prefetch), so the latency of the gathers overlaps
-// the FMAs. The forward's gather keeps each thread's k as (r, s, c) counters advanced by BK per
-// slice and the k-independent part of every row's x offset precomputed, so its K loop has no
-// division (backward data and backward filter still divide per slice). Every gathered element is bounds-checked (zero padding, partial tiles); offsets into x,
-// y, dy, dx are int64.
+// the FMAs. The gathers keep each thread's k as counters advanced by BK per slice ((r, s, c) in the
+// forward; (r, s, k) with r and s as quotient and remainder by the stride in backward data; the
+// pixel's (h, w) and x offset in backward filter) and the k-independent part of every row's offset
+// precomputed, so no K loop has an integer division. Every gathered element is bounds-checked
+// (zero padding, partial tiles); offsets into x, y, dy, dx are int64.
 //
 //   forward          M = N*P*Q (output pixels), N = Kg, K = R*S*Cg (r, s, c; c fastest)
 //                    A (pixel, (r,s,c)) = x[n, p*sh-ph+r, q*sw-pw+s, g*Cg+c]: 16 threads take 16
@@ -23,10 +24,15 @@
 //                    A (pixel, (r,s,k)) = dy[n, p, q, g*Kg+k] with p = (h+ph-r)/sh, q = (w+pw-s)/sw,
 //                    zero unless both divide exactly and land inside the output: the transposed-conv
 //                    gather, so stride > 1 is exact and every dx element is written once (no atomics).
-//                    B ((r,s,k), c) = w[g*Kg+k, r, s, c]: contiguous along c.
+//                    Exactness is a compare of stride phases (h+ph) % sh == r % sh, kept per row and
+//                    per thread, not a division (stride 1: an instantiation without phases).
+//                    B ((r,s,k), c) = wt[g, (r,s,k), c] = w[g*Kg+k, r, s, c], with wt = w regrouped
+//                    by a first small kernel (w is ~1 MB): contiguous along c and along k.
 //   backward filter  M = Kg, N = R*S*Cg, K = N*P*Q (output pixels), split across blocks (split-K):
 //                    A (k, pixel) = dy[pixel, g*Kg+k]: contiguous along k.
-//                    B (pixel, (r,s,c)) = the forward's patch entry: contiguous along c.
+//                    B (pixel, (r,s,c)) = the forward's patch entry: contiguous along c. Each
+//                    thread walks its pixels' (h, w) and x offset by BK pixels per slice, carrying
+//                    q into p and p into n with compares.
 //                    Each split writes its own partial dW into scratch; a second kernel sums the
 //                    splits in split order (deterministic, no atomics). One split writes dw directly.
 //                    db: cuda::bias_grad on dy viewed as (N*P*Q, K).
@@ -203,12 +209,39 @@ __global__ void __launch_bounds__(kThreads, 3) conv_forward_kernel(ConvShape s, 
 // ---------------------------------------------------------------------------------------------
 // backward data: dx (N*H*W, C) block (m0.., g*Cg + n0..)
 
-__global__ void __launch_bounds__(kThreads) conv_backward_data_kernel(ConvShape s, const float* __restrict__ dy,
-                                                                      const float* __restrict__ w,
-                                                                      float* __restrict__ dx, bool accumulate) {
+// wt[g][(r*S + t)*Kg + kk][c] = w[g*Kg + kk][r][t][c]: the filters regrouped as (groups, R*S*Kg, Cg),
+// so that backward data's B row k = (r, s, kk) is one contiguous run of Cg floats, read with no
+// division. w is small (1.2 MB for conv2), so this costs a few microseconds per call.
+__global__ void regroup_filters_kernel(ConvShape s, const float* __restrict__ w, float* __restrict__ wt) {
+  const int Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  const int64_t n = (int64_t)s.K * RS * Cg;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int c = (int)(i % Cg);
+    int64_t rest = i / Cg;
+    const int kk = (int)(rest % Kg);
+    rest /= Kg;
+    const int rs = (int)(rest % RS);
+    const int64_t g = rest / RS;
+    wt[i] = w[((g * Kg + kk) * RS + rs) * Cg + c];
+  }
+}
+
+// One row of backward data's A tile: dy at the row's output pixel (hq, wq), and its stride phase.
+struct GatherRow {
+  const float* dy;
+  int phase, unused;
+};
+
+// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py). kUnitStride: stride 1
+// x 1, where every phase is 0 and the quotients are r and t themselves (the compiler drops them).
+template <bool kUnitStride>
+__global__ void __launch_bounds__(kThreads, 3) conv_backward_data_kernel(ConvShape s, const float* __restrict__ dy,
+                                                                         const float* __restrict__ wt,
+                                                                         float* __restrict__ dx, bool accumulate) {
   __shared__ __align__(16) float As[BK][kLd];
   __shared__ __align__(16) float Bs[BK][kLd];
   const int Cg = s.C / s.groups, Kg = s.K / s.groups, RSK = s.R * s.S * Kg;
+  const int sh = kUnitStride ? 1 : s.stride_h, sw = kUnitStride ? 1 : s.stride_w;
   const int64_t HW = (int64_t)s.H * s.W;
   const int64_t M = (int64_t)s.N * HW;
   const int g = blockIdx.z;
@@ -216,67 +249,89 @@ __global__ void __launch_bounds__(kThreads) conv_backward_data_kernel(ConvShape 
   const int n0 = blockIdx.y * BN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 
-  // A loader: k = kt + (tid % 16) over rows (tid / 16) + 16*i. B loader: column c = n0 + tid % 64,
-  // k = kt + tid / 64 + 4*i.
+  // A loader: k = kt + (tid % 16) over rows (tid / 16) + 16*i. Tap (r, t) of input pixel (h, w) reads
+  // output pixel p = (h + ph - r) / sh when that divides exactly. With h + ph = hq*sh + hr and
+  // r = r_div*sh + r_mod, it does iff hr == r_mod, and then p = hq - r_div (same for w, t). So each
+  // row keeps (hq, wq), its phase hr*sw + wr and dy at output pixel (hq, wq), and the thread keeps r
+  // and t as quotient and remainder counters: no division per slice. The phase and dy pointer of
+  // the block's 64 rows sit in shared memory (computed once; 16 threads read each entry, a broadcast),
+  // which keeps the kernel within 80 registers.
+  __shared__ __align__(16) GatherRow rows[BM];
   const int lk = tid % 16, lrow = tid / 16;
-  int hp[4], wp[4];
-  int64_t dybase[4];
+  if (tid < BM) {
+    const int64_t m = m0 + tid;
+    GatherRow row = {dy, 0, 0};
+    if (m < M) {
+      const int64_t n = m / HW;
+      const int hw = (int)(m - n * HW);
+      const int h = hw / s.W, wc = hw - h * s.W;
+      const int hq = (h + s.pad_h) / sh, wq = (wc + s.pad_w) / sw;
+      row.dy = dy + ((n * s.P + hq) * s.Q + wq) * s.K + (int64_t)g * Kg;
+      row.phase = (h + s.pad_h - hq * sh) * sw + (wc + s.pad_w - wq * sw);
+    }
+    rows[tid] = row;
+  }
+  int hq[4], wq[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + lrow + 16 * i;
     if (m < M) {
-      const int64_t n = m / HW;
-      const int hw = (int)(m - n * HW);
+      const int hw = (int)(m % HW);
       const int h = hw / s.W;
-      hp[i] = h + s.pad_h;
-      wp[i] = hw - h * s.W + s.pad_w;
-      dybase[i] = n * s.P * s.Q * s.K + (int64_t)g * Kg;
+      hq[i] = (h + s.pad_h) / sh;
+      wq[i] = (hw - h * s.W + s.pad_w) / sw;
     } else {
-      hp[i] = -0x40000000;  // every tap lands outside the output: reads zero
-      wp[i] = 0;
-      dybase[i] = 0;
+      hq[i] = -0x40000000;  // every tap lands outside the output: reads zero
+      wq[i] = 0;
     }
   }
+  __syncthreads();  // rows[] is read by the first load
+  // this thread's k = (r, t, kk) (kk fastest), with r = r_div*sh + r_mod and t = t_div*sw + t_mod
+  const int Kg1 = Kg > 0 ? Kg : 1;  // Kg = 0: no k at all, the counters are never read
+  int kk = lk % Kg1, t = (lk / Kg1) % s.S;
+  const int r = lk / Kg1 / s.S;
+  int r_div = r / sh, r_mod = r % sh, t_div = t / sw, t_mod = t % sw;
+  int next_k = 0;  // the k-tile start the counters are for
+
+  // B loader: column c = n0 + tid % 64, k = kt + tid / 64 + 4*i, from wt (one group's (RSK, Cg) slab)
   const int bc = tid % 64, bk = tid / 64;
   const int c_col = n0 + bc;
   const bool c_in = c_col < Cg;
+  const float* wcol = wt + (int64_t)g * RSK * Cg + c_col;
 
   float a_reg[4], b_reg[4];
   auto load = [&](int kt) {
-    {
-      const int k = kt + lk;
-      const bool kin = k < RSK;
-      int r = 0, t = 0, kk = 0;
-      if (kin) {
-        kk = k % Kg;
-        const int rs = k / Kg;
-        r = rs / s.S;
-        t = rs - r * s.S;
+    for (; next_k < kt; next_k += BK) {  // k-tiles come in order, one BK apart
+      kk += BK;
+      while (kk >= Kg) {
+        kk -= Kg;
+        if (++t == s.S) {
+          t = t_div = t_mod = 0;
+          if (++r_mod == sh) {
+            r_mod = 0;
+            ++r_div;
+          }
+        } else if (++t_mod == sw) {
+          t_mod = 0;
+          ++t_div;
+        }
       }
+    }
+    {
+      const bool kin = kt + lk < RSK;
+      const int tap_phase = r_mod * sw + t_mod;
+      const int64_t koff = kk - ((int64_t)r_div * s.Q + t_div) * s.K;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int ph = hp[i] - r, pw = wp[i] - t;
-        bool ok = kin && ph >= 0 && pw >= 0;
-        int p = 0, q = 0;
-        if (ok) {
-          p = ph / s.stride_h;
-          q = pw / s.stride_w;
-          ok = p * s.stride_h == ph && q * s.stride_w == pw && p < s.P && q < s.Q;
-        }
-        a_reg[i] = ok ? __ldg(dy + dybase[i] + ((int64_t)p * s.Q + q) * s.K + kk) : 0.0f;
+        const int p = hq[i] - r_div, q = wq[i] - t_div;
+        const GatherRow row = rows[lrow + 16 * i];
+        const bool ok = kin && row.phase == tap_phase && (unsigned)p < (unsigned)s.P && (unsigned)q < (unsigned)s.Q;
+        a_reg[i] = ok ? __ldg(row.dy + koff) : 0.0f;
       }
     }
+    const float* wk = wcol + (int64_t)(kt + bk) * Cg;  // row k = kt + bk; rows 4*i further on
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int k = kt + bk + 4 * i;
-      float v = 0.0f;
-      if (c_in && k < RSK) {
-        const int kk = k % Kg;
-        const int rs = k / Kg;  // = r * S + s
-        v = __ldg(w + (((int64_t)g * Kg + kk) * s.R * s.S + rs) * Cg + c_col);
-      }
-      b_reg[i] = v;
-    }
+    for (int i = 0; i < 4; ++i) b_reg[i] = (c_in && kt + bk + 4 * i < RSK) ? __ldg(wk + 4 * i * Cg) : 0.0f;
   };
   auto store = [&]() {
 #pragma unroll
@@ -307,7 +362,8 @@ __global__ void __launch_bounds__(kThreads) conv_backward_data_kernel(ConvShape 
 // backward filter: dW_g (Kg, RSC) over output pixels [split * chunk, ...), into out (its own
 // (K, RSC) slab of scratch, or dw itself when there is one split)
 
-__global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy,
+// 3 blocks (24 warps) per SM: at most 80 registers (tools/kernel_report.py).
+__global__ void __launch_bounds__(kThreads, 3) conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy,
                                                                         const float* __restrict__ x,
                                                                         float* __restrict__ out, int64_t chunk,
                                                                         bool accumulate) {
@@ -338,25 +394,66 @@ __global__ void __launch_bounds__(kThreads) conv_backward_filter_kernel(ConvShap
     t = rs - r * s.S;
   }
   const float* dyk = dy + (int64_t)g * Kg + kout;
-  const float* xc = x + (int64_t)g * Cg + c;
   out += (int64_t)split * s.K * RSC;
+
+  // B gather: pixel i of this thread, (n, p, q), reads x at (h, w) = (p*sh - ph + r, q*sw - pw + t).
+  // Each of the 4 pixels keeps h, w and its x offset as counters. A slice moves a pixel on by
+  // BK = dn*P*Q + dp*Q + dq pixels (dn, dp, dq fixed per shape): add the step, then carry q into p
+  // and p into n once each, with compares and constant offsets only, so the K loop has no division.
+  // Pixels past k_end keep counting but are never read.
+  const int sh = s.stride_h, sw = s.stride_w;
+  const int64_t PQ1 = PQ > 0 ? PQ : 1;  // NPQ = 0: nothing is ever loaded
+  const int Q1 = s.Q > 0 ? s.Q : 1;
+  const int dn = (int)(BK / PQ1), dp = (int)(BK % PQ1) / Q1, dq = BK % Q1;
+  const int h_end = s.P * sh - s.pad_h + r, w_end = s.Q * sw - s.pad_w + t;  // h at p = P, w at q = Q
+  const int64_t C = s.C, WC = (int64_t)s.W * C;
+  const int64_t step_x = dn * s.H * WC + dp * sh * WC + (int64_t)dq * sw * C;  // x offset of BK pixels
+  const int64_t carry_q = sh * WC - (int64_t)s.Q * sw * C;                   // q = Q -> q = 0 of p + 1
+  const int64_t carry_p = s.H * WC - (int64_t)s.P * sh * WC;                 // p = P -> p = 0 of n + 1
+  int hb[4], wb[4];
+  int64_t xoff[4];  // x offset of (n, h, w, g*Cg + c)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t pix = k_begin + lk + 4 * i;
+    const int64_t n = pix / PQ1;
+    const int pq = (int)(pix - n * PQ1);
+    const int p = pq / Q1, q = pq - p * Q1;
+    hb[i] = p * sh - s.pad_h + r;
+    wb[i] = q * sw - s.pad_w + t;
+    xoff[i] = ((n * s.H + hb[i]) * s.W + wb[i]) * C + (int64_t)g * Cg + c;
+  }
+  const float* dyp = dyk + (k_begin + lk) * s.K;  // dy at this thread's first pixel of the slice
+  int64_t next_k = k_begin;                       // the k-tile start the counters are for
 
   float a_reg[4], b_reg[4];
   auto load = [&](int64_t kt) {
+#pragma unroll 1
+    for (; next_k < kt; next_k += BK) {  // k-tiles come in order, one BK apart: one step per call
+      dyp += (int64_t)BK * s.K;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        hb[i] += dp * sh;
+        wb[i] += dq * sw;
+        xoff[i] += step_x;
+        if (wb[i] >= w_end) {
+          wb[i] -= s.Q * sw;
+          hb[i] += sh;
+          xoff[i] += carry_q;
+        }
+        if (hb[i] >= h_end) {
+          hb[i] -= s.P * sh;
+          xoff[i] += carry_p;
+        }
+      }
+    }
+    const int64_t left64 = k_end - kt - lk;  // this thread's pixels 4*i < left are in
+    const int left = left64 < BK ? (int)left64 : BK;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int64_t pix = kt + lk + 4 * i;
-      const bool in = pix < k_end;
-      a_reg[i] = (in && kout_in) ? __ldg(dyk + pix * s.K) : 0.0f;
-      float v = 0.0f;
-      if (in && col_in) {
-        const int64_t n = pix / PQ;
-        const int pq = (int)(pix - n * PQ);
-        const int p = pq / s.Q, q = pq - p * s.Q;
-        const int h = p * s.stride_h - s.pad_h + r, wc = q * s.stride_w - s.pad_w + t;
-        if (h >= 0 && h < s.H && wc >= 0 && wc < s.W) v = __ldg(xc + ((n * s.H + h) * s.W + wc) * s.C);
-      }
-      b_reg[i] = v;
+      const bool in = 4 * i < left;
+      a_reg[i] = (in && kout_in) ? __ldg(dyp + 4 * i * s.K) : 0.0f;
+      const bool inside = (unsigned)hb[i] < (unsigned)s.H && (unsigned)wb[i] < (unsigned)s.W;
+      b_reg[i] = (in && col_in && inside) ? __ldg(x + xoff[i]) : 0.0f;
     }
   };
   auto store = [&]() {
@@ -428,7 +525,17 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
   if (M == 0) return;
   const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.C / s.groups, BN), (unsigned)s.groups);
   check_grid(grid, "conv_backward_data");
-  conv_backward_data_kernel<<<grid, kThreads, 0, current_stream()>>>(s, dy, w, dx, accumulate);
+  cudaStream_t stream = current_stream();
+  const int64_t w_size = (int64_t)s.K * s.R * s.S * (s.C / s.groups);
+  Scratch wt(static_cast<size_t>(w_size));
+  if (w_size > 0) {
+    regroup_filters_kernel<<<grid_for(w_size, kThreads), kThreads, 0, stream>>>(s, w, wt.ptr);
+    CONVNET_LAUNCH_CHECK("regroup_filters_kernel");
+  }
+  if (s.stride_h == 1 && s.stride_w == 1)
+    conv_backward_data_kernel<true><<<grid, kThreads, 0, stream>>>(s, dy, wt.ptr, dx, accumulate);
+  else
+    conv_backward_data_kernel<false><<<grid, kThreads, 0, stream>>>(s, dy, wt.ptr, dx, accumulate);
   CONVNET_LAUNCH_CHECK("conv_backward_data_kernel");
 }
 
