@@ -287,29 +287,21 @@ def bf16_and_fp32_pass(layers, x, labels):
     return out, grads
 
 
-def test_net_bf16_forward_backward(rng):
-    """A bf16 Net without gates: logits and every gradient within bf16 rounding of the fp32 ones
-    (measured over 30 seeds: worst gradient error 0.0064, median 0.0037; a wrong kernel is O(1)),
-    parameters untouched fp32, and the process-wide setting back to fp32 after each pass."""
+# Gradient bounds, measured over 30 seeds: without gates the worst error was 0.0064 (median 0.0037;
+# a wrong kernel is O(1)); with ReLU and max-pool, rounding may flip a gate, which moves a whole
+# gradient term (median 0.049, worst 0.098), so that bound is loose and the logits carry the check.
+@pytest.mark.parametrize("layers, lowest, highest", [(gateless_conv_net, 1e-5, 2e-2), (small_conv_net, 0.0, 0.25)],
+                         ids=["without gates", "with gates"])
+def test_net_bf16_forward_backward(rng, layers, lowest, highest):
+    """A bf16 Net: logits within bf16 rounding of the fp32 ones, every gradient within the bounds
+    above, parameters untouched fp32, and the process-wide setting back to fp32 after each pass."""
     x = rng.standard_normal((6, 12, 12, 3)).astype(np.float32)
     labels = rng.integers(0, 10, 6).astype(np.int32)
-    out, grads = bf16_and_fp32_pass(gateless_conv_net(), x, labels)
+    out, grads = bf16_and_fp32_pass(layers(), x, labels)
     assert 1e-4 < rel(out["bf16"], out["fp32"]) < 2e-2
     for name in grads["fp32"]:
         e = rel(grads["bf16"][name], grads["fp32"][name])
-        assert 1e-5 < e < 2e-2, (name, e)
-
-
-def test_net_bf16_with_gates(rng):
-    """The same with ReLU and max-pool: rounding may flip a gate, which moves a whole gradient term,
-    so the gradient bound is loose (30 seeds: median 0.049, worst 0.098) and the logits stay tight."""
-    x = rng.standard_normal((6, 12, 12, 3)).astype(np.float32)
-    labels = rng.integers(0, 10, 6).astype(np.int32)
-    out, grads = bf16_and_fp32_pass(small_conv_net(), x, labels)
-    assert 1e-4 < rel(out["bf16"], out["fp32"]) < 2e-2
-    for name in grads["fp32"]:
-        e = rel(grads["bf16"][name], grads["fp32"][name])
-        assert e < 0.25, (name, e)
+        assert lowest <= e < highest, (name, e)
 
 
 def test_bf16_checkpoint_loads_in_any_precision(tmp_path):
