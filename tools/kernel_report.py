@@ -271,6 +271,20 @@ def fmt_widths(w):
     return " ".join(f"{n}x{b}" for b, n in sorted(w.items(), key=lambda kv: -int(kv[0]))) or "-"
 
 
+def print_rows(head, lines, md):
+    """A table: markdown rows (md; a "|" inside a cell becomes "/") or columns padded to their widest cell."""
+    if md:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for l in lines:
+            print("| " + " | ".join(x.replace("|", "/") for x in l) + " |")
+    else:
+        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+        for l in lines:
+            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+
+
 def print_table(rows, md):
     head = ["file", "kernel", "thr", "regs", "spill st/ld", "smem B", "blocks/SM (warps)", "limit",
             "FFMA share", "HMMA share", "instr", "LDSM", "LDS", "LDG", "STS", "cp.async", "div", "call", "local"]
@@ -286,16 +300,7 @@ def print_table(rows, md):
                       fmt_widths(m["lds"]) if m else "", fmt_widths(m["ldg"]) if m else "",
                       fmt_widths(m["sts"]) if m else "", str(m["ldgsts"]) if m else "",
                       str(m["div"]) if m else "", str(m["call"]) if m else "", str(m["local"]) if m else ""])
-    if md:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for l in lines:
-            print("| " + " | ".join(x.replace("|", "/") for x in l) + " |")
-    else:
-        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-        for l in lines:
-            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+    print_rows(head, lines, md)
 
 
 # --- time model -----------------------------------------------------------------------------------
@@ -394,15 +399,8 @@ def print_tc_model(model, md, batch):
           f"{PEAK_TC['tf32'] / 1e12:.0f} / BF16 {PEAK_TC['bf16'] / 1e12:.0f} TFLOP/s, mma.sync at "
           f"{100 * MMA_SYNC_FRACTION:.0f} % of it, cuDNN at {100 * CUDNN_TC_EFFICIENCY:.0f} %")
     if md:
-        print("\n| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for l in lines:
-            print("| " + " | ".join(l) + " |")
-    else:
-        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-        for l in lines:
-            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+        print()
+    print_rows(head, lines, md)
     for prec in ("tf32", "bf16"):
         rows = [m for m in model if m["precision"] == prec]
         ours = sum(m["ours_ms"] or 0 for m in rows)
@@ -423,15 +421,8 @@ def print_model(model, md, batch):
               f"{m['ratio']:.2f}" if m["ratio"] else "?"] for m in model]
     print(f"\ntime model, batch {batch}, H100 SXM5 (FP32 {PEAK_FP32 / 1e12:.1f} TFLOP/s, {BANDWIDTH / 1e12:.2f} TB/s)")
     if md:
-        print("\n| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for l in lines:
-            print("| " + " | ".join(l) + " |")
-    else:
-        w = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-        for l in lines:
-            print("  ".join(x.ljust(w[i]) for i, x in enumerate(l)))
+        print()
+    print_rows(head, lines, md)
     for net in ("2012", "owt"):
         rows = [m for m in model if m["layer"].startswith(net + ".") or m["layer"].startswith("fc")]
         ours = sum(m["ours_ms"] or 0 for m in rows)
