@@ -90,20 +90,20 @@ def train(model=None, data=None, epochs: int | None = None, batch_size: int | No
     given = {k: v for k, v in given.items() if v is not None}
     HParams(**given).validate()  # bad values fail before any data is read
     run = TrainingRun(distributed)  # one process, or this rank of a data-parallel job
-    if plot:
-        from .plots import require_matplotlib
-        require_matplotlib()
-    ckpt_path = None
-    if resume:
-        if resume is True and out_dir in (None, False):
-            raise ValueError("resume=True needs out_dir (where checkpoint.npz is)")
-        ckpt_path = find_checkpoint(out_dir if resume is True else resume)
-        if out_dir is None:
-            out_dir = os.path.dirname(os.path.abspath(ckpt_path))
-    # The run folder is locked before anything is read or written: a second trainer on it is refused
-    # at once, naming the holder. The default folder (out_dir None) is named after the net: locked then.
     locks = []
-    try:
+    try:  # from here every exit closes the run (its watchdog) and releases the run-folder lock
+        if plot:
+            from .plots import require_matplotlib
+            require_matplotlib()
+        ckpt_path = None
+        if resume:
+            if resume is True and out_dir in (None, False):
+                raise ValueError("resume=True needs out_dir (where checkpoint.npz is)")
+            ckpt_path = find_checkpoint(out_dir if resume is True else resume)
+            if out_dir is None:
+                out_dir = os.path.dirname(os.path.abspath(ckpt_path))
+        # The run folder is locked before anything is read or written: a second trainer on it is refused
+        # at once, naming the holder. The default folder (out_dir None) is named after the net: locked then.
         if out_dir:
             locks.append(run.on_root(run_folder.take, out_dir))
         return _train(run, locks, model, data, out_dir, resume, ckpt_path, given, devices, device, workers,
