@@ -396,22 +396,8 @@ struct PackedWeights {
 };
 
 float* packed_weight_buffer(int64_t n) {
-  struct Buf {
-    float* p = nullptr;
-    int64_t cap = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf buf;
-  if (buf.cap < n) {
-    std::free(buf.p);
-    buf.p = nullptr;
-    buf.cap = 0;
-    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
-    buf.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!buf.p) throw_workspace_oom("conv", bytes);
-    buf.cap = n;
-  }
-  return buf.p;
+  thread_local AlignedWorkspace buf;
+  return buf.reserve(n, "conv");
 }
 
 // op(B_g) (K, N) per group g: forward B = W_g^T (K = RSC, N = Kg, W_g stored (Kg, RSC): trans_b);

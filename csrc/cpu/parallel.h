@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <new>
 #include <string>
 #include <vector>
@@ -52,6 +53,29 @@ bool select_parallel_loop(int64_t work);
   throw OutOfMemoryError(std::string(op) + ": out of host memory for a kernel workspace: asked for " +
                          std::to_string(bytes) + " bytes");
 }
+// A float workspace that only grows, 64-byte aligned, never zeroed: held thread_local by a kernel,
+// so a thread (OpenMP reuses its pool threads) allocates it once and reuses it on every call.
+struct AlignedWorkspace {
+  float* p = nullptr;
+  int64_t cap = 0;
+  AlignedWorkspace() = default;
+  AlignedWorkspace(const AlignedWorkspace&) = delete;
+  AlignedWorkspace& operator=(const AlignedWorkspace&) = delete;
+  ~AlignedWorkspace() { std::free(p); }
+  // At least n floats (OutOfMemoryError naming `op` when the allocation fails).
+  float* reserve(int64_t n, const char* op) {
+    if (cap < n) {
+      std::free(p);
+      p = nullptr;
+      cap = 0;
+      const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw_workspace_oom(op, bytes);
+      cap = n;
+    }
+    return p;
+  }
+};
 inline void resize_workspace(std::vector<float>& v, size_t n, const char* op) {
   try {
     v.resize(n);

@@ -97,29 +97,12 @@ void transform2d(const float* T, int b, int a, const float* in, int64_t ldin, in
 // Slots: 0-2 belong to the calling thread's whole call (shared read-only by the workers), 3-5 to a worker.
 enum Slot { kPacked, kCall, kV, kM, kTmp, kSlots };
 float* buffer(Slot slot, int64_t n) {
-  struct Buf {
-    float* p = nullptr;
-    int64_t cap = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[kSlots];
-  Buf& b = bufs[slot];
-  if (b.cap < n) {
-    std::free(b.p);
-    b.p = nullptr;
-    b.cap = 0;
-    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
-    b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!b.p) throw_workspace_oom("conv (winograd)", bytes);
-    b.cap = n;
-  }
-  return b.p;
+  thread_local AlignedWorkspace bufs[kSlots];
+  return bufs[slot].reserve(n, "conv (winograd)");
 }
 
 void record(std::exception_ptr* error) {
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp critical(convnet_winograd_error)
-#endif
+CONVNET_OMP(critical(convnet_winograd_error))
   if (!*error) *error = std::current_exception();
 }
 
@@ -135,9 +118,7 @@ template <class Pre, class Mul, class Post>
 void run_chunks(int64_t tiles, int tc, int jobs, int64_t tmp_floats, bool parallel, Pre pre, Mul mul, Post post) {
   std::exception_ptr error;
   (void)parallel;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel if (parallel)
-#endif
+CONVNET_OMP(parallel if (parallel))
   {
     float* tmp = nullptr;
     try {
@@ -147,14 +128,10 @@ void run_chunks(int64_t tiles, int tc, int jobs, int64_t tmp_floats, bool parall
     }
     for (int64_t t0 = 0; t0 < tiles; t0 += tc) {
       const int nt = static_cast<int>(std::min<int64_t>(tc, tiles - t0));
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
+CONVNET_OMP(for schedule(dynamic, 4))
       for (int i = 0; i < nt; ++i)
         if (tmp) pre(t0 + i, i, tmp);
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
+CONVNET_OMP(for schedule(dynamic, 1))
       for (int job = 0; job < jobs; ++job) {
         try {
           mul(job % kNN, job / kNN, nt, t0);
@@ -162,9 +139,7 @@ void run_chunks(int64_t tiles, int tc, int jobs, int64_t tmp_floats, bool parall
           record(&error);
         }
       }
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
+CONVNET_OMP(for schedule(dynamic, 4))
       for (int i = 0; i < nt; ++i)
         if (tmp) post(t0 + i, i, tmp);
     }
@@ -243,9 +218,7 @@ float* transform_pack_filters(const ConvShape& s, const float* w, bool turned, i
   if (!turned) {  // wK[g][t][c][k] = w[g Kg + k][t][c], t = tap, in 16 x 16 blocks of (k, c)
     float* t = buffer(kCall, int64_t(s.K) * RR * Cg);
     const int kb = (Kg + 15) / 16, cb = (Cg + 15) / 16;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (par)
-#endif
+CONVNET_OMP(parallel for schedule(static) if (par))
     for (int64_t job = 0; job < int64_t(groups) * RR * kb; ++job) {
       const int g = static_cast<int>(job / (RR * kb)), tap = static_cast<int>(job / kb % RR);
       const int k0 = static_cast<int>(job % kb) * 16, k1 = std::min(Kg, k0 + 16);
@@ -262,9 +235,7 @@ float* transform_pack_filters(const ConvShape& s, const float* w, bool turned, i
   }
   const int blocks_per_group = (Cg + kRowBlock - 1) / kRowBlock;
   std::exception_ptr error;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel if (par)
-#endif
+CONVNET_OMP(parallel if (par))
   {
     float* tmp = nullptr;
     try {
@@ -272,9 +243,7 @@ float* transform_pack_filters(const ConvShape& s, const float* w, bool turned, i
     } catch (...) {
       record(&error);
     }
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(static)
-#endif
+CONVNET_OMP(for schedule(static))
     for (int64_t job = 0; job < int64_t(groups) * blocks_per_group; ++job) {
       if (!tmp) continue;
       const int g = static_cast<int>(job / blocks_per_group);
@@ -434,9 +403,7 @@ void winograd_backward_filter(const ConvShape& s, const float* dy, const float* 
   if (tl.count == 0) std::fill(Mw, Mw + int64_t(groups) * kNN * Kg * Cg, 0.0f);
   // dW[k] = A'^T Mw A' per filter (channel vectors innermost).
   std::exception_ptr error;
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp parallel if (int64_t(K) * Cg > kParallelGrain)
-#endif
+CONVNET_OMP(parallel if (int64_t(K) * Cg > kParallelGrain))
   {
     float* tmp = nullptr;
     try {
@@ -444,9 +411,7 @@ void winograd_backward_filter(const ConvShape& s, const float* dy, const float* 
     } catch (...) {
       record(&error);
     }
-#ifdef CONVNET_WITH_OPENMP
-#pragma omp for schedule(static)
-#endif
+CONVNET_OMP(for schedule(static))
     for (int k = 0; k < K; ++k) {
       if (!tmp) continue;
       const int g = k / Kg, kk = k % Kg;
