@@ -25,6 +25,9 @@ def _why_not():
         return "the emulator's fibers are x86-64 Linux only"
     if not shutil.which("g++"):
         return "no g++"
+    for tool in ("cmake", "ninja"):  # tools/cuda_emu/build.sh is the CMake build's emulator mode
+        if not shutil.which(tool):
+            return f"no {tool} (pip install '.[test]')"
     try:
         import pybind11  # noqa: F401
     except ImportError:

@@ -22,6 +22,7 @@ step() {  # name command...
   rc=$?
   printf '== %-40s rc=%d  %.1f s\n' "$name" "$rc" "$(echo "$(date +%s.%N) - $t0" | bc)"
   [ "$rc" = 0 ] || status=1
+  return "$rc"
 }
 
 step build tools/cuda_emu/build.sh || exit 1
