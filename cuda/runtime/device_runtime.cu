@@ -108,6 +108,14 @@ thread_local int tl_slot[kMaxDevices] = {};
 
 // 512-byte granules below 1 MiB, whole MiB above: a few percent of waste, and exact reuse for the
 // repeating sizes of a training loop.
+// The CPU emulator (tools/cuda_emu/cuda_runtime.h) defines these to watch every block handed out and
+// returned: a tensor's exact byte range is addressable, the rest of its rounded block and every
+// cached block are poisoned for AddressSanitizer. With the real toolkit they are nothing.
+#ifndef CONVNET_EMU_ON_DEVICE_ALLOC
+#define CONVNET_EMU_ON_DEVICE_ALLOC(ptr, bytes, rounded) ((void)0)
+#define CONVNET_EMU_ON_DEVICE_FREE(ptr, bytes, rounded) ((void)0)
+#endif
+
 size_t round_size(size_t bytes) {
   const size_t granule = bytes < (1u << 20) ? 512 : (1u << 20);
   return (bytes + granule - 1) / granule * granule;
@@ -258,6 +266,7 @@ void* device_alloc(int device, size_t bytes) {
     s.owner[p] = stream;
     s.cached -= size;
     s.allocated += size;
+    CONVNET_EMU_ON_DEVICE_ALLOC(p, bytes, size);
     return p;
   }
   DeviceGuard guard(device);
@@ -280,11 +289,13 @@ void* device_alloc(int device, size_t bytes) {
   CONVNET_CUDA_CHECK(err);
   s.owner[p] = stream;
   s.allocated += size;
+  CONVNET_EMU_ON_DEVICE_ALLOC(p, bytes, size);
   return p;
 }
 
 void device_free(int device, void* ptr, size_t bytes) {
   const size_t size = round_size(bytes);
+  CONVNET_EMU_ON_DEVICE_FREE(ptr, bytes, size);
   DeviceState& s = state(device);
   std::lock_guard<std::mutex> lock(s.mutex);
   auto it = s.owner.find(ptr);

@@ -207,12 +207,15 @@ void* dynamic_shared();
 void shared_touch(void* ptr, size_t bytes);  // first touch in a block: poison, count static smem
 [[noreturn]] void kernel_error(const char* what);
 
-// Device-allocator hooks used by the translated cuda/runtime/device_runtime.cu (exact-size bounds inside the
-// caching allocator's rounded blocks, poison on every hand-out, use-after-free of cached blocks).
+// Device-allocator hooks, called by cuda/runtime/device_runtime.cu through the two macros below
+// (exact-size bounds inside the caching allocator's rounded blocks, poison on every hand-out,
+// use-after-free of cached blocks).
 void on_device_alloc(void* ptr, size_t bytes, size_t rounded);
 void on_device_free(void* ptr, size_t bytes, size_t rounded);
 
 }  // namespace emu
+#define CONVNET_EMU_ON_DEVICE_ALLOC(ptr, bytes, rounded) ::emu::on_device_alloc(ptr, bytes, rounded)
+#define CONVNET_EMU_ON_DEVICE_FREE(ptr, bytes, rounded) ::emu::on_device_free(ptr, bytes, rounded)
 
 // --- built-in variables --------------------------------------------------------------------------
 #define threadIdx (::emu::g_cur->tid)

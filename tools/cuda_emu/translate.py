@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
 """cuda_emu: turn a CUDA source (cuda/*.cu) into C++ that g++ compiles against tools/cuda_emu.
 
-Three rewrites, all keeping line numbers (a `#line` directive points errors and sanitizer reports
+Two rewrites, both keeping line numbers (a `#line` directive points errors and sanitizer reports
 back at the .cu file):
   * `kernel<<<grid, block[, smem[, stream]]>>>(args)` (template kernels and launches over several
     lines included) -> `::emu::launch("kernel", ::emu::Cfg(grid, block, ...), kernel, args)`;
   * `__shared__ T name[..];` -> a function-static array plus `::emu::shared_touch(name, sizeof(name))`,
     which poisons it when a block first reaches it (shared memory starts as garbage on a GPU);
-    `extern __shared__ T name[];` -> `T* name = (T*)::emu::dynamic_shared();`;
-  * in the runtime file that defines the caching allocator (cuda/runtime/device_runtime.cu, found by
-    its `device_alloc` definition, not by name): device_alloc / device_free are wrapped so that each tensor's exact byte range
-    is addressable and the rest of the caching allocator's rounded block, and any block sitting in
-    the cache, is poisoned for AddressSanitizer (the source of the allocator is unchanged).
+    `extern __shared__ T name[];` -> `T* name = (T*)::emu::dynamic_shared();`.
+
+The caching allocator (cuda/runtime/device_runtime.cu) needs no rewrite: it calls the emulator's
+allocation hooks through two macros that tools/cuda_emu/cuda_runtime.h defines.
 
 usage: translate.py SRC.cu OUT.cpp
 """
@@ -99,50 +98,12 @@ def rewrite_shared(text):
     return text
 
 
-DEVICE_ALLOC = "void* device_alloc(int device, size_t bytes) {"
-DEVICE_FREE = "void device_free(int device, void* ptr, size_t bytes) {"
-DEVICE_WRAPPERS = """
-namespace convnet {
-namespace cuda {
-// cuda_emu: exact tensor bounds and use-after-free checks around the caching allocator.
-void* device_alloc(int device, size_t bytes) {
-  void* p = emu_device_alloc_(device, bytes);
-  ::emu::on_device_alloc(p, bytes, round_size(bytes));
-  return p;
-}
-void device_free(int device, void* ptr, size_t bytes) {
-  ::emu::on_device_free(ptr, bytes, round_size(bytes));
-  emu_device_free_(device, ptr, bytes);
-}
-}  // namespace cuda
-}  // namespace convnet
-"""
-
-
-def rewrite_device(text):
-    for old in (DEVICE_ALLOC, DEVICE_FREE):
-        if text.count(old) != 1:
-            raise SyntaxError(f"the allocator's file: expected one `{old}`")
-    text = text.replace(DEVICE_ALLOC, "static void* emu_device_alloc_(int device, size_t bytes) {")
-    text = text.replace(DEVICE_FREE, "static void emu_device_free_(int device, void* ptr, size_t bytes) {")
-    # the wrappers go first in the file's own namespace so every caller gets them
-    first_use = text.find("namespace convnet {")
-    decl = ("namespace convnet {\nnamespace cuda {\n"
-            "static void* emu_device_alloc_(int device, size_t bytes);\n"
-            "static void emu_device_free_(int device, void* ptr, size_t bytes);\n}\n}\n")
-    # keep line numbers: the declarations go on the line of the first `namespace convnet {`
-    text = text[:first_use] + decl.replace("\n", " ") + text[first_use:]
-    return text + DEVICE_WRAPPERS
-
-
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     with open(src) as f:
         text = f.read()
     text = rewrite_shared(text)
     text, launches = rewrite_launches(text)
-    if DEVICE_ALLOC in text:
-        text = rewrite_device(text)
     with open(dst, "w") as f:
         f.write(f'#line 1 "{src}"\n{text}')
     print(f"translate.py: {src}: {launches} launches", file=sys.stderr)
