@@ -389,15 +389,26 @@ CONVNET_OMP(critical(convnet_conv_error))
 // with 16 x 16 transposes), and every packed weight then fed only 2 x rows = ~340 FLOPs (a 168-row
 // chunk); at batch 8 conv3's 1352 rows made 9 packings of W per pass, 2 x 8 M floats moved for
 // 2.7 GFLOP. Packed once, the threads' GEMMs read W's panels straight from L2/L3.
+// Under BF16 the packed weights are also rounded to BF16 once per call (bf16: every chunk's GEMM used
+// to round all of W again, as many conversions as packings).
 struct PackedWeights {
   float* data = nullptr;
   int64_t per_group = 0;  // floats per group's packed (K, N) operand
   int blocks = 0;         // K blocks per group (the packing's unit of work)
+  int K = 0, N = 0;
+  uint32_t* bf16 = nullptr;  // under BF16: the rounded copy (gemm_internal.h), else null
+  int64_t per_group16 = 0;   // words per group of it
+  const float* group(int grp) const { return data + grp * per_group; }
+  const uint32_t* group16(int grp) const { return bf16 ? bf16 + grp * per_group16 : nullptr; }
+  // After K block blk of group grp is packed in FP32: its BF16 copy (no-op unless BF16).
+  void finish_block(int grp, int blk) const {
+    if (bf16) convert_packed_b_block(group(grp), K, N, blk, bf16 + grp * per_group16);
+  }
 };
 
-float* packed_weight_buffer(int64_t n) {
-  thread_local AlignedWorkspace buf;
-  return buf.reserve(n, "conv");
+float* packed_weight_buffer(int64_t n, int slot) {
+  thread_local AlignedWorkspace buf[2];
+  return buf[slot].reserve(n, "conv");
 }
 
 // op(B_g) (K, N) per group g: forward B = W_g^T (K = RSC, N = Kg, W_g stored (Kg, RSC): trans_b);
@@ -406,7 +417,13 @@ PackedWeights plan_packed_weights(const ConvShape& s, int K, int N) {
   PackedWeights pw;
   pw.per_group = packed_b_floats(K, N);
   pw.blocks = packed_b_blocks(K);
-  pw.data = packed_weight_buffer(pw.per_group * s.groups);
+  pw.K = K;
+  pw.N = N;
+  pw.data = packed_weight_buffer(pw.per_group * s.groups, 0);
+  if (gemm_precision() == Precision::BF16) {
+    pw.per_group16 = (packed_b_bf16_words(K, N) + 15) / 16 * 16;  // 64-byte aligned groups
+    pw.bf16 = reinterpret_cast<uint32_t*>(packed_weight_buffer(pw.per_group16 * s.groups, 1));
+  }
   return pw;
 }
 
@@ -462,6 +479,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     auto pack = [&](int64_t i) {
       const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
       pack_b_block(true, w_g(grp), g.RSC, g.RSC, g.Kg, blk, pw.data + grp * pw.per_group);
+      pw.finish_block(grp, blk);
     };
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, total_rows, thread_chunk_rows(s, g),
                    [&](int64_t row0, int64_t nrows) {
@@ -470,8 +488,8 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
       if (implicit) {
         for (int grp = 0; grp < s.groups; ++grp) {
           const PatchPanels src{&s, &g, x, row0, grp, 0};
-          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.data + grp * pw.per_group,
-                             beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.group(grp), beta,
+                             yc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group16(grp));
         }
         bias_relu_rows(yc, b, rows, s.K, relu);
         return;
@@ -480,7 +498,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
       im2col_rows(s, g, x, row0, rows, patches);
       for (int grp = 0; grp < s.groups; ++grp)
         gemm_packed_b(false, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp,
-                      pw.data + grp * pw.per_group, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+                      pw.group(grp), beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group16(grp));
       bias_relu_rows(yc, b, rows, s.K, relu);
     });
     return;
@@ -552,6 +570,7 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
           zero_floats(dst + nj, nr - nj);
         }
       }
+      pw.finish_block(grp, blk);
     };
     const float beta = accumulate ? 1.0f : 0.0f;
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, static_cast<int64_t>(s.N) * g.HW, thread_chunk_rows(t, tg),
@@ -559,7 +578,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       for (int grp = 0; grp < s.groups; ++grp) {
         const PatchPanels src{&t, &tg, dy, row0, grp, 0};
         gemm_rows_packed_b(static_cast<int>(nrows), g.Cg, tg.RSC, 1.0f, RowSource{patch_rows, &src, g.Kg},
-                           pw.data + grp * pw.per_group, beta, dx + row0 * s.C + static_cast<int64_t>(grp) * g.Cg, s.C);
+                           pw.group(grp), beta, dx + row0 * s.C + static_cast<int64_t>(grp) * g.Cg, s.C,
+                           pw.group16(grp));
       }
     });
     return;
@@ -571,6 +591,7 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
       pack_b_block(false, w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, g.Kg, g.RSC, blk,
                    pw.data + grp * pw.per_group);
+      pw.finish_block(grp, blk);
     };
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
       const int n0 = static_cast<int>(n0_), n_img = static_cast<int>(n_img_);
@@ -578,8 +599,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       float* dpatches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       const float* dyc = dy + n0 * g.PQ * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
-        gemm_packed_b(false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
-                      pw.data + grp * pw.per_group, 0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC, g.ldp);
+        gemm_packed_b(false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group(grp),
+                      0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC, g.ldp, pw.group16(grp));
       col2im(s, g, dpatches, n0, n_img, dx, accumulate);
     });
     return;

@@ -463,6 +463,9 @@ struct Problem {
   int64_t ldb;
   float* C;
   int64_t ldc;
+  // A prepacked B already rounded to BF16 (convert_packed_b_block), used instead of the FP32 Bpre
+  // under BF16; null otherwise.
+  const uint32_t* B16 = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -543,10 +546,42 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
   }
 }
 
+// The BF16 kernel of this build's tile shapes: AMX needs NR = 32 and MR <= 16 (a tile's rows).
+Bf16Kernel gemm_bf16_kernel() {
+  const Bf16Kernel kern = select_bf16_kernel();
+  return kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16) ? Bf16Kernel::Avx512Bf16 : kern;
+}
+
+// AMX A panels (row-major, gemm_bf16.h) of rows [i0, i0 + mc) x k [k0, k0 + kc) straight from A's rows
+// when A is stored (M, K) or handed out by a RowSource: one rounding pass, no k-major staging panel and
+// no transpose back (the FP32 packers' layout is k-major, AMX's A tiles are row-major).
+void pack_a_amx_rows(const Problem& p, const RowSource* Asrc, int i0, int mc, int k0, int kc, int kps, uint32_t* Ap) {
+  const int kp = (kc + 1) / 2;
+  const float* ptrs[MR];
+  for (int ip = 0; ip < mc; ip += MR) {
+    const int mr = std::min(MR, mc - ip);
+    uint32_t* dst = Ap + static_cast<int64_t>(ip) * kps;
+    if (Asrc) {  // k0, kc and run are multiples of 16: whole pairs per run
+      for (int k = k0; k < k0 + kc;) {
+        const int jb = k - k % Asrc->run, n = std::min(jb + Asrc->run, k0 + kc) - k;
+        Asrc->rows(Asrc->ctx, i0 + ip, mr, jb, ptrs);
+        for (int i = 0; i < mr; ++i)
+          if (ptrs[i]) ptrs[i] += k - jb;
+        bf16_amx_a_rows(ptrs, mr, n, p.alpha, dst, kps, (k - k0) / 2);
+        k += n;
+      }
+    } else {
+      for (int i = 0; i < mr; ++i) ptrs[i] = p.A + static_cast<int64_t>(i0 + ip + i) * p.lda + k0;
+      bf16_amx_a_rows(ptrs, mr, kc, p.alpha, dst, kps, 0);
+    }
+    bf16_amx_a_zero(mr, MR, kp, kps, dst);
+  }
+}
+
 void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
                      const PanelSource* Bsrc, const RowSource* Asrc) {
-  Bf16Kernel kern = select_bf16_kernel();
-  if (kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16)) kern = Bf16Kernel::Avx512Bf16;  // tile shapes
+  const Bf16Kernel kern = gemm_bf16_kernel();
+  const bool a_rows = kern == Bf16Kernel::Amx && (Asrc || !p.trans_a);
   Bf16Buffers& buf = bf16_buffers();
   if (kern == Bf16Kernel::Amx) bf16_amx_begin(MR);
   alignas(64) float tile[MR * NR];
@@ -555,7 +590,11 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
     for (int pc = 0; pc < p.K; pc += KC) {
       const int kc = std::min(KC, p.K - pc), kp = bf16_panel_pairs(kern, (kc + 1) / 2);
       const float beta = pc == 0 ? p.beta : 1.0f;
-      for (int jp = 0; jp < nc; jp += NR) {
+      // B's panels of this (K block, column block): prerounded (p.B16, gemm_internal.h layout), or
+      // rounded here from the FP32 prepacked, caller-packed or packed-here panels.
+      const uint32_t* bpanels = buf.b;
+      if (p.B16) bpanels = p.B16 + static_cast<int64_t>(pc / 2) * Np + static_cast<int64_t>(jc) * kp;
+      for (int jp = 0; jp < nc && !p.B16; jp += NR) {
         const float* panel = buf.stage;
         if (Bpre) panel = Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc + jp) * kc;
         else if (Bsrc) Bsrc->pack(Bsrc->ctx, pc, kc, jc + jp, buf.stage);
@@ -564,7 +603,8 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
       }
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
-        for (int ip = 0; ip < mc; ip += MR) {
+        if (a_rows) pack_a_amx_rows(p, Asrc, ic, mc, pc, kc, kp, buf.a);
+        for (int ip = 0; ip < mc && !a_rows; ip += MR) {
           const int mr = std::min(MR, mc - ip);
           if (Asrc) pack_a_rows(*Asrc, ic + ip, mr, pc, kc, p.alpha, buf.stage);
           else pack_a(p.trans_a, p.A, p.lda, ic + ip, mr, pc, kc, p.alpha, buf.stage);
@@ -572,7 +612,7 @@ void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const flo
         }
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
-          const uint32_t* bp = buf.b + static_cast<int64_t>(jr) * kp;
+          const uint32_t* bp = bpanels + static_cast<int64_t>(jr) * kp;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             const uint32_t* ap = buf.a + static_cast<int64_t>(ir) * kp;
@@ -699,14 +739,30 @@ void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, 
     pack_b(trans_b, B, ldb, pc, kc, jc, std::min(NC, N - jc), Bp + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc);
 }
 
+int64_t packed_b_bf16_words(int K, int N) {
+  const int64_t Np = ceil_div(N, NR) * NR;
+  int64_t words = 0;
+  for (int pc = 0; pc < K; pc += KC) words += bf16_panel_pairs(Bf16Kernel::Amx, (std::min(KC, K - pc) + 1) / 2) * Np;
+  return words;
+}
+
+void convert_packed_b_block(const float* Bp, int K, int N, int blk, uint32_t* B16) {
+  static_assert(KC % 32 == 0, "a full K block's pairs are whole AMX tile depths for every kernel");
+  const Bf16Kernel kern = gemm_bf16_kernel();
+  const int pc = blk * KC, kc = std::min(KC, K - pc), kp = bf16_panel_pairs(kern, (kc + 1) / 2);
+  const int64_t Np = ceil_div(N, NR) * NR;
+  for (int64_t jp = 0; jp < Np; jp += NR)
+    bf16_pack_panel(kern, Bp + static_cast<int64_t>(pc) * Np + jp * kc, kc, NR, B16 + static_cast<int64_t>(pc / 2) * Np + jp * kp);
+}
+
 void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
-                   float beta, float* C, int ldc) {
+                   float beta, float* C, int ldc, const uint32_t* B16) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc, B16};
   gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR);
 }
 
@@ -714,13 +770,13 @@ int gemm_nr() { return NR; }
 int gemm_kc() { return KC; }
 
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
-                        int ldc) {
+                        int ldc, const uint32_t* B16) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc};
+  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc, B16};
   gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR, nullptr, &a);
 }
 

@@ -206,6 +206,27 @@ CONVNET_BF16_TARGET void pack_panel_avx512(const float* src, int kc, int w, uint
   }
 }
 
+// n floats of one row -> ceil(n/2) (even, odd) pairs in k order: vcvtne2ps2bf16 of two 16-float halves
+// already lays the 32 bf16 out in k order, i.e. as 16 pairs (the even k in each low half).
+CONVNET_BF16_TARGET void row_to_pairs_avx512(const float* src, int n, float alpha, uint32_t* dst) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  int k = 0;
+  for (; k + 32 <= n; k += 32) {
+    const __m512 lo = _mm512_mul_ps(va, _mm512_loadu_ps(src + k)), hi = _mm512_mul_ps(va, _mm512_loadu_ps(src + k + 16));
+    _mm512_storeu_si512(dst + k / 2, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+  if (k < n) {
+    const int r = n - k;  // 1 .. 31 floats left
+    const __mmask16 mlo = static_cast<__mmask16>(r >= 16 ? 0xFFFFu : (1u << r) - 1u);
+    const __mmask16 mhi = static_cast<__mmask16>(r <= 16 ? 0u : (1u << (r - 16)) - 1u);
+    const __m512 lo = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mlo, src + k));
+    const __m512 hi = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mhi, src + k + 16));
+    const int pairs = (r + 1) / 2;
+    _mm512_mask_storeu_epi32(dst + k / 2, static_cast<__mmask16>((1u << pairs) - 1u),
+                             reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+}
+
 template <int MR, int NR>
 CONVNET_BF16_TARGET void micro_avx512(int kp, const uint32_t* __restrict Ap, const uint32_t* __restrict Bp,
                                       float* __restrict C, int64_t ldc, float beta) {
@@ -308,6 +329,9 @@ CONVNET_AMX_TARGET void amx_load_config(int mr) {
     c.colsb[t] = 64;
     c.rows[t] = static_cast<uint8_t>(t < 6 ? mr : 16);
   }
+  // GCC 12 does not model ldtilecfg's read of c: without this barrier a build with -g dropped the
+  // stores above as dead and loaded an all-zero configuration (every tile unconfigured: SIGSEGV).
+  asm volatile("" : : "m"(c) : "memory");
   _tile_loadconfig(&c);
 }
 
@@ -355,6 +379,30 @@ void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* ds
 #endif
   (void)k;
   pack_panel_portable(src, kc, w, dst);
+}
+
+void bf16_amx_a_rows(const float* const* src, int mr, int n, float alpha, uint32_t* dst, int kps, int p0) {
+  for (int i = 0; i < mr; ++i) {
+    uint32_t* d = dst + static_cast<int64_t>(i) * kps + p0;
+    if (!src[i]) {
+      std::fill(d, d + (n + 1) / 2, 0u);
+      continue;
+    }
+#ifdef CONVNET_X86
+    row_to_pairs_avx512(src[i], n, alpha, d);
+#else
+    for (int p = 0; 2 * p < n; ++p)
+      d[p] = float_to_bf16(alpha * src[i][2 * p]) |
+             (2 * p + 1 < n ? static_cast<uint32_t>(float_to_bf16(alpha * src[i][2 * p + 1])) << 16 : 0u);
+#endif
+  }
+}
+
+void bf16_amx_a_zero(int mr, int w, int kp, int kps, uint32_t* dst) {
+  for (int i = 0; i < w; ++i) {
+    uint32_t* d = dst + static_cast<int64_t>(i) * kps;
+    std::fill(d + (i < mr ? kp : 0), d + kps, 0u);
+  }
 }
 
 template <int MR, int NR>
