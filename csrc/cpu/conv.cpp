@@ -196,16 +196,16 @@ CONVNET_OMP(parallel for schedule(static) if (pixels * s.C > (1 << 15)))
     float* out = dx + ((n0 + nl) * g.HW + hw) * s.C;
     if (!accumulate) std::fill(out, out + s.C, 0.0f);
     const int hp = h + s.pad_h, wp = w + s.pad_w;
-    for (int r = 0; r < s.R; ++r) {
-      const int ph = hp - r;
-      if (ph < 0 || ph % s.stride_h) continue;
-      const int p = ph / s.stride_h;
-      if (p >= s.P) continue;
-      for (int t = 0; t < s.S; ++t) {
-        const int pw = wp - t;
-        if (pw < 0 || pw % s.stride_w) continue;
-        const int q = pw / s.stride_w;
-        if (q >= s.Q) continue;
+    // The taps that read (h, w): r = hp - p * stride_h for output rows 0 <= p < P, 0 <= r < R, in
+    // increasing r (stepping by the stride, not testing every r: conv1's 11 x 11 taps at stride 4
+    // have ~9 of 121 valid).
+    const int r_lo = std::max(0, hp - s.stride_h * (s.P - 1)), t_lo = std::max(0, wp - s.stride_w * (s.Q - 1));
+    const int r_first = r_lo + (hp - r_lo) % s.stride_h, t_first = t_lo + (wp - t_lo) % s.stride_w;
+    const int r_end = std::min(s.R - 1, hp), t_end = std::min(s.S - 1, wp);
+    for (int r = r_first; r <= r_end; r += s.stride_h) {
+      const int p = (hp - r) / s.stride_h;
+      for (int t = t_first; t <= t_end; t += s.stride_w) {
+        const int q = (wp - t) / s.stride_w;
         const float* src = dpatches + (nl * g.PQ + static_cast<int64_t>(p) * s.Q + q) * g.ldp +
                            static_cast<int64_t>(r * s.S + t) * g.Cg;
         for (int grp = 0; grp < s.groups; ++grp) {
@@ -724,12 +724,16 @@ CONVNET_OMP(for schedule(dynamic, 1))
             for (int grp = 0; grp < s.groups; ++grp) {
               const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
               float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
-              for (int k = 0; k < g.Kg; ++k)
-                for (int j = 0; j < g.RSC; ++j) {
-                  const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
-                  float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
-                  d = keep ? d + v : v;
-                }
+              // in 16 x 16 blocks: a column walk of the whole (RSC, Kg) sum missed the cache on every
+              // element (21 % of a bf16 owt.conv4 backward-filter)
+              for (int k0 = 0; k0 < g.Kg; k0 += 16)
+                for (int j0 = 0; j0 < g.RSC; j0 += 16)
+                  for (int k = k0; k < std::min(g.Kg, k0 + 16); ++k)
+                    for (int j = j0; j < std::min(g.RSC, j0 + 16); ++j) {
+                      const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
+                      float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
+                      d = keep ? d + v : v;
+                    }
             }
           }
         } catch (...) {

@@ -552,9 +552,10 @@ Bf16Kernel gemm_bf16_kernel() {
   return kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16) ? Bf16Kernel::Avx512Bf16 : kern;
 }
 
-// AMX A panels (row-major, gemm_bf16.h) of rows [i0, i0 + mc) x k [k0, k0 + kc) straight from A's rows
-// when A is stored (M, K) or handed out by a RowSource: one rounding pass, no k-major staging panel and
-// no transpose back (the FP32 packers' layout is k-major, AMX's A tiles are row-major).
+// AMX A panels (row-major, gemm_bf16.h) of rows [i0, i0 + mc) x k [k0, k0 + kc) straight from A: from
+// its rows when A is stored (M, K) or handed out by a RowSource (one rounding pass), through 16 x 16
+// transposes of pairs when stored (K, M). No k-major FP32 staging panel and no transpose back (the
+// FP32 packers' layout is k-major, AMX's A tiles are row-major).
 void pack_a_amx_rows(const Problem& p, const RowSource* Asrc, int i0, int mc, int k0, int kc, int kps, uint32_t* Ap) {
   const int kp = (kc + 1) / 2;
   const float* ptrs[MR];
@@ -570,6 +571,9 @@ void pack_a_amx_rows(const Problem& p, const RowSource* Asrc, int i0, int mc, in
         bf16_amx_a_rows(ptrs, mr, n, p.alpha, dst, kps, (k - k0) / 2);
         k += n;
       }
+    } else if (p.trans_a) {  // A stored (K, M): 16 x 16 transposes of pairs (zeroes the padding itself)
+      bf16_amx_a_cols(p.A + static_cast<int64_t>(k0) * p.lda + i0 + ip, p.lda, mr, MR, kc, kps, p.alpha, dst);
+      continue;
     } else {
       for (int i = 0; i < mr; ++i) ptrs[i] = p.A + static_cast<int64_t>(i0 + ip + i) * p.lda + k0;
       bf16_amx_a_rows(ptrs, mr, kc, p.alpha, dst, kps, 0);
@@ -581,7 +585,7 @@ void pack_a_amx_rows(const Problem& p, const RowSource* Asrc, int i0, int mc, in
 void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
                      const PanelSource* Bsrc, const RowSource* Asrc) {
   const Bf16Kernel kern = gemm_bf16_kernel();
-  const bool a_rows = kern == Bf16Kernel::Amx && (Asrc || !p.trans_a);
+  const bool a_rows = kern == Bf16Kernel::Amx;  // AMX A panels packed straight from A (pack_a_amx_rows)
   Bf16Buffers& buf = bf16_buffers();
   if (kern == Bf16Kernel::Amx) bf16_amx_begin(MR);
   alignas(64) float tile[MR * NR];

@@ -227,6 +227,62 @@ CONVNET_BF16_TARGET void row_to_pairs_avx512(const float* src, int n, float alph
   }
 }
 
+// r[j] <- column j of the 16 x 16 block of 32-bit lanes whose row i is r[i] (unpack pairs of rows,
+// pairs of pairs, then 128-bit lanes across the groups of four; the zero-masked forms with a full mask
+// are the plain instructions and avoid GCC 12's -Wmaybe-uninitialized on the plain intrinsics).
+CONVNET_BF16_TARGET void transpose16_epi32(__m512i r[16]) {
+  __m512i u[4][4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512i t0 = _mm512_maskz_unpacklo_epi32(0xFFFF, r[4 * g], r[4 * g + 1]);
+    const __m512i t1 = _mm512_maskz_unpackhi_epi32(0xFFFF, r[4 * g], r[4 * g + 1]);
+    const __m512i t2 = _mm512_maskz_unpacklo_epi32(0xFFFF, r[4 * g + 2], r[4 * g + 3]);
+    const __m512i t3 = _mm512_maskz_unpackhi_epi32(0xFFFF, r[4 * g + 2], r[4 * g + 3]);
+    u[g][0] = _mm512_maskz_unpacklo_epi64(0xFF, t0, t2);
+    u[g][1] = _mm512_maskz_unpackhi_epi64(0xFF, t0, t2);
+    u[g][2] = _mm512_maskz_unpacklo_epi64(0xFF, t1, t3);
+    u[g][3] = _mm512_maskz_unpackhi_epi64(0xFF, t1, t3);
+  }
+  for (int c = 0; c < 4; ++c) {
+    // 0x88 takes 128-bit lanes 0, 2 of each operand; 0xDD lanes 1, 3.
+    const __m512i v0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[0][c], u[1][c], 0x88);
+    const __m512i v1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[0][c], u[1][c], 0xDD);
+    const __m512i w0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[2][c], u[3][c], 0x88);
+    const __m512i w1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[2][c], u[3][c], 0xDD);
+    r[c + 0] = _mm512_maskz_shuffle_i32x4(0xFFFF, v0, w0, 0x88);
+    r[c + 8] = _mm512_maskz_shuffle_i32x4(0xFFFF, v0, w0, 0xDD);
+    r[c + 4] = _mm512_maskz_shuffle_i32x4(0xFFFF, v1, w1, 0x88);
+    r[c + 12] = _mm512_maskz_shuffle_i32x4(0xFFFF, v1, w1, 0xDD);
+  }
+}
+
+// AMX A panel (w <= 16 rows, kps pairs, row-major) from A stored (K, M): row i of the panel is column
+// m0 + i of A. 16 pairs at a time: two k rows of A -> 16 lanes of (even, odd) pairs, one per m; 16 of
+// those transposed give 16 pairs of each m. Lanes past mr and pairs past ceil(kc/2) come out zero.
+CONVNET_BF16_TARGET void pack_a_amx_cols(const float* A, int64_t lda, int mr, int w, int kc, int kps, float alpha,
+                                         uint32_t* dst) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 m = static_cast<__mmask16>(mr >= 16 ? 0xFFFFu : (1u << mr) - 1u);
+  for (int pb = 0; pb < kps; pb += 16) {
+    __m512i r[16];
+    for (int q = 0; q < 16; ++q) {
+      const int k = 2 * (pb + q);
+      if (k >= kc) {
+        r[q] = _mm512_setzero_si512();
+        continue;
+      }
+      const __m512 lo = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, A + static_cast<int64_t>(k) * lda));
+      const __m512 hi = k + 1 < kc ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, A + static_cast<int64_t>(k + 1) * lda))
+                                   : _mm512_setzero_ps();
+      r[q] = _mm512_permutexvar_epi16(idx, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+    transpose16_epi32(r);
+    for (int i = 0; i < w; ++i) _mm512_storeu_si512(dst + static_cast<int64_t>(i) * kps + pb, r[i]);
+  }
+}
+
 template <int MR, int NR>
 CONVNET_BF16_TARGET void micro_avx512(int kp, const uint32_t* __restrict Ap, const uint32_t* __restrict Bp,
                                       float* __restrict C, int64_t ldc, float beta) {
@@ -396,6 +452,20 @@ void bf16_amx_a_rows(const float* const* src, int mr, int n, float alpha, uint32
              (2 * p + 1 < n ? static_cast<uint32_t>(float_to_bf16(alpha * src[i][2 * p + 1])) << 16 : 0u);
 #endif
   }
+}
+
+void bf16_amx_a_cols(const float* A, int64_t lda, int mr, int w, int kc, int kps, float alpha, uint32_t* dst) {
+#ifdef CONVNET_X86
+  pack_a_amx_cols(A, lda, mr, w, kc, kps, alpha, dst);
+#else
+  for (int i = 0; i < w; ++i)
+    for (int p = 0; p < kps; ++p) {
+      const int k = 2 * p;
+      const float lo = i < mr && k < kc ? alpha * A[static_cast<int64_t>(k) * lda + i] : 0.0f;
+      const float hi = i < mr && k + 1 < kc ? alpha * A[static_cast<int64_t>(k + 1) * lda + i] : 0.0f;
+      dst[static_cast<int64_t>(i) * kps + p] = float_to_bf16(lo) | static_cast<uint32_t>(float_to_bf16(hi)) << 16;
+    }
+#endif
 }
 
 void bf16_amx_a_zero(int mr, int w, int kp, int kps, uint32_t* dst) {
