@@ -664,7 +664,9 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
     // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
     // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-    const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+    // Under BF16 the untransposed tiling with panels from x is taken wherever it applies (TEST)
+    const bool bf16_implicit = gemm_precision() == Precision::BF16 && g.Cg % gemm_nr() == 0;
+    const bool transposed = !bf16_implicit && tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
     // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps. Not
     // with the transposed tiling: conv5 (Kg = 128) untransposed with panels from x was 18 % faster at
     // batch 8 but 5-35 % slower at batches 16-128 than transposed with im2col.

@@ -333,11 +333,21 @@ CONVNET_AMX_TARGET void micro_amx(int kps, const uint32_t* Ap, const uint32_t* B
                                   float beta) {
   constexpr int NR = 32;
   const uint32_t* Ap1 = Ap + static_cast<int64_t>(MR) * kps;  // the next panel of A
-  _tile_zero(0);
-  _tile_zero(1);
-  if (PANELS == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+  if (beta == 1.0f) {  // the later K blocks: C itself is the accumulators' start (no round trip
+    // through a local tile and a vector add, which took as long as the products at kc = 256)
+    _tile_loadd(0, C, ldc * 4);
+    _tile_loadd(1, C + 16, ldc * 4);
+    if (PANELS == 2) {
+      _tile_loadd(2, C + MR * ldc, ldc * 4);
+      _tile_loadd(3, C + MR * ldc + 16, ldc * 4);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (PANELS == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
   for (int p = 0; p < kps; p += 16) {
     _tile_loadd(6, Bp + static_cast<int64_t>(p) * NR, NR * 4);
@@ -351,7 +361,7 @@ CONVNET_AMX_TARGET void micro_amx(int kps, const uint32_t* Ap, const uint32_t* B
       _tile_dpbf16ps(3, 5, 7);
     }
   }
-  if (beta == 0.0f) {
+  if (beta == 0.0f || beta == 1.0f) {
     _tile_stored(0, C, ldc * 4);
     _tile_stored(1, C + 16, ldc * 4);
     if (PANELS == 2) {

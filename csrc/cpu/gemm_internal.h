@@ -23,12 +23,14 @@ int packed_b_blocks(int K);
 // blocks of one buffer at once.
 void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, float* Bp);
 // Under BF16 precision, a packed B rounded to BF16 once, so that the GEMMs sharing it do not each
-// round all of it again (a conv's chunks all multiply by the same weights): block b starts at word
-// b * KC/2 * Np and holds Np / NR panels of kps x NR (even k, odd k) pairs (gemm_bf16.h), kps =
-// bf16_panel_pairs(kernel, ceil(kc/2)) for the BF16 kernel chosen at conversion time (so convert and
-// multiply under the same kernel setting). packed_b_bf16_words is enough for every kernel.
+// round all of it again (a conv's chunks all multiply by the same weights). Its K blocks are BF16's
+// (2 KC rows, two FP32 blocks): block b starts at word b * KC * Np and holds Np / NR panels of kps x
+// NR (even k, odd k) pairs (gemm_bf16.h), kps = bf16_panel_pairs(kernel, ceil(kc/2)) for the BF16
+// kernel chosen at conversion time (so convert and multiply under the same kernel setting).
+// packed_b_bf16_words is enough for every kernel.
 int64_t packed_b_bf16_words(int K, int N);
-// Rounds K block `blk` of the FP32 packed Bp (pack_b_block layout) into B16. Blocks are independent.
+// Rounds FP32 K block `blk` of the packed Bp (pack_b_block layout) into its half of B16's block blk / 2.
+// Blocks are independent (threads may convert different ones at once).
 void convert_packed_b_block(const float* Bp, int K, int N, int blk, uint32_t* B16);
 // C (M, N) = alpha * op(A) Bp + beta * C, serial on the calling thread, same conventions as gemm()
 // (beta == 0 never reads C). Bp is a packed (K, N) B from pack_b_block; B16, where given, is its BF16
