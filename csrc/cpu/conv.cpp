@@ -540,8 +540,13 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
   // 192 to 384) 5-12 % faster. Chosen from the shape alone (not image_parallel, which depends on the
   // thread count): this path sums dx in another order than col2im, and dx must not depend on
   // OMP_NUM_THREADS (tests/test_conv.py).
+  // Under BF16 it is taken for every stride-1 shape whose rows it can hand out (Kg % 16 == 0): with
+  // AMX the col2im path's GEMM (K = Kg only) is bound by storing its dpatches (a whole image of
+  // 2012.conv2 is 7 MB, past L2), the AMX tile stores 70 % of its time; 2012.conv2 (Cg = 48) and
+  // owt.conv2 (Cg = 64) ran at 0.9-1.0x FP32 that way.
+  const bool turned_bf16 = gemm_precision() == Precision::BF16;
   if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
-      g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0 && g.Cg >= 128) {
+      g.Kg % 16 == 0 && (turned_bf16 || (g.Cg % gemm_nr() == 0 && g.Cg >= 128))) {
     // Stride 1: dx is the forward convolution of dy, padded by R-1-pad_h / S-1-pad_w, with the
     // filters turned 180 degrees and K <-> C swapped:
     //   dx[n, h, w, g*Cg + c] = sum over (r', s', k) of dy[n, h + r' - (R-1-ph), w + s' - (S-1-pw), g*Kg + k]
@@ -655,16 +660,20 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // Up to kFilterSlots slots, each holding at least two chunks' rows: every slot costs a partial
     // dW (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
     // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
-    // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
+    // every K block of the GEMM (256 rows, 512 under BF16) inside it, so chunks are rounded up to
+    // whole K blocks (under BF16: fewer, longer slots, e.g. 2 instead of 5 for owt.conv4 at batch 16).
     constexpr int64_t kFilterSlots = 8;  // balances up to 8 threads; more threads share the slots
     [[maybe_unused]] const int T = threads_here();  // used by CONVNET_OMP only
     const int64_t budget_rows = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
-    const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + 255) / 256 * 256;
+    const int64_t kblock = gemm_k_block();
+    const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + kblock - 1) / kblock * kblock;
     const int S = static_cast<int>(std::clamp<int64_t>(total_rows / (2 * by_bytes), 1, kFilterSlots));
     // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
     // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
     // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-    // Under BF16 the untransposed tiling with panels from x is taken wherever it applies (TEST)
+    // Under BF16 the untransposed tiling with panels from x is taken wherever it applies: the AMX
+    // kernel's 12-row tiles fit Kg = 128..384 well, and im2col plus the transposed copy cost more than
+    // the tiling saves (owt.conv4: 0.8x FP32 transposed, 1.4-1.5x untransposed, load 6-8).
     const bool bf16_implicit = gemm_precision() == Precision::BF16 && g.Cg % gemm_nr() == 0;
     const bool transposed = !bf16_implicit && tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
     // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps. Not

@@ -789,6 +789,7 @@ void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* 
 
 int gemm_nr() { return NR; }
 int gemm_kc() { return KC; }
+int gemm_k_block() { return gemm_precision() == Precision::BF16 ? KC16 : KC; }
 
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
                         int ldc, const uint32_t* B16) {

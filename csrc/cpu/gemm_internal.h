@@ -49,6 +49,7 @@ struct PanelSource {
 };
 int gemm_nr();  // NR, the micro-kernel's width
 int gemm_kc();  // KC, the K block of a packed B (for callers that build one themselves)
+int gemm_k_block();  // the K block of the five loops under the current precision: KC, or 2 KC under BF16
 // C (M, N) = alpha * op(A) B + beta * C with B given by `b`, serial, conventions of gemm().
 void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
                   float beta, float* C, int ldc);
