@@ -194,10 +194,11 @@ CONV_CASES = [
     (4, 6, 6, 64, 64, 3, 3, 1, 1, 2),     # groups; backward-filter panels packed from x (Cg % 32 == 0)
     (3, 5, 5, 24, 10, 1, 1, 1, 0, 1),     # pointwise: x is the patch matrix
     (5, 11, 11, 3, 12, 5, 5, 3, 2, 1),    # odd everything
+    (4, 5, 5, 29, 16, 3, 3, 1, 1, 1),     # RSC = 261: prerounded weights with a 5-row last K block
 ]
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=["im2col", "rows_s2", "turned", "groups", "1x1", "odd"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=["im2col", "rows_s2", "turned", "groups", "1x1", "odd", "tail_block"])
 def test_conv_bf16(rng, bf16, cpu_path, case):
     N, H, W, C, K, Rk, S, st, pd, g = case
     stride, pad = (st, st), (pd, pd)

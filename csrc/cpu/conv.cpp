@@ -196,16 +196,16 @@ CONVNET_OMP(parallel for schedule(static) if (pixels * s.C > (1 << 15)))
     float* out = dx + ((n0 + nl) * g.HW + hw) * s.C;
     if (!accumulate) std::fill(out, out + s.C, 0.0f);
     const int hp = h + s.pad_h, wp = w + s.pad_w;
-    for (int r = 0; r < s.R; ++r) {
-      const int ph = hp - r;
-      if (ph < 0 || ph % s.stride_h) continue;
-      const int p = ph / s.stride_h;
-      if (p >= s.P) continue;
-      for (int t = 0; t < s.S; ++t) {
-        const int pw = wp - t;
-        if (pw < 0 || pw % s.stride_w) continue;
-        const int q = pw / s.stride_w;
-        if (q >= s.Q) continue;
+    // The taps that read (h, w): r = hp - p * stride_h for output rows 0 <= p < P, 0 <= r < R, in
+    // increasing r (stepping by the stride, not testing every r: conv1's 11 x 11 taps at stride 4
+    // have ~9 of 121 valid).
+    const int r_lo = std::max(0, hp - s.stride_h * (s.P - 1)), t_lo = std::max(0, wp - s.stride_w * (s.Q - 1));
+    const int r_first = r_lo + (hp - r_lo) % s.stride_h, t_first = t_lo + (wp - t_lo) % s.stride_w;
+    const int r_end = std::min(s.R - 1, hp), t_end = std::min(s.S - 1, wp);
+    for (int r = r_first; r <= r_end; r += s.stride_h) {
+      const int p = (hp - r) / s.stride_h;
+      for (int t = t_first; t <= t_end; t += s.stride_w) {
+        const int q = (wp - t) / s.stride_w;
         const float* src = dpatches + (nl * g.PQ + static_cast<int64_t>(p) * s.Q + q) * g.ldp +
                            static_cast<int64_t>(r * s.S + t) * g.Cg;
         for (int grp = 0; grp < s.groups; ++grp) {
@@ -389,15 +389,26 @@ CONVNET_OMP(critical(convnet_conv_error))
 // with 16 x 16 transposes), and every packed weight then fed only 2 x rows = ~340 FLOPs (a 168-row
 // chunk); at batch 8 conv3's 1352 rows made 9 packings of W per pass, 2 x 8 M floats moved for
 // 2.7 GFLOP. Packed once, the threads' GEMMs read W's panels straight from L2/L3.
+// Under BF16 the packed weights are also rounded to BF16 once per call (bf16: every chunk's GEMM used
+// to round all of W again, as many conversions as packings).
 struct PackedWeights {
   float* data = nullptr;
   int64_t per_group = 0;  // floats per group's packed (K, N) operand
   int blocks = 0;         // K blocks per group (the packing's unit of work)
+  int K = 0, N = 0;
+  uint32_t* bf16 = nullptr;  // under BF16: the rounded copy (gemm_internal.h), else null
+  int64_t per_group16 = 0;   // words per group of it
+  const float* group(int grp) const { return data + grp * per_group; }
+  const uint32_t* group16(int grp) const { return bf16 ? bf16 + grp * per_group16 : nullptr; }
+  // After K block blk of group grp is packed in FP32: its BF16 copy (no-op unless BF16).
+  void finish_block(int grp, int blk) const {
+    if (bf16) convert_packed_b_block(group(grp), K, N, blk, bf16 + grp * per_group16);
+  }
 };
 
-float* packed_weight_buffer(int64_t n) {
-  thread_local AlignedWorkspace buf;
-  return buf.reserve(n, "conv");
+float* packed_weight_buffer(int64_t n, int slot) {
+  thread_local AlignedWorkspace buf[2];
+  return buf[slot].reserve(n, "conv");
 }
 
 // op(B_g) (K, N) per group g: forward B = W_g^T (K = RSC, N = Kg, W_g stored (Kg, RSC): trans_b);
@@ -406,7 +417,13 @@ PackedWeights plan_packed_weights(const ConvShape& s, int K, int N) {
   PackedWeights pw;
   pw.per_group = packed_b_floats(K, N);
   pw.blocks = packed_b_blocks(K);
-  pw.data = packed_weight_buffer(pw.per_group * s.groups);
+  pw.K = K;
+  pw.N = N;
+  pw.data = packed_weight_buffer(pw.per_group * s.groups, 0);
+  if (gemm_precision() == Precision::BF16) {
+    pw.per_group16 = (packed_b_bf16_words(K, N) + 15) / 16 * 16;  // 64-byte aligned groups
+    pw.bf16 = reinterpret_cast<uint32_t*>(packed_weight_buffer(pw.per_group16 * s.groups, 1));
+  }
   return pw;
 }
 
@@ -462,6 +479,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
     auto pack = [&](int64_t i) {
       const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
       pack_b_block(true, w_g(grp), g.RSC, g.RSC, g.Kg, blk, pw.data + grp * pw.per_group);
+      pw.finish_block(grp, blk);
     };
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, total_rows, thread_chunk_rows(s, g),
                    [&](int64_t row0, int64_t nrows) {
@@ -470,8 +488,8 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
       if (implicit) {
         for (int grp = 0; grp < s.groups; ++grp) {
           const PatchPanels src{&s, &g, x, row0, grp, 0};
-          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.data + grp * pw.per_group,
-                             beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+          gemm_rows_packed_b(rows, g.Kg, g.RSC, 1.0f, RowSource{patch_rows, &src, g.Cg}, pw.group(grp), beta,
+                             yc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group16(grp));
         }
         bias_relu_rows(yc, b, rows, s.K, relu);
         return;
@@ -480,7 +498,7 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
       im2col_rows(s, g, x, row0, rows, patches);
       for (int grp = 0; grp < s.groups; ++grp)
         gemm_packed_b(false, rows, g.Kg, g.RSC, 1.0f, patches + static_cast<int64_t>(grp) * g.RSC, g.ldp,
-                      pw.data + grp * pw.per_group, beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K);
+                      pw.group(grp), beta, yc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group16(grp));
       bias_relu_rows(yc, b, rows, s.K, relu);
     });
     return;
@@ -522,8 +540,13 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
   // 192 to 384) 5-12 % faster. Chosen from the shape alone (not image_parallel, which depends on the
   // thread count): this path sums dx in another order than col2im, and dx must not depend on
   // OMP_NUM_THREADS (tests/test_conv.py).
+  // Under BF16 it is taken for every stride-1 shape whose rows it can hand out (Kg % 16 == 0): with
+  // AMX the col2im path's GEMM (K = Kg only) is bound by storing its dpatches (a whole image of
+  // 2012.conv2 is 7 MB, past L2), the AMX tile stores 70 % of its time; 2012.conv2 (Cg = 48) and
+  // owt.conv2 (Cg = 64) ran at 0.9-1.0x FP32 that way.
+  const bool turned_bf16 = gemm_precision() == Precision::BF16;
   if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h < s.R && s.pad_w < s.S &&
-      g.Kg % 16 == 0 && g.Cg % gemm_nr() == 0 && g.Cg >= 128) {
+      g.Kg % 16 == 0 && (turned_bf16 || (g.Cg % gemm_nr() == 0 && g.Cg >= 128))) {
     // Stride 1: dx is the forward convolution of dy, padded by R-1-pad_h / S-1-pad_w, with the
     // filters turned 180 degrees and K <-> C swapped:
     //   dx[n, h, w, g*Cg + c] = sum over (r', s', k) of dy[n, h + r' - (R-1-ph), w + s' - (S-1-pw), g*Kg + k]
@@ -552,6 +575,7 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
           zero_floats(dst + nj, nr - nj);
         }
       }
+      pw.finish_block(grp, blk);
     };
     const float beta = accumulate ? 1.0f : 0.0f;
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, static_cast<int64_t>(s.N) * g.HW, thread_chunk_rows(t, tg),
@@ -559,7 +583,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       for (int grp = 0; grp < s.groups; ++grp) {
         const PatchPanels src{&t, &tg, dy, row0, grp, 0};
         gemm_rows_packed_b(static_cast<int>(nrows), g.Cg, tg.RSC, 1.0f, RowSource{patch_rows, &src, g.Kg},
-                           pw.data + grp * pw.per_group, beta, dx + row0 * s.C + static_cast<int64_t>(grp) * g.Cg, s.C);
+                           pw.group(grp), beta, dx + row0 * s.C + static_cast<int64_t>(grp) * g.Cg, s.C,
+                           pw.group16(grp));
       }
     });
     return;
@@ -571,6 +596,7 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       const int grp = static_cast<int>(i / pw.blocks), blk = static_cast<int>(i % pw.blocks);
       pack_b_block(false, w + static_cast<int64_t>(grp) * g.Kg * g.RSC, g.RSC, g.Kg, g.RSC, blk,
                    pw.data + grp * pw.per_group);
+      pw.finish_block(grp, blk);
     };
     for_each_chunk(int64_t(s.groups) * pw.blocks, pack, s.N, chunk, [&](int64_t n0_, int64_t n_img_) {
       const int n0 = static_cast<int>(n0_), n_img = static_cast<int>(n_img_);
@@ -578,8 +604,8 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
       float* dpatches = thread_scratch(static_cast<size_t>(rows) * g.ldp);
       const float* dyc = dy + n0 * g.PQ * s.K;
       for (int grp = 0; grp < s.groups; ++grp)
-        gemm_packed_b(false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K,
-                      pw.data + grp * pw.per_group, 0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC, g.ldp);
+        gemm_packed_b(false, rows, g.RSC, g.Kg, 1.0f, dyc + static_cast<int64_t>(grp) * g.Kg, s.K, pw.group(grp),
+                      0.0f, dpatches + static_cast<int64_t>(grp) * g.RSC, g.ldp, pw.group16(grp));
       col2im(s, g, dpatches, n0, n_img, dx, accumulate);
     });
     return;
@@ -634,16 +660,22 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
     // Up to kFilterSlots slots, each holding at least two chunks' rows: every slot costs a partial
     // dW (conv3: 3.5 MB) to write and add, which at small batches costs more than the balance wins.
     // Chunks here are the GEMM's K: each chunk passes over the whole dW (C) once more, and so does
-    // every 256 rows (the GEMM's KC) inside it, so chunks are rounded up to whole 256s.
+    // every K block of the GEMM (256 rows, 512 under BF16) inside it, so chunks are rounded up to
+    // whole K blocks (under BF16: fewer, longer slots, e.g. 2 instead of 5 for owt.conv4 at batch 16).
     constexpr int64_t kFilterSlots = 8;  // balances up to 8 threads; more threads share the slots
     [[maybe_unused]] const int T = threads_here();  // used by CONVNET_OMP only
     const int64_t budget_rows = kThreadChunkBytes / std::max<int64_t>(1, g.ldp * static_cast<int64_t>(sizeof(float)));
-    const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + 255) / 256 * 256;
+    const int64_t kblock = gemm_k_block();
+    const int64_t by_bytes = (std::max(budget_rows, kMinChunkRows) + kblock - 1) / kblock * kblock;
     const int S = static_cast<int>(std::clamp<int64_t>(total_rows / (2 * by_bytes), 1, kFilterSlots));
     // dW_g^T (RSC, Kg) = patches_g^T dY_g, with the GEMM's M = RSC, when that fills the micro-tiles
     // better: conv1 (Kg = 64, RSC = 363) wastes 16 % of a 12 x 32 tiling as (Kg, RSC) and 2 % as
     // (RSC, Kg). The transposed sum lives in a per-thread buffer, turned at the end.
-    const bool transposed = tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
+    // Under BF16 the untransposed tiling with panels from x is taken wherever it applies: the AMX
+    // kernel's 12-row tiles fit Kg = 128..384 well, and im2col plus the transposed copy cost more than
+    // the tiling saves (owt.conv4: 0.8x FP32 transposed, 1.4-1.5x untransposed, load 6-8).
+    const bool bf16_implicit = gemm_precision() == Precision::BF16 && g.Cg % gemm_nr() == 0;
+    const bool transposed = !bf16_implicit && tile_efficiency(g.RSC, g.Kg) > tile_efficiency(g.Kg, g.RSC) + 0.02;
     // Patch panels packed straight from x (PatchPanels) when a panel never straddles two taps. Not
     // with the transposed tiling: conv5 (Kg = 128) untransposed with panels from x was 18 % faster at
     // batch 8 but 5-35 % slower at batches 16-128 than transposed with im2col.
@@ -703,12 +735,16 @@ CONVNET_OMP(for schedule(dynamic, 1))
             for (int grp = 0; grp < s.groups; ++grp) {
               const float* tg = acc + static_cast<int64_t>(grp) * g.Kg * g.RSC;  // (RSC, Kg)
               float* dg = mine + static_cast<int64_t>(grp) * g.Kg * g.RSC;      // (Kg, RSC)
-              for (int k = 0; k < g.Kg; ++k)
-                for (int j = 0; j < g.RSC; ++j) {
-                  const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
-                  float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
-                  d = keep ? d + v : v;
-                }
+              // in 16 x 16 blocks: a column walk of the whole (RSC, Kg) sum missed the cache on every
+              // element (21 % of a bf16 owt.conv4 backward-filter)
+              for (int k0 = 0; k0 < g.Kg; k0 += 16)
+                for (int j0 = 0; j0 < g.RSC; j0 += 16)
+                  for (int k = k0; k < std::min(g.Kg, k0 + 16); ++k)
+                    for (int j = j0; j < std::min(g.RSC, j0 + 16); ++j) {
+                      const float v = tg[static_cast<int64_t>(j) * g.Kg + k];
+                      float& d = dg[static_cast<int64_t>(k) * g.RSC + j];
+                      d = keep ? d + v : v;
+                    }
             }
           }
         } catch (...) {

@@ -463,19 +463,28 @@ struct Problem {
   int64_t ldb;
   float* C;
   int64_t ldc;
+  // A prepacked B already rounded to BF16 (convert_packed_b_block), used instead of the FP32 Bpre
+  // under BF16; null otherwise.
+  const uint32_t* B16 = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------
 // the five loops in BF16 (gemm_bf16.h): the same blocking and the same FP32 packers, each micro-panel
 // packed into an L1-resident staging panel and rounded to BF16 pairs at once (gemm_bf16.cpp)
 
+// BF16's K block: twice FP32's KC, so that the packed panels take the same bytes as FP32's (a B
+// micro-panel of 256 pairs x 32 columns = 32 KB, in L1) and C is read and written half as often per
+// K (with AMX, a 24 x 32 C round trip per 128 pairs cost as much as the tile products). A BF16 block
+// is two FP32 blocks of a prepacked B (gemm_internal.h), rounded one half at a time.
+constexpr int KC16 = 2 * KC;
+
 struct Bf16Buffers {
-  uint32_t* a = nullptr;  // MC x KC/2 pairs
-  uint32_t* b = nullptr;  // KC/2 x NC pairs
+  uint32_t* a = nullptr;  // MC x KC16/2 pairs
+  uint32_t* b = nullptr;  // KC16/2 x NC pairs
   float* stage = nullptr;  // one FP32 micro-panel, KC x max(MR, NR)
   Bf16Buffers()
-      : a(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(MC) * KC / 2))),
-        b(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(KC) / 2 * NC))),
+      : a(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(MC) * KC16 / 2))),
+        b(reinterpret_cast<uint32_t*>(aligned_floats(static_cast<size_t>(KC16) / 2 * NC))),
         stage(aligned_floats(static_cast<size_t>(KC) * std::max(MR, NR))) {}
   ~Bf16Buffers() {
     std::free(a);
@@ -543,36 +552,85 @@ void gemm_block(const Problem& p, int m0, int m1, int n0, int n1, const float* B
   }
 }
 
+// The BF16 kernel of this build's tile shapes: AMX needs NR = 32 and MR <= 16 (a tile's rows).
+Bf16Kernel gemm_bf16_kernel() {
+  const Bf16Kernel kern = select_bf16_kernel();
+  return kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16) ? Bf16Kernel::Avx512Bf16 : kern;
+}
+
+// AMX A panels (row-major, gemm_bf16.h) of rows [i0, i0 + mc) x k [k0, k0 + kc) straight from A: from
+// its rows when A is stored (M, K) or handed out by a RowSource (one rounding pass), through 16 x 16
+// transposes of pairs when stored (K, M). No k-major FP32 staging panel and no transpose back (the
+// FP32 packers' layout is k-major, AMX's A tiles are row-major).
+void pack_a_amx_rows(const Problem& p, const RowSource* Asrc, int i0, int mc, int k0, int kc, int kps, uint32_t* Ap) {
+  const int kp = (kc + 1) / 2;
+  const float* ptrs[MR];
+  for (int ip = 0; ip < mc; ip += MR) {
+    const int mr = std::min(MR, mc - ip);
+    uint32_t* dst = Ap + static_cast<int64_t>(ip) * kps;
+    if (Asrc) {  // k0, kc and run are multiples of 16: whole pairs per run
+      for (int k = k0; k < k0 + kc;) {
+        const int jb = k - k % Asrc->run, n = std::min(jb + Asrc->run, k0 + kc) - k;
+        Asrc->rows(Asrc->ctx, i0 + ip, mr, jb, ptrs);
+        for (int i = 0; i < mr; ++i)
+          if (ptrs[i]) ptrs[i] += k - jb;
+        bf16_amx_a_rows(ptrs, mr, n, p.alpha, dst, kps, (k - k0) / 2);
+        k += n;
+      }
+    } else if (p.trans_a) {  // A stored (K, M): 16 x 16 transposes of pairs (zeroes the padding itself)
+      bf16_amx_a_cols(p.A + static_cast<int64_t>(k0) * p.lda + i0 + ip, p.lda, mr, MR, kc, kps, p.alpha, dst);
+      continue;
+    } else {
+      for (int i = 0; i < mr; ++i) ptrs[i] = p.A + static_cast<int64_t>(i0 + ip + i) * p.lda + k0;
+      bf16_amx_a_rows(ptrs, mr, kc, p.alpha, dst, kps, 0);
+    }
+    bf16_amx_a_zero(mr, MR, kp, kps, dst);
+  }
+}
+
 void gemm_block_bf16(const Problem& p, int m0, int m1, int n0, int n1, const float* Bpre, int64_t Np,
                      const PanelSource* Bsrc, const RowSource* Asrc) {
-  Bf16Kernel kern = select_bf16_kernel();
-  if (kern == Bf16Kernel::Amx && !(NR == 32 && MR <= 16)) kern = Bf16Kernel::Avx512Bf16;  // tile shapes
+  const Bf16Kernel kern = gemm_bf16_kernel();
+  const bool a_rows = kern == Bf16Kernel::Amx;  // AMX A panels packed straight from A (pack_a_amx_rows)
   Bf16Buffers& buf = bf16_buffers();
   if (kern == Bf16Kernel::Amx) bf16_amx_begin(MR);
   alignas(64) float tile[MR * NR];
   for (int jc = n0; jc < n1; jc += NC) {
     const int nc = std::min(NC, n1 - jc);
-    for (int pc = 0; pc < p.K; pc += KC) {
-      const int kc = std::min(KC, p.K - pc), kp = bf16_panel_pairs(kern, (kc + 1) / 2);
+    for (int pc = 0; pc < p.K; pc += KC16) {
+      const int kc = std::min(KC16, p.K - pc), kp = bf16_panel_pairs(kern, (kc + 1) / 2);
       const float beta = pc == 0 ? p.beta : 1.0f;
-      for (int jp = 0; jp < nc; jp += NR) {
-        const float* panel = buf.stage;
-        if (Bpre) panel = Bpre + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc + jp) * kc;
-        else if (Bsrc) Bsrc->pack(Bsrc->ctx, pc, kc, jc + jp, buf.stage);
-        else pack_b(p.trans_b, p.B, p.ldb, pc, kc, jc + jp, std::min(NR, nc - jp), buf.stage);
-        bf16_pack_panel(kern, panel, kc, NR, buf.b + static_cast<int64_t>(jp) * kp);
+      // B's panels of this (K block, column block): prerounded (p.B16, gemm_internal.h layout), or
+      // rounded here from the FP32 prepacked, caller-packed or packed-here panels, KC rows at a time
+      // (the FP32 prepacked layout's blocks; the staging panel stays in L1): rows [h, h + KC) of the
+      // block are pairs [h/2, ...) of each BF16 panel.
+      const uint32_t* bpanels = buf.b;
+      if (p.B16) bpanels = p.B16 + static_cast<int64_t>(pc / 2) * Np + static_cast<int64_t>(jc) * kp;
+      for (int jp = 0; jp < nc && !p.B16; jp += NR) {
+        for (int h = 0; h < kc; h += KC) {
+          const int kh = std::min(KC, kc - h);
+          const float* panel = buf.stage;
+          if (Bpre) panel = Bpre + static_cast<int64_t>(pc + h) * Np + static_cast<int64_t>(jc + jp) * kh;
+          else if (Bsrc) Bsrc->pack(Bsrc->ctx, pc + h, kh, jc + jp, buf.stage);
+          else pack_b(p.trans_b, p.B, p.ldb, pc + h, kh, jc + jp, std::min(NR, nc - jp), buf.stage);
+          bf16_pack_panel(kern, panel, kh, NR, buf.b + static_cast<int64_t>(jp) * kp + static_cast<int64_t>(h / 2) * NR);
+        }
       }
       for (int ic = m0; ic < m1; ic += MC) {
         const int mc = std::min(MC, m1 - ic);
-        for (int ip = 0; ip < mc; ip += MR) {
+        if (a_rows) pack_a_amx_rows(p, Asrc, ic, mc, pc, kc, kp, buf.a);
+        for (int ip = 0; ip < mc && !a_rows; ip += MR) {  // k-major panels (the vdpbf16ps / portable kernels)
           const int mr = std::min(MR, mc - ip);
-          if (Asrc) pack_a_rows(*Asrc, ic + ip, mr, pc, kc, p.alpha, buf.stage);
-          else pack_a(p.trans_a, p.A, p.lda, ic + ip, mr, pc, kc, p.alpha, buf.stage);
-          bf16_pack_panel(kern, buf.stage, kc, MR, buf.a + static_cast<int64_t>(ip) * kp, true);
+          for (int h = 0; h < kc; h += KC) {
+            const int kh = std::min(KC, kc - h);
+            if (Asrc) pack_a_rows(*Asrc, ic + ip, mr, pc + h, kh, p.alpha, buf.stage);
+            else pack_a(p.trans_a, p.A, p.lda, ic + ip, mr, pc + h, kh, p.alpha, buf.stage);
+            bf16_pack_panel(kern, buf.stage, kh, MR, buf.a + static_cast<int64_t>(ip) * kp + static_cast<int64_t>(h / 2) * MR);
+          }
         }
         for (int jr = 0; jr < nc; jr += NR) {
           const int nr = std::min(NR, nc - jr);
-          const uint32_t* bp = buf.b + static_cast<int64_t>(jr) * kp;
+          const uint32_t* bp = bpanels + static_cast<int64_t>(jr) * kp;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             const uint32_t* ap = buf.a + static_cast<int64_t>(ir) * kp;
@@ -699,28 +757,48 @@ void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, 
     pack_b(trans_b, B, ldb, pc, kc, jc, std::min(NC, N - jc), Bp + static_cast<int64_t>(pc) * Np + static_cast<int64_t>(jc) * kc);
 }
 
+int64_t packed_b_bf16_words(int K, int N) {
+  const int64_t Np = ceil_div(N, NR) * NR;
+  int64_t words = 0;
+  for (int pc = 0; pc < K; pc += KC16) words += bf16_panel_pairs(Bf16Kernel::Amx, (std::min(KC16, K - pc) + 1) / 2) * Np;
+  return words;
+}
+
+void convert_packed_b_block(const float* Bp, int K, int N, int blk, uint32_t* B16) {
+  static_assert(KC % 32 == 0, "a full K block's pairs are whole AMX tile depths for every kernel");
+  const Bf16Kernel kern = gemm_bf16_kernel();
+  // FP32 block blk is half blk % 2 of BF16 block blk / 2 (KC16 rows): pairs [h/2, ...) of its panels.
+  const int pc = blk * KC, kc = std::min(KC, K - pc);
+  const int pc16 = pc - pc % KC16, kp16 = bf16_panel_pairs(kern, (std::min(KC16, K - pc16) + 1) / 2);
+  const int64_t Np = ceil_div(N, NR) * NR;
+  for (int64_t jp = 0; jp < Np; jp += NR)
+    bf16_pack_panel(kern, Bp + static_cast<int64_t>(pc) * Np + jp * kc, kc, NR,
+                    B16 + static_cast<int64_t>(pc16 / 2) * Np + jp * kp16 + static_cast<int64_t>((pc - pc16) / 2) * NR);
+}
+
 void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
-                   float beta, float* C, int ldc) {
+                   float beta, float* C, int ldc, const uint32_t* B16) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc};
+  const Problem p{trans_a, false, K, alpha, beta, A, lda, nullptr, 0, C, ldc, B16};
   gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR);
 }
 
 int gemm_nr() { return NR; }
 int gemm_kc() { return KC; }
+int gemm_k_block() { return gemm_precision() == Precision::BF16 ? KC16 : KC; }
 
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
-                        int ldc) {
+                        int ldc, const uint32_t* B16) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc};
+  const Problem p{false, false, K, alpha, beta, nullptr, 0, nullptr, 0, C, ldc, B16};
   gemm_block(p, 0, M, 0, N, Bp, ceil_div(N, NR) * NR, nullptr, &a);
 }
 

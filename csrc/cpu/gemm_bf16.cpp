@@ -206,6 +206,83 @@ CONVNET_BF16_TARGET void pack_panel_avx512(const float* src, int kc, int w, uint
   }
 }
 
+// n floats of one row -> ceil(n/2) (even, odd) pairs in k order: vcvtne2ps2bf16 of two 16-float halves
+// already lays the 32 bf16 out in k order, i.e. as 16 pairs (the even k in each low half).
+CONVNET_BF16_TARGET void row_to_pairs_avx512(const float* src, int n, float alpha, uint32_t* dst) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  int k = 0;
+  for (; k + 32 <= n; k += 32) {
+    const __m512 lo = _mm512_mul_ps(va, _mm512_loadu_ps(src + k)), hi = _mm512_mul_ps(va, _mm512_loadu_ps(src + k + 16));
+    _mm512_storeu_si512(dst + k / 2, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+  if (k < n) {
+    const int r = n - k;  // 1 .. 31 floats left
+    const __mmask16 mlo = static_cast<__mmask16>(r >= 16 ? 0xFFFFu : (1u << r) - 1u);
+    const __mmask16 mhi = static_cast<__mmask16>(r <= 16 ? 0u : (1u << (r - 16)) - 1u);
+    const __m512 lo = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mlo, src + k));
+    const __m512 hi = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mhi, src + k + 16));
+    const int pairs = (r + 1) / 2;
+    _mm512_mask_storeu_epi32(dst + k / 2, static_cast<__mmask16>((1u << pairs) - 1u),
+                             reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+}
+
+// r[j] <- column j of the 16 x 16 block of 32-bit lanes whose row i is r[i] (unpack pairs of rows,
+// pairs of pairs, then 128-bit lanes across the groups of four; the zero-masked forms with a full mask
+// are the plain instructions and avoid GCC 12's -Wmaybe-uninitialized on the plain intrinsics).
+CONVNET_BF16_TARGET void transpose16_epi32(__m512i r[16]) {
+  __m512i u[4][4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512i t0 = _mm512_maskz_unpacklo_epi32(0xFFFF, r[4 * g], r[4 * g + 1]);
+    const __m512i t1 = _mm512_maskz_unpackhi_epi32(0xFFFF, r[4 * g], r[4 * g + 1]);
+    const __m512i t2 = _mm512_maskz_unpacklo_epi32(0xFFFF, r[4 * g + 2], r[4 * g + 3]);
+    const __m512i t3 = _mm512_maskz_unpackhi_epi32(0xFFFF, r[4 * g + 2], r[4 * g + 3]);
+    u[g][0] = _mm512_maskz_unpacklo_epi64(0xFF, t0, t2);
+    u[g][1] = _mm512_maskz_unpackhi_epi64(0xFF, t0, t2);
+    u[g][2] = _mm512_maskz_unpacklo_epi64(0xFF, t1, t3);
+    u[g][3] = _mm512_maskz_unpackhi_epi64(0xFF, t1, t3);
+  }
+  for (int c = 0; c < 4; ++c) {
+    // 0x88 takes 128-bit lanes 0, 2 of each operand; 0xDD lanes 1, 3.
+    const __m512i v0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[0][c], u[1][c], 0x88);
+    const __m512i v1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[0][c], u[1][c], 0xDD);
+    const __m512i w0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[2][c], u[3][c], 0x88);
+    const __m512i w1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[2][c], u[3][c], 0xDD);
+    r[c + 0] = _mm512_maskz_shuffle_i32x4(0xFFFF, v0, w0, 0x88);
+    r[c + 8] = _mm512_maskz_shuffle_i32x4(0xFFFF, v0, w0, 0xDD);
+    r[c + 4] = _mm512_maskz_shuffle_i32x4(0xFFFF, v1, w1, 0x88);
+    r[c + 12] = _mm512_maskz_shuffle_i32x4(0xFFFF, v1, w1, 0xDD);
+  }
+}
+
+// AMX A panel (w <= 16 rows, kps pairs, row-major) from A stored (K, M): row i of the panel is column
+// m0 + i of A. 16 pairs at a time: two k rows of A -> 16 lanes of (even, odd) pairs, one per m; 16 of
+// those transposed give 16 pairs of each m. Lanes past mr and pairs past ceil(kc/2) come out zero.
+CONVNET_BF16_TARGET void pack_a_amx_cols(const float* A, int64_t lda, int mr, int w, int kc, int kps, float alpha,
+                                         uint32_t* dst) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 m = static_cast<__mmask16>(mr >= 16 ? 0xFFFFu : (1u << mr) - 1u);
+  for (int pb = 0; pb < kps; pb += 16) {
+    __m512i r[16];
+    for (int q = 0; q < 16; ++q) {
+      const int k = 2 * (pb + q);
+      if (k >= kc) {
+        r[q] = _mm512_setzero_si512();
+        continue;
+      }
+      const __m512 lo = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, A + static_cast<int64_t>(k) * lda));
+      const __m512 hi = k + 1 < kc ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, A + static_cast<int64_t>(k + 1) * lda))
+                                   : _mm512_setzero_ps();
+      r[q] = _mm512_permutexvar_epi16(idx, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+    transpose16_epi32(r);
+    for (int i = 0; i < w; ++i) _mm512_storeu_si512(dst + static_cast<int64_t>(i) * kps + pb, r[i]);
+  }
+}
+
 template <int MR, int NR>
 CONVNET_BF16_TARGET void micro_avx512(int kp, const uint32_t* __restrict Ap, const uint32_t* __restrict Bp,
                                       float* __restrict C, int64_t ldc, float beta) {
@@ -256,11 +333,21 @@ CONVNET_AMX_TARGET void micro_amx(int kps, const uint32_t* Ap, const uint32_t* B
                                   float beta) {
   constexpr int NR = 32;
   const uint32_t* Ap1 = Ap + static_cast<int64_t>(MR) * kps;  // the next panel of A
-  _tile_zero(0);
-  _tile_zero(1);
-  if (PANELS == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+  if (beta == 1.0f) {  // the later K blocks: C itself is the accumulators' start (no round trip
+    // through a local tile and a vector add, which took as long as the products at kc = 256)
+    _tile_loadd(0, C, ldc * 4);
+    _tile_loadd(1, C + 16, ldc * 4);
+    if (PANELS == 2) {
+      _tile_loadd(2, C + MR * ldc, ldc * 4);
+      _tile_loadd(3, C + MR * ldc + 16, ldc * 4);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (PANELS == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
   for (int p = 0; p < kps; p += 16) {
     _tile_loadd(6, Bp + static_cast<int64_t>(p) * NR, NR * 4);
@@ -274,7 +361,7 @@ CONVNET_AMX_TARGET void micro_amx(int kps, const uint32_t* Ap, const uint32_t* B
       _tile_dpbf16ps(3, 5, 7);
     }
   }
-  if (beta == 0.0f) {
+  if (beta == 0.0f || beta == 1.0f) {
     _tile_stored(0, C, ldc * 4);
     _tile_stored(1, C + 16, ldc * 4);
     if (PANELS == 2) {
@@ -308,6 +395,9 @@ CONVNET_AMX_TARGET void amx_load_config(int mr) {
     c.colsb[t] = 64;
     c.rows[t] = static_cast<uint8_t>(t < 6 ? mr : 16);
   }
+  // GCC 12 does not model ldtilecfg's read of c: without this barrier a build with -g dropped the
+  // stores above as dead and loaded an all-zero configuration (every tile unconfigured: SIGSEGV).
+  asm volatile("" : : "m"(c) : "memory");
   _tile_loadconfig(&c);
 }
 
@@ -355,6 +445,44 @@ void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* ds
 #endif
   (void)k;
   pack_panel_portable(src, kc, w, dst);
+}
+
+void bf16_amx_a_rows(const float* const* src, int mr, int n, float alpha, uint32_t* dst, int kps, int p0) {
+  for (int i = 0; i < mr; ++i) {
+    uint32_t* d = dst + static_cast<int64_t>(i) * kps + p0;
+    if (!src[i]) {
+      std::fill(d, d + (n + 1) / 2, 0u);
+      continue;
+    }
+#ifdef CONVNET_X86
+    row_to_pairs_avx512(src[i], n, alpha, d);
+#else
+    for (int p = 0; 2 * p < n; ++p)
+      d[p] = float_to_bf16(alpha * src[i][2 * p]) |
+             (2 * p + 1 < n ? static_cast<uint32_t>(float_to_bf16(alpha * src[i][2 * p + 1])) << 16 : 0u);
+#endif
+  }
+}
+
+void bf16_amx_a_cols(const float* A, int64_t lda, int mr, int w, int kc, int kps, float alpha, uint32_t* dst) {
+#ifdef CONVNET_X86
+  pack_a_amx_cols(A, lda, mr, w, kc, kps, alpha, dst);
+#else
+  for (int i = 0; i < w; ++i)
+    for (int p = 0; p < kps; ++p) {
+      const int k = 2 * p;
+      const float lo = i < mr && k < kc ? alpha * A[static_cast<int64_t>(k) * lda + i] : 0.0f;
+      const float hi = i < mr && k + 1 < kc ? alpha * A[static_cast<int64_t>(k + 1) * lda + i] : 0.0f;
+      dst[static_cast<int64_t>(i) * kps + p] = float_to_bf16(lo) | static_cast<uint32_t>(float_to_bf16(hi)) << 16;
+    }
+#endif
+}
+
+void bf16_amx_a_zero(int mr, int w, int kp, int kps, uint32_t* dst) {
+  for (int i = 0; i < w; ++i) {
+    uint32_t* d = dst + static_cast<int64_t>(i) * kps;
+    std::fill(d + (i < mr ? kp : 0), d + kps, 0u);
+  }
 }
 
 template <int MR, int NR>

@@ -49,6 +49,17 @@ const char* bf16_kernel_name(Bf16Kernel k);  // "auto", "amx", "avx512_bf16", "p
 // bf16_panel_pairs(k, ceil(kc/2)), pairs past ceil(kc/2) zero. For AMX an A panel (w = MR, a_rows)
 // is stored row-major instead, dst (w, kps): a tile row is one row of A, 16 pairs = 64 bytes.
 void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst, bool a_rows = false);
+// AMX A panel rows straight from an (M, K) row-major source, no k-major FP32 staging: for each row
+// i < mr, dst[i * kps + p0 + p] = the pair (alpha * src[i][2p], alpha * src[i][2p + 1]) rounded, for
+// the n floats src[i][0 : n) (pairs p < ceil(n/2); a null src[i] gives zeros). p0 is even when n is
+// odd only at the row's end. Rows past mr and pairs past the panel's kc are the caller's to zero
+// (bf16_amx_a_zero). The bits are those bf16_pack_panel(Amx, ..., a_rows) writes for the same rows.
+void bf16_amx_a_rows(const float* const* src, int mr, int n, float alpha, uint32_t* dst, int kps, int p0);
+// AMX A panel from A stored (K, M) (trans_a): dst (w rows, kps pairs), row i = column i of A[0:kc, :],
+// i.e. pairs (alpha * A[2p][i], alpha * A[2p + 1][i]); rows past mr (<= w <= 16) and pairs past ceil(kc/2) zero.
+void bf16_amx_a_cols(const float* A, int64_t lda, int mr, int w, int kc, int kps, float alpha, uint32_t* dst);
+// Zeroes pairs [kp, kps) of rows [0, mr) and every pair of rows [mr, w) of an AMX A panel.
+void bf16_amx_a_zero(int mr, int w, int kp, int kps, uint32_t* dst);
 // Per thread, around a run of AMX micro-kernels: load the tile configuration / release the tiles.
 void bf16_amx_begin(int rows);  // rows = MR: the A and C tiles' height
 void bf16_amx_end();

@@ -22,10 +22,21 @@ int packed_b_blocks(int K);
 // (the whole packed buffer, 64-byte aligned). Blocks are independent: threads may pack different
 // blocks of one buffer at once.
 void pack_b_block(bool trans_b, const float* B, int ldb, int K, int N, int blk, float* Bp);
+// Under BF16 precision, a packed B rounded to BF16 once, so that the GEMMs sharing it do not each
+// round all of it again (a conv's chunks all multiply by the same weights). Its K blocks are BF16's
+// (2 KC rows, two FP32 blocks): block b starts at word b * KC * Np and holds Np / NR panels of kps x
+// NR (even k, odd k) pairs (gemm_bf16.h), kps = bf16_panel_pairs(kernel, ceil(kc/2)) for the BF16
+// kernel chosen at conversion time (so convert and multiply under the same kernel setting).
+// packed_b_bf16_words is enough for every kernel.
+int64_t packed_b_bf16_words(int K, int N);
+// Rounds FP32 K block `blk` of the packed Bp (pack_b_block layout) into its half of B16's block blk / 2.
+// Blocks are independent (threads may convert different ones at once).
+void convert_packed_b_block(const float* Bp, int K, int N, int blk, uint32_t* B16);
 // C (M, N) = alpha * op(A) Bp + beta * C, serial on the calling thread, same conventions as gemm()
-// (beta == 0 never reads C). Bp is a packed (K, N) B from pack_b_block.
+// (beta == 0 never reads C). Bp is a packed (K, N) B from pack_b_block; B16, where given, is its BF16
+// copy (convert_packed_b_block), read instead of Bp under BF16 precision.
 void gemm_packed_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* Bp,
-                   float beta, float* C, int ldc);
+                   float beta, float* C, int ldc, const uint32_t* B16 = nullptr);
 
 // A B operand that is never stored: the caller packs its micro-panels itself, straight from its own
 // data (the convolutions' backward-filter packs patch-matrix panels straight from x, skipping the
@@ -38,6 +49,7 @@ struct PanelSource {
 };
 int gemm_nr();  // NR, the micro-kernel's width
 int gemm_kc();  // KC, the K block of a packed B (for callers that build one themselves)
+int gemm_k_block();  // the K block of the five loops under the current precision: KC, or 2 KC under BF16
 // C (M, N) = alpha * op(A) B + beta * C with B given by `b`, serial, conventions of gemm().
 void gemm_panel_b(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const PanelSource& b,
                   float beta, float* C, int ldc);
@@ -54,7 +66,7 @@ struct RowSource {
 };
 // C (M, N) = alpha * A Bp + beta * C, A from `a`, Bp a packed (K, N) B (pack_b_block), serial.
 void gemm_rows_packed_b(int M, int N, int K, float alpha, const RowSource& a, const float* Bp, float beta, float* C,
-                        int ldc);
+                        int ldc, const uint32_t* B16 = nullptr);
 
 // C (rows, cols; row stride ldc) = T (row stride ldt) when beta == 0 (C is never read), else
 // beta * C + T: how a micro-kernel's accumulator tile, or an edge tile's local copy, reaches C.
