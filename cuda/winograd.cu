@@ -12,9 +12,10 @@
 //                     conv3 36 x 256 x 384 x 4 B = 14 MB). Backward-data transforms the turned filters
 //                     (180 degrees, K <-> C per group) into the same layout.
 //   forward           block = 16 tiles of m x m outputs x 32 output channels of one group. Per step of 4
-//                     input channels: 64 threads gather a 6x6 input tile each (one tile, one channel)
-//                     and transform it in registers, V = B^T d B, into shared Vs (36, 4, 16); all
-//                     threads stage U's (36, 4, 32) slice; then each thread does, for its 9 points,
+//                     input channels: the block gathers the 64 (tile, channel) 6x6 input windows and
+//                     transforms them, V = B^T d B, in two passes through shared memory (columns, then
+//                     rows: transform_columns / transform_rows) into Vs (36, 4, 16), and stages U's
+//                     (36, 4, 32) slice; then each thread does, for its 9 points,
 //                     acc (2 tiles x 4 channels) += V (2) x U (4) per channel: the 36 batched GEMMs
 //                     M_xi (tiles, Kg) = V_xi (tiles, Cg) U_xi (Cg, Kg) with tiles and K in the block.
 //                     The input transform lives only in shared memory: no transformed input tensor is
@@ -24,9 +25,9 @@
 //   backward-data     the forward kernel on dy with the turned filters, padding R-1-pad (stride 1: the
 //                     transposed conv is a conv). No bias, no ReLU.
 //   backward-filter   block = 16 output channels x 32 input channels of one group x one split of the
-//                     tiles. Per step of 4 tiles: 128 threads transform x tiles, V = B^T d B (6x6,
-//                     one tile and channel each), 64 threads dy tiles, E = G' e G'^T (m x m -> 6x6,
-//                     G' (6, m)), into shared memory; each thread then does acc (2 k x 4 c) += E x V
+//                     tiles. Per step of 4 tiles: the block transforms 128 (tile, channel) x windows,
+//                     V = B^T d B, and 64 (tile, filter) dy tiles, E = G' e G'^T (m x m -> 6x6, G' (6, m)),
+//                     in the same two passes into shared memory; each thread then does acc (2 k x 4 c) += E x V
 //                     for its 9 points: Mw_xi (Kg, Cg) = sum over the split's tiles of E_xi^T V_xi,
 //                     the tiles in order. Each split writes its Mw (36, K, Cg) to scratch; output_
 //                     transform sums the splits in split order and writes dW = A'^T Mw A' (A'^T (R, 6)).
@@ -39,9 +40,12 @@
 //   Winograd: 2048 tiles (4x4 over 16x16: 1.51x the outputs), 2 x 36 x 2048 x 256 x 384 = 14.5 GFLOP
 //   of transform-domain FMAs (2.6x fewer), plus the input transforms: each (tile, channel) is transformed
 //   once per 32-channel block of K (12x for conv3), ~130 adds each: 0.8 GFLOP.
-//   Per forward step a thread issues 288 FFMA against 72 shared loads (LDS.64 + LDS.128) and the
-//   staging; the block's bytes from L2 are U's slice (36 x Cg x 32 x 4 B = 1.2 MB per block, 128 blocks
-//   along the tiles: 151 MB from L2 per pass) and x's tiles (2.25x the input per K block: 0.6 GB).
+//   Per forward step a thread issues 288 FFMA against 72 shared loads (LDS.64 + LDS.128), its share of
+//   the staging and the transforms: ~48 % of its loop's instructions are FFMA (sm_90); the block's bytes from L2
+//   are U's slice (36 x Cg x 32 x 4 B = 1.2 MB per block; 128 x 12 blocks: 1.8 GB per pass) and x's
+//   windows (2.25x the input per block column: 12 x 2.25 x 22 MB = 0.6 GB): at ~5-7 TB/s of L2 (an
+//   estimate) as long as the FMAs (0.45 ms modelled), so the forward may be L2-bound; 32-tile blocks
+//   would halve the U traffic.
 //   Modelled against cuDNN in benchmarks/RESULTS.md ("CUDA Winograd: kernel report and model").
 // Accuracy: the CPU path's figures (csrc/cpu/winograd.h): F(4x4,3x3) 2-3e-6, F(2x2,5x5) ~1.6e-6
 // relative error in float32; tests/test_winograd.py checks every pass on the cuda devices.
