@@ -26,6 +26,8 @@ namespace convnet {
 // Which algorithm a conv op runs: Auto lets the backend's selector pick per shape and pass (the CPU's
 // in csrc/cpu/winograd.cpp); Winograd is only set for shapes it supports (dispatch.cpp checks).
 enum class ConvAlgorithm { Auto, Direct, Winograd };
+// The pass a selector decides for (cpu::winograd_chosen, cuda::winograd_chosen).
+enum class ConvPass { Forward, BackwardData, BackwardFilter };
 
 struct ConvShape {
   int N, H, W, C;        // input (N, H, W, C)
@@ -160,6 +162,16 @@ void copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
 void copy_device_to_device(int dst_device, void* dst, int src_device, const void* src, size_t bytes);
 bool can_access_peer(int device, int peer);
 void synchronize(int device);
+// Winograd convolution (cuda/winograd.cu), called by dispatch.cpp instead of the conv kernels above
+// when winograd_chosen says so (s.algorithm Winograd: dispatch.cpp checked the shape; Auto: the
+// modelled rule of winograd.cu). Same arguments and contract as conv_forward / _backward_data /
+// _backward_filter.
+bool winograd_chosen(const ConvShape& s, ConvPass pass);
+void winograd_conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                           bool accumulate, bool relu);
+void winograd_conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate);
+void winograd_conv_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw, float* db,
+                                   bool accumulate);
 }  // namespace cuda
 
 }  // namespace convnet

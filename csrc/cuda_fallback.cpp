@@ -44,6 +44,16 @@ void copy_device_to_host(int, void*, const void*, size_t) { no_cuda("copy_device
 void copy_device_to_device(int, void*, int, const void*, size_t) { no_cuda("copy_device_to_device"); }
 bool can_access_peer(int, int) { no_cuda("can_access_peer"); }
 void synchronize(int) { no_cuda("synchronize"); }
+bool winograd_chosen(const ConvShape&, ConvPass) { no_cuda("winograd_chosen"); }
+void winograd_conv_forward(const ConvShape&, const float*, const float*, const float*, float*, bool, bool) {
+  no_cuda("winograd_conv_forward");
+}
+void winograd_conv_backward_data(const ConvShape&, const float*, const float*, float*, bool) {
+  no_cuda("winograd_conv_backward_data");
+}
+void winograd_conv_backward_filter(const ConvShape&, const float*, const float*, float*, float*, bool) {
+  no_cuda("winograd_conv_backward_filter");
+}
 void set_stream_slot(int, int) { no_cuda("set_stream_slot"); }
 int stream_slot(int) { no_cuda("stream_slot"); }
 void copy_between(int, int, void*, int, int, const void*, size_t, bool) { no_cuda("copy_between"); }

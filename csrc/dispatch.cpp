@@ -539,8 +539,8 @@ void sgd_update(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
 // ---------------------------------------------------------------------------------------------
 // convolution
 
-// The conv ops' algorithm= argument, checked against the shape and the device.
-ConvAlgorithm conv_algorithm(const char* op, const std::string& name, const ConvShape& s, const Device& dev) {
+// The conv ops' algorithm= argument, checked against the shape (both backends run every Winograd shape).
+ConvAlgorithm conv_algorithm(const char* op, const std::string& name, const ConvShape& s) {
   if (name == "auto") return ConvAlgorithm::Auto;
   if (name == "direct") return ConvAlgorithm::Direct;
   if (name != "winograd") fail(op, "algorithm must be 'auto', 'direct' or 'winograd', got '" + name + "'");
@@ -549,8 +549,15 @@ ConvAlgorithm conv_algorithm(const char* op, const std::string& name, const Conv
     fail(op, "algorithm='winograd': " + why + " (filter " + std::to_string(s.R) + "x" + std::to_string(s.S) +
                  ", stride (" + std::to_string(s.stride_h) + ", " + std::to_string(s.stride_w) + "), pad (" +
                  std::to_string(s.pad_h) + ", " + std::to_string(s.pad_w) + ")); use 'auto' or 'direct'");
-  if (dev.is_cuda()) fail(op, "algorithm='winograd' has no CUDA kernels yet (device " + dev.str() + "); use 'auto' or 'direct'");
   return ConvAlgorithm::Winograd;
+}
+
+// Whether a conv pass on `dev` runs as CUDA Winograd (cuda/winograd.cu; the CPU decides inside its
+// conv kernels, csrc/cpu/conv.cpp). Makes the device current when it does.
+bool cuda_winograd(const Device& dev, const ConvShape& s, ConvPass pass) {
+  if (!dev.is_cuda()) return false;
+  cuda::set_device(dev.index);
+  return cuda::winograd_chosen(s, pass);
 }
 
 void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Tensor& y, Pair stride,
@@ -561,7 +568,9 @@ void conv_forward(const Tensor& x, const Tensor& w, const OptTensor& b, const Te
   need_shape(op, "y", y, {s.N, s.P, s.Q, s.K}, "x " + x.shape_str() + " with w " + w.shape_str());
   if (b) need_shape(op, "b", *b, {s.K}, "w " + w.shape_str());
   no_alias_any(op, "y", y, {{"x", &x}, {"w", &w}, {"b", ptr(b)}});
-  s.algorithm = conv_algorithm(op, algorithm, s, dev);
+  s.algorithm = conv_algorithm(op, algorithm, s);
+  if (cuda_winograd(dev, s, ConvPass::Forward))
+    return cuda::winograd_conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu);
   CONVNET_DISPATCH(dev, conv_forward(s, x.f32(), w.f32(), data_or_null(b), y.f32(), accumulate, relu));
 }
 
@@ -572,7 +581,9 @@ void conv_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, Pai
   ConvShape s = conv_shape(dx.shape(), w.shape(), stride, pad, groups, op);
   need_shape(op, "dy", dy, {s.N, s.P, s.Q, s.K}, "dx " + dx.shape_str() + " with w " + w.shape_str());
   no_alias_any(op, "dx", dx, {{"dy", &dy}, {"w", &w}});
-  s.algorithm = conv_algorithm(op, algorithm, s, dev);
+  s.algorithm = conv_algorithm(op, algorithm, s);
+  if (cuda_winograd(dev, s, ConvPass::BackwardData))
+    return cuda::winograd_conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate);
   CONVNET_DISPATCH(dev, conv_backward_data(s, dy.f32(), w.f32(), dx.f32(), accumulate));
 }
 
@@ -585,7 +596,9 @@ void conv_backward_filter(const Tensor& dy, const Tensor& x, const Tensor& dw, c
   if (db) need_shape(op, "db", *db, {s.K}, "dw " + dw.shape_str());
   no_alias_any(op, "dw", dw, {{"dy", &dy}, {"x", &x}, {"db", ptr(db)}});
   if (db) no_alias_any(op, "db", *db, {{"dy", &dy}, {"x", &x}});
-  s.algorithm = conv_algorithm(op, algorithm, s, dev);
+  s.algorithm = conv_algorithm(op, algorithm, s);
+  if (cuda_winograd(dev, s, ConvPass::BackwardFilter))
+    return cuda::winograd_conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate);
   CONVNET_DISPATCH(dev, conv_backward_filter(s, dy.f32(), x.f32(), dw.f32(), data_or_null(db), accumulate));
 }
 

@@ -1,7 +1,8 @@
-"""Winograd convolution (csrc/cpu/winograd.cpp) forced with algorithm="winograd" on odd shapes: forward,
-backward-data and backward-filter against the float64 reference, outputs NaN-poisoned (every element
-written), accumulate adding to old values; a gradient check through the Winograd passes; the errors of
-algorithm=; the Conv layer option.
+"""Winograd convolution (csrc/cpu/winograd.cpp, cuda/winograd.cu) forced with algorithm="winograd" on odd
+shapes and AlexNet's (batch scaled down), on every device: forward, backward-data and backward-filter
+against the float64 reference, outputs NaN-poisoned (every element written), accumulate adding to old
+values; a gradient check through the Winograd passes; the errors of algorithm=; what auto picks under
+each precision; the Conv layer option.
 """
 import numpy as np
 import pytest
@@ -25,10 +26,23 @@ SHAPES = [
     (1, 6, 10, 9, 11, 5, 4, 1),
     (2, 13, 13, 64, 96, 3, 1, 2),
     (1, 3, 3, 6, 10, 3, 2, 2),  # output larger than the input, a single partial tile
+    (2, 2, 9, 5, 4, 3, 1, 1),   # H < 4: one row of partial tiles
+    (1, 6, 3, 4, 6, 5, 2, 1),   # W < 4, 5x5
+    (0, 9, 9, 8, 8, 3, 1, 1),   # empty batch
+    (1, 0, 5, 3, 4, 3, 2, 1),   # empty input rows, padding alone gives a 2 x 7 output
+    (2, 10, 11, 40, 70, 3, 0, 2),  # K/C per group not multiples of the CUDA block tiles (32, 16, 4)
 ]
+# AlexNet's 3x3 and 5x5 layers (2012 conv2-5, OWT conv3-5 share their shapes), batch 1.
+ALEXNET = {
+    "2012.conv2": (1, 27, 27, 96, 256, 5, 2, 2),
+    "2012.conv3": (1, 13, 13, 256, 384, 3, 1, 1),
+    "2012.conv4": (1, 13, 13, 384, 384, 3, 1, 2),
+    "2012.conv5": (1, 13, 13, 384, 256, 3, 1, 2),
+    "owt.conv3": (1, 13, 13, 192, 384, 3, 1, 1),
+}
 
 
-def run_all(rng, shape, accumulate, algorithm):
+def run_all(rng, shape, accumulate, algorithm, device="cpu"):
     N, H, W, C, K, R, pad, groups = shape
     x, w, b = make(rng, N, H, W, C, K, R, R, groups)
     x, w, b = f32(x), f32(w), f32(b)
@@ -37,13 +51,13 @@ def run_all(rng, shape, accumulate, algorithm):
     dy = f32(rng.standard_normal(y_ref.shape))
     dx_ref, dw_ref, db_ref = ref.conv_backward(dy, x, w, (1, 1), (pad, pad), groups)
 
-    y, old_y = out_tensor(y_ref.shape, "cpu", rng, accumulate)
-    ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, **kw)
-    dx, old_x = out_tensor(x.shape, "cpu", rng, accumulate)
-    ops.conv_backward_data(to_device(dy, "cpu"), to_device(w, "cpu"), dx, **kw)
-    dw, old_w = out_tensor(w.shape, "cpu", rng, accumulate)
-    db, old_b = out_tensor(b.shape, "cpu", rng, accumulate)
-    ops.conv_backward_filter(to_device(dy, "cpu"), to_device(x, "cpu"), dw, db, **kw)
+    y, old_y = out_tensor(y_ref.shape, device, rng, accumulate)
+    ops.conv_forward(to_device(x, device), to_device(w, device), to_device(b, device), y, **kw)
+    dx, old_x = out_tensor(x.shape, device, rng, accumulate)
+    ops.conv_backward_data(to_device(dy, device), to_device(w, device), dx, **kw)
+    dw, old_w = out_tensor(w.shape, device, rng, accumulate)
+    db, old_b = out_tensor(b.shape, device, rng, accumulate)
+    ops.conv_backward_filter(to_device(dy, device), to_device(x, device), dw, db, **kw)
     add = (lambda ref_, old: ref_ + old) if accumulate else (lambda ref_, old: ref_)
     assert_close(y.numpy(), add(y_ref, old_y), what="y")
     assert_close(dx.numpy(), add(dx_ref, old_x), what="dx")
@@ -53,28 +67,56 @@ def run_all(rng, shape, accumulate, algorithm):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_winograd_all_passes(rng, shape, accumulate):
-    run_all(rng, shape, accumulate, "winograd")
+def test_winograd_all_passes(rng, shape, accumulate, device):
+    run_all(rng, shape, accumulate, "winograd", device)
+
+
+@pytest.mark.parametrize("layer", ALEXNET)
+def test_winograd_alexnet_layers(rng, layer, device):
+    run_all(rng, ALEXNET[layer], False, "winograd", device)
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "direct"])
-def test_other_algorithms_same_contract(rng, algorithm):
-    # a shape the auto rule sends to Winograd (3x3, 64+ channels, >= 4096 output pixels) and one it does not
-    run_all(rng, (25, 13, 13, 64, 64, 3, 1, 1), False, algorithm)
-    run_all(rng, (2, 9, 7, 7, 5, 5, 0, 1), True, algorithm)
+def test_other_algorithms_same_contract(rng, algorithm, device):
+    # a shape the auto rules send to Winograd (3x3, 64+ channels, >= 4096 output pixels) and one the CPU's does not
+    run_all(rng, (25, 13, 13, 64, 64, 3, 1, 1), False, algorithm, device)
+    run_all(rng, (2, 9, 7, 7, 5, 5, 0, 1), True, algorithm, device)
 
 
-def test_winograd_fused_relu(rng):
+def run_forward_bits(x, w, algorithm, precision, device):
+    y = poisoned((x.shape[0], x.shape[1], x.shape[2], w.shape[0]), device)
+    with convnet.use_precision(precision):
+        ops.conv_forward(to_device(x, device), to_device(w, device), None, y, stride=(1, 1), pad=(1, 1),
+                         algorithm=algorithm)
+    return y.numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_auto_picks_winograd_only_under_fp32(rng, precision, device):
+    """auto's result has the bits of one of the two algorithms: Winograd for a 3x3 layer both rules take
+    (AlexNet-like: 64 channels, 13x13, batch 25) under fp32; direct under bf16, and on CUDA under tf32
+    too (the CPU computes tf32 as fp32, so its rule keeps Winograd there)."""
+    x, w, _ = make(rng, 25, 13, 13, 64, 64, 3, 3, 1)
+    x, w = f32(x), f32(w)
+    auto = run_forward_bits(x, w, "auto", precision, device)
+    winograd_modes = ("fp32",) if device.startswith("cuda") else ("fp32", "tf32")
+    expected = "winograd" if precision in winograd_modes else "direct"
+    np.testing.assert_array_equal(auto, run_forward_bits(x, w, expected, precision, device))
+    other = "direct" if expected == "winograd" else "winograd"
+    assert not np.array_equal(auto, run_forward_bits(x, w, other, precision, device))
+
+
+def test_winograd_fused_relu(rng, device):
     x, w, b = make(rng, 2, 9, 11, 8, 6, 3, 3, 1)
     x, w, b = f32(x), f32(w), f32(b)
     y_ref = np.maximum(ref.conv_forward(x, w, b, (1, 1), (1, 1), 1), 0)
-    y = poisoned(y_ref.shape, "cpu")
-    ops.conv_forward(to_device(x, "cpu"), to_device(w, "cpu"), to_device(b, "cpu"), y, stride=(1, 1), pad=(1, 1),
-                     groups=1, accumulate=False, relu=True, algorithm="winograd")
+    y = poisoned(y_ref.shape, device)
+    ops.conv_forward(to_device(x, device), to_device(w, device), to_device(b, device), y, stride=(1, 1),
+                     pad=(1, 1), groups=1, accumulate=False, relu=True, algorithm="winograd")
     assert_close(y.numpy(), y_ref, what="y")
 
 
-def test_winograd_gradient_check(rng):
+def test_winograd_gradient_check(rng, device):
     """Finite differences of L = sum(conv(x, w) * g) in float64 on the reference, against the Winograd
     backward passes (so a wrong turned filter or transposed transform cannot pass)."""
     N, H, W, C, K, R, pad, groups = 2, 7, 6, 4, 6, 3, 1, 2
@@ -82,11 +124,11 @@ def test_winograd_gradient_check(rng):
     x, w = f32(x), f32(w)
     y0 = ref.conv_forward(x, w, None, (1, 1), (pad, pad), groups)
     g = f32(rng.standard_normal(y0.shape))
-    dx = poisoned(x.shape, "cpu")
-    dw = poisoned(w.shape, "cpu")
+    dx = poisoned(x.shape, device)
+    dw = poisoned(w.shape, device)
     kw = dict(stride=(1, 1), pad=(pad, pad), groups=groups, accumulate=False, algorithm="winograd")
-    ops.conv_backward_data(to_device(g, "cpu"), to_device(w, "cpu"), dx, **kw)
-    ops.conv_backward_filter(to_device(g, "cpu"), to_device(x, "cpu"), dw, None, **kw)
+    ops.conv_backward_data(to_device(g, device), to_device(w, device), dx, **kw)
+    ops.conv_backward_filter(to_device(g, device), to_device(x, device), dw, None, **kw)
     eps = 1e-4
     for arr, grad in ((x, dx.numpy()), (w, dw.numpy())):
         for idx in [tuple(rng.integers(0, n) for n in arr.shape) for _ in range(6)]:
@@ -118,6 +160,24 @@ def test_winograd_same_bits_any_thread_count(rng):
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_winograd_same_bits_every_run(rng, device):
+    """Every pass sums in a fixed order (the CUDA backward-filter's splits too): two runs, the same bits."""
+    shape = (3, 13, 13, 32, 48, 3, 1, 1)
+    x, w, b = make(rng, *shape[:5], 3, 3, 1)
+    x, w, dy = to_device(f32(x), device), to_device(f32(w), device), to_device(
+        f32(rng.standard_normal((3, 13, 13, 48))), device)
+    runs = []
+    for _ in range(2):
+        y, dx, dw = poisoned((3, 13, 13, 48), device), poisoned((3, 13, 13, 32), device), poisoned((48, 3, 3, 32), device)
+        kw = dict(stride=(1, 1), pad=(1, 1), algorithm="winograd")
+        ops.conv_forward(x, w, None, y, **kw)
+        ops.conv_backward_data(dy, w, dx, **kw)
+        ops.conv_backward_filter(dy, x, dw, None, **kw)
+        runs.append([t.numpy() for t in (y, dx, dw)])
+    for a, b_ in zip(*runs):
+        np.testing.assert_array_equal(a, b_)
+
+
 @pytest.mark.parametrize("op", ["conv_forward", "conv_backward_data", "conv_backward_filter"])
 @pytest.mark.parametrize("w_shape, stride, pad, message", [
     ((4, 3, 3, 2), (2, 2), (1, 1), "stride 1"),
@@ -125,14 +185,14 @@ def test_winograd_same_bits_any_thread_count(rng):
     ((4, 3, 5, 2), (1, 1), (1, 1), "3x3 or 5x5"),
     ((4, 3, 3, 2), (1, 1), (3, 3), "padding below"),
 ])
-def test_winograd_unsupported_shape_errors(op, w_shape, stride, pad, message):
-    x = convnet.from_numpy(np.zeros((1, 11, 11, 2), np.float32))
-    w = convnet.from_numpy(np.zeros(w_shape, np.float32))
+def test_winograd_unsupported_shape_errors(op, w_shape, stride, pad, message, device):
+    x = convnet.from_numpy(np.zeros((1, 11, 11, 2), np.float32), device)
+    w = convnet.from_numpy(np.zeros(w_shape, np.float32), device)
     P = ref.conv_output_size(11, w_shape[1], stride[0], pad[0])
     Q = ref.conv_output_size(11, w_shape[2], stride[1], pad[1])
-    y = convnet.empty((1, P, Q, 4))
+    y = convnet.empty((1, P, Q, 4), device)
     kw = dict(stride=stride, pad=pad, groups=1, accumulate=False, algorithm="winograd")
-    with pytest.raises(ValueError, match=f"{op}.*algorithm='winograd'.*{message}"):
+    with pytest.raises(ValueError, match=f"{op}.*algorithm='winograd'.*{message}.*filter {w_shape[1]}x{w_shape[2]}"):
         if op == "conv_forward":
             ops.conv_forward(x, w, None, y, **kw)
         elif op == "conv_backward_data":

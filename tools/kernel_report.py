@@ -21,6 +21,11 @@ the issue slots allow (one warp instruction per scheduler per clock; every non-F
 stalls, occupancy and wave tails come on top, so the model is optimistic. cuDNN's times are
 estimates (see CUDNN_EFFICIENCY), not measurements.
 
+The model adds cuda/winograd.cu's kernels on the stride-1 3x3 and 5x5 layers (winograd_model): the FMAs
+the Winograd kernels actually issue (their block tiles' padding included) at the issue rate their main
+loop allows, against our direct kernels' model and cuDNN's FP32 estimates (implicit GEMM as above, and
+its Winograd: the same transform-domain FMAs at CUDNN_EFFICIENCY).
+
 The model adds the FC layers under tf32 / bf16 (cuda/gemm_tc.cu's tensor-core kernels) against
 cuDNN/cuBLAS TF32 / BF16 estimates: see tc_model for its assumptions.
 
@@ -354,6 +359,84 @@ def model_row(layer, pass_, flops, bytes_, share, cudnn_eff):
                 ratio=t_ours / t_cudnn if t_ours else None)
 
 
+def padded(n, tile):
+    return math.ceil(n / tile) * tile
+
+
+def winograd_fmas(layer, batch):
+    """{pass: (direct FMAs, Winograd FMAs)} as issued by cuda/conv.cu's and cuda/winograd.cu's block
+    tiles (direct 64 x 64 x 16; Winograd 36 points x 16 x 32 x 4), all groups; the formula of
+    cuda::winograd_chosen (cuda/winograd.cu), which applies this model per call."""
+    H, W, C, K, R, S, st, pd, g = CONV_LAYERS[layer]
+    P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+    m, Cg, Kg = 6 - R + 1, C // g, K // g
+    tiles_out = batch * math.ceil(P / m) * math.ceil(Q / m)
+    tiles_in = batch * math.ceil(H / m) * math.ceil(W / m)
+    return {
+        "fwd": (g * padded(batch * P * Q, 64) * padded(Kg, 64) * padded(R * S * Cg, 16),
+                g * 36 * padded(tiles_out, 16) * padded(Kg, 32) * padded(Cg, 4)),
+        "bwd_data": (g * padded(batch * H * W, 64) * padded(Cg, 64) * padded(R * S * Kg, 16),
+                     g * 36 * padded(tiles_in, 16) * padded(Cg, 32) * padded(Kg, 4)),
+        "bwd_filter": (g * padded(Kg, 64) * padded(R * S * Cg, 64) * padded(batch * P * Q, 16),
+                       g * 36 * padded(Kg, 16) * padded(Cg, 32) * padded(tiles_out, 4)),
+    }
+
+
+def winograd_model(rows, batch):
+    """Per stride-1 3x3 / 5x5 layer and pass: our Winograd kernels' modelled time (issued FMAs x 2 /
+    (peak x FFMA share of the kernel's main loop)), against our direct kernels' (the same rule) and
+    cuDNN's FP32 estimates: implicit GEMM (the direct FLOPs at CUDNN_EFFICIENCY) and Winograd (the same
+    transform-domain FLOPs as ours, unpadded, at CUDNN_EFFICIENCY: an ESTIMATE, generous to cuDNN, whose
+    transforms it leaves out); cuDNN's time is the better of the two. Memory: compulsory bytes (x, y, w)
+    plus Winograd's U (36 K Cg floats, written once, read by every block column: from L2, not counted)
+    at BANDWIDTH; each time is the larger of compute and memory."""
+    share = {"fwd": kernel_share(rows, "winograd_conv_forward"),
+             "bwd_data": kernel_share(rows, "winograd_conv_forward"),
+             "bwd_filter": kernel_share(rows, "winograd_conv_backward_filter")}
+    direct = {"fwd": kernel_share(rows, "conv_forward"), "bwd_data": kernel_share(rows, "conv_backward_data"),
+              "bwd_filter": kernel_share(rows, "conv_backward_filter")}
+    out = []
+    for name, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items():
+        if st != 1 or R != S or R not in (3, 5):
+            continue
+        P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+        m = 6 - R + 1
+        direct_flops = 2.0 * batch * P * Q * K * R * S * (C // g)
+        bytes_ = 4.0 * (batch * H * W * C + batch * P * Q * K + K * R * S * (C // g)) + 4.0 * 2 * 36 * K * (C // g)
+        t_mem = bytes_ / BANDWIDTH
+        for pass_, (d_fma, w_fma) in winograd_fmas(name, batch).items():
+            side = (P, Q) if pass_ != "bwd_data" else (H, W)
+            wino_flops = 2.0 * 36 * batch * math.ceil(side[0] / m) * math.ceil(side[1] / m) * K * (C // g)
+            t_w = max(2.0 * w_fma / (PEAK_FP32 * share[pass_]), t_mem) if share[pass_] else None
+            t_d = max(2.0 * d_fma / (PEAK_FP32 * direct[pass_]), t_mem) if direct[pass_] else None
+            eff = CUDNN_EFFICIENCY["conv"]
+            t_cudnn_gemm = max(direct_flops / (PEAK_FP32 * eff), t_mem)
+            t_cudnn_wino = max(wino_flops / (PEAK_FP32 * eff), t_mem)
+            t_cudnn = min(t_cudnn_gemm, t_cudnn_wino)
+            out.append(dict(layer=name, pass_=pass_, direct_gflop=direct_flops / 1e9, issued_gflop=2.0 * w_fma / 1e9,
+                            ffma_share=share[pass_], winograd_ms=t_w * 1e3 if t_w else None,
+                            direct_ms=t_d * 1e3 if t_d else None, cudnn_gemm_ms=t_cudnn_gemm * 1e3,
+                            cudnn_winograd_ms=t_cudnn_wino * 1e3,
+                            vs_direct=t_w / t_d if t_w and t_d else None,
+                            vs_cudnn=t_w / t_cudnn if t_w else None))
+    return out
+
+
+def print_winograd_model(model, md, batch):
+    head = ["layer", "pass", "direct GFLOP", "Winograd GFLOP issued", "FFMA share", "Winograd ms", "our direct ms",
+            "cuDNN GEMM est. ms", "cuDNN Winograd est. ms", "Winograd / our direct", "Winograd / cuDNN best"]
+    f = lambda v, d=3: f"{v:.{d}f}" if v is not None else "?"
+    lines = [[m["layer"], m["pass_"], f(m["direct_gflop"], 1), f(m["issued_gflop"], 1),
+              f"{100 * m['ffma_share']:.0f} %" if m["ffma_share"] else "?", f(m["winograd_ms"]), f(m["direct_ms"]),
+              f(m["cudnn_gemm_ms"]), f(m["cudnn_winograd_ms"]), f(m["vs_direct"], 2), f(m["vs_cudnn"], 2)]
+             for m in model]
+    print(f"\nWinograd model (cuda/winograd.cu), batch {batch}, H100 SXM5 (FP32 {PEAK_FP32 / 1e12:.1f} TFLOP/s); "
+          f"cuDNN at {100 * CUDNN_EFFICIENCY['conv']:.0f} % of peak (estimate)")
+    if md:
+        print()
+    print_rows(head, lines, md)
+
+
 def tc_efficiency(m):
     """Fraction of the dense tensor peak a main loop allows: the tensor core needs HMMA_CYCLES /
     MMA_SYNC_FRACTION cycles per HMMA, the scheduler one issue slot per instruction (static count,
@@ -447,9 +530,13 @@ def main(argv=None):
     if model:
         print_model(model, args.markdown, args.batch)
         print_tc_model(tc, args.markdown, args.batch)
+        wino = winograd_model(rows, args.batch)
+        if wino and any(m["winograd_ms"] for m in wino):
+            print_winograd_model(wino, args.markdown, args.batch)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "kernels": rows, "model": model, "tc_model": tc}, f, indent=1)
+            json.dump({"arch": args.arch, "kernels": rows, "model": model, "tc_model": tc,
+                       "winograd_model": winograd_model(rows, args.batch) if args.model else None}, f, indent=1)
 
 
 if __name__ == "__main__":

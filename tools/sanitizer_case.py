@@ -47,6 +47,13 @@ def run():
         ops.conv_forward(x, wt, t(6), yy, stride, pad, groups, False)
         ops.conv_backward_data(yy, wt, t(*x.shape), stride, pad, groups, False)
         ops.conv_backward_filter(yy, x, t(*wt.shape), t(6), stride, pad, groups, False)
+    for size in (3, 5):  # the Winograd kernels (cuda/winograd.cu), groups 2
+        wt = t(6, size, size, 3)
+        n, p, q, k = convnet._C.conv_output_shape(x.shape, wt.shape, (1, 1), (1, 1), 2)
+        yy = t(n, p, q, k)
+        ops.conv_forward(x, wt, t(6), yy, (1, 1), (1, 1), 2, False, False, "winograd")
+        ops.conv_backward_data(yy, wt, t(*x.shape), (1, 1), (1, 1), 2, False, "winograd")
+        ops.conv_backward_filter(yy, x, t(*wt.shape), t(6), (1, 1), (1, 1), 2, False, "winograd")
     ops.lrn_forward(x, t(*x.shape), 5, 1e-2, 0.75, 2.0, False)
     ops.lrn_backward(x, t(*x.shape), t(*x.shape), t(*x.shape), 5, 1e-2, 0.75, 2.0, False)
     shape = convnet._C.pool_output_shape(x.shape, (3, 3), (2, 2), (1, 1))

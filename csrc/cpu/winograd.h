@@ -50,8 +50,7 @@ namespace cpu {
 // Empty when the Winograd kernels can run this shape (stride 1, R = S in {3, 5}, pad < R), else why not.
 std::string winograd_unsupported(const ConvShape& s);
 // Whether a pass runs as Winograd: s.algorithm forces it (Direct / Winograd; dispatch.cpp checked that
-// Winograd is supported), Auto applies the measured rule of winograd.cpp.
-enum class ConvPass { Forward, BackwardData, BackwardFilter };
+// Winograd is supported), Auto applies the measured rule of winograd.cpp. ConvPass: backend.h.
 bool winograd_chosen(const ConvShape& s, ConvPass pass);
 // The passes; the caller checked that the shape is supported.
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,

@@ -291,7 +291,7 @@ class Conv(Layer):
     filters K, size R or (R, S), stride, pad, groups (each of `groups` channel groups of the input
     feeds K/groups filters); init_std: a number, None/"he" (sqrt(2 / fan_in)) or "torch". Biases train at
     bias_lr_mult x the rate with bias_wd_mult x the decay (cuda-convnet: 2x, no decay). algorithm: "auto"
-    (the backend picks per shape and pass), "direct" or "winograd" (stride-1 3x3 or 5x5, pad < size; CPU).
+    (the backend picks per shape and pass), "direct" or "winograd" (stride-1 3x3 or 5x5, pad < size; CPU and CUDA).
     """
     type = "conv"
     accumulates = True

@@ -66,11 +66,14 @@ def run(out_path, device="cuda:0"):
         P = (H + 2 * pd[0] - Rr) // st[0] + 1
         Q = (W + 2 * pd[1] - S) // st[1] + 1
         x, w, b, dy = T(R(N, H, W, C)), T(R(K, Rr, S, C // g)), T(R(K)), T(R(N, P, Q, K))
-        y, dx, dw, db = E(N, P, Q, K), E(N, H, W, C), E(K, Rr, S, C // g), E(K)
-        ops.conv_forward(x, w, b, y, stride=st, pad=pd, groups=g)
-        ops.conv_backward_data(dy, w, dx, stride=st, pad=pd, groups=g)
-        ops.conv_backward_filter(dy, x, dw, db, stride=st, pad=pd, groups=g)
-        keep(f"conv{shape}", y, dx, dw, db)
+        # the direct kernels, and the Winograd ones (cuda/winograd.cu) where they apply
+        winograd = st == (1, 1) and Rr == S and Rr in (3, 5) and max(pd) < Rr
+        for algorithm in ("direct", "winograd") if winograd else ("direct",):
+            y, dx, dw, db = E(N, P, Q, K), E(N, H, W, C), E(K, Rr, S, C // g), E(K)
+            ops.conv_forward(x, w, b, y, stride=st, pad=pd, groups=g, algorithm=algorithm)
+            ops.conv_backward_data(dy, w, dx, stride=st, pad=pd, groups=g, algorithm=algorithm)
+            ops.conv_backward_filter(dy, x, dw, db, stride=st, pad=pd, groups=g, algorithm=algorithm)
+            keep(f"conv{shape}" + ("" if algorithm == "direct" else " winograd"), y, dx, dw, db)
 
     # LRN: staged (C = 96, 7), one pixel per block (1500), global (2100); odd and even sizes
     for rows, C, size in [(50, 96, 5), (13, 7, 4), (3, 1500, 5), (2, 2100, 6)]:
