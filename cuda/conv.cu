@@ -51,6 +51,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "conv_tc.cuh"
 
 namespace convnet {
 namespace cuda {
@@ -512,6 +513,10 @@ void check_grid(const dim3& grid, const char* kernel) {
 
 void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, bool accumulate,
                   bool relu) {
+  if (gemm_precision() != Precision::FP32 && conv_tc_supported(s)) {  // tf32 / bf16: cuda/conv_tc.cu
+    conv_forward_tc(gemm_precision(), s, x, w, b, y, accumulate, relu);
+    return;
+  }
   const int64_t M = (int64_t)s.N * s.P * s.Q;
   if (M == 0) return;
   const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.K / s.groups, BN), (unsigned)s.groups);
