@@ -233,10 +233,71 @@ def test_conv_forward_tensor_cores(rng, cuda_device, precision, name):
             assert (y.numpy()[rounded < -1e-3] == 0).all(), "conv_forward relu: negative outputs not clamped"
 
 
+# alexnet1's dx (K = R*S*Kg = 11616 per pixel) takes ~3 minutes per precision under the emulator, and no
+# net computes the first layer's dx: slow; s4_pad covers the strided gather in the default run.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet1" else n
+                                  for n in CONV_SHAPES])
+def test_conv_backward_data_tensor_cores(rng, cuda_device, precision, name):
+    R = PRECISIONS[precision][0]
+    x, w, b, dy, geo = conv_inputs(rng, CONV_SHAPES[name])
+    d = cuda_device
+    for accumulate, _ in variants(name)[:2]:
+        old = f32(rng.standard_normal(x.shape)) if accumulate else None
+        dx = start(old, d, x.shape)
+        ops.conv_backward_data(to_device(dy, d), to_device(w, d), dx, accumulate=accumulate, **geo)
+        exact, rounded = ref.conv_backward(dy, x, w, **geo)[0], ref.conv_backward(R(dy), x, R(w), **geo)[0]
+        if accumulate:
+            exact, rounded = exact + old, rounded + old
+        check(precision, dx.numpy(), exact, rounded, f"conv_backward_data {name} accumulate={accumulate}")
+
+
+@pytest.mark.parametrize("name", list(CONV_SHAPES) + ["split_k"])
+def test_conv_backward_filter_tensor_cores(rng, cuda_device, precision, name):
+    """dW on tensor cores; db is a column sum of dy, FP32 in every precision. split_k: N*P*Q = 2304
+    pixels, cut into splits summed in split order by a second kernel."""
+    R = PRECISIONS[precision][0]
+    shape = (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1) if name == "split_k" else CONV_SHAPES[name]
+    x, w, b, dy, geo = conv_inputs(rng, shape)
+    d = cuda_device
+    for accumulate, _ in variants(name)[:2]:
+        old_w = f32(rng.standard_normal(w.shape)) if accumulate else None
+        old_b = f32(rng.standard_normal(b.shape)) if accumulate else None
+        dw, db = start(old_w, d, w.shape), start(old_b, d, b.shape)
+        ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, db, accumulate=accumulate, **geo)
+        _, exact, db_want = ref.conv_backward(dy, x, w, **geo)
+        rounded = ref.conv_backward(R(dy), R(x), w, **geo)[1]
+        if accumulate:
+            exact, rounded, db_want = exact + old_w, rounded + old_w, db_want + old_b
+        check(precision, dw.numpy(), exact, rounded, f"conv_backward_filter {name} accumulate={accumulate}")
+        assert rel(db.numpy(), db_want) < 1e-5, f"conv_backward_filter {name}: db"
+
+
+def test_conv_tensor_cores_deterministic(rng, cuda_device, precision):
+    """Two identical calls give the same bytes (split-K sums in split order; no atomics)."""
+    x, w, b, dy, geo = conv_inputs(rng, (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1))
+    d = cuda_device
+    outs = []
+    for _ in range(2):
+        dw, y = poisoned(w.shape, d), poisoned(dy.shape, d)
+        ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, None, **geo)
+        ops.conv_forward(to_device(x, d), to_device(w, d), to_device(b, d), y, **geo)
+        outs.append((dw.numpy(), y.numpy()))
+    assert all(np.array_equal(a, c) for a, c in zip(*outs))
+
+
 def test_conv_tensor_cores_empty_batch(cuda_device, precision):
     """N = 0: nothing to write forward and backward to data; dW = 0 (or dW + 0 when accumulating)."""
     d = cuda_device
-    x, w = np.zeros((0, 9, 9, 8)), np.ones((16, 3, 3, 8))
+    x, w, dy = np.zeros((0, 9, 9, 8)), np.ones((16, 3, 3, 8)), np.zeros((0, 9, 9, 16))
     y = poisoned((0, 9, 9, 16), d)
     ops.conv_forward(to_device(x, d), to_device(w, d), None, y, pad=(1, 1))
     assert y.numpy().shape == (0, 9, 9, 16)
+    dx = poisoned((0, 9, 9, 8), d)
+    ops.conv_backward_data(to_device(dy, d), to_device(w, d), dx, pad=(1, 1))
+    dw, db = poisoned(w.shape, d), poisoned((16,), d)
+    ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, db, pad=(1, 1))
+    assert (dw.numpy() == 0).all() and (db.numpy() == 0).all()
+    old = np.arange(w.size, dtype=np.float32).reshape(w.shape)
+    dw = to_device(old, d)
+    ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, None, pad=(1, 1), accumulate=True)
+    assert np.array_equal(dw.numpy(), old)
