@@ -51,6 +51,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "conv_tc.cuh"
 
 namespace convnet {
 namespace cuda {
@@ -512,6 +513,10 @@ void check_grid(const dim3& grid, const char* kernel) {
 
 void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, bool accumulate,
                   bool relu) {
+  if (gemm_precision() != Precision::FP32 && conv_tc_supported(s)) {  // tf32 / bf16: cuda/conv_tc.cu
+    conv_forward_tc(gemm_precision(), s, x, w, b, y, accumulate, relu);
+    return;
+  }
   const int64_t M = (int64_t)s.N * s.P * s.Q;
   if (M == 0) return;
   const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.K / s.groups, BN), (unsigned)s.groups);
@@ -521,6 +526,10 @@ void conv_forward(const ConvShape& s, const float* x, const float* w, const floa
 }
 
 void conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
+  if (gemm_precision() != Precision::FP32 && conv_tc_supported(s)) {  // tf32 / bf16: cuda/conv_tc.cu
+    conv_backward_data_tc(gemm_precision(), s, dy, w, dx, accumulate);
+    return;
+  }
   const int64_t M = (int64_t)s.N * s.H * s.W;
   if (M == 0) return;
   const dim3 grid((unsigned)ceil_div(M, BM), (unsigned)ceil_div(s.C / s.groups, BN), (unsigned)s.groups);
@@ -540,6 +549,10 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
 }
 
 void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw, float* db, bool accumulate) {
+  if (gemm_precision() != Precision::FP32 && conv_tc_supported(s)) {  // tf32 / bf16: cuda/conv_tc.cu
+    conv_backward_filter_tc(gemm_precision(), s, dy, x, dw, db, accumulate);
+    return;
+  }
   const int Kg = s.K / s.groups, RSC = s.R * s.S * (s.C / s.groups);
   const int64_t NPQ = (int64_t)s.N * s.P * s.Q;
   const int64_t dw_size = (int64_t)s.K * RSC;

@@ -1,4 +1,5 @@
-"""Mixed precision on CUDA: the FC GEMM on tensor cores (cuda/gemm_tc.cu, cuda/mma.cuh).
+"""Mixed precision on CUDA: the FC GEMM (cuda/gemm_tc.cu) and the convolutions (cuda/conv_tc.cu) on
+tensor cores (cuda/mma.cuh).
 
 Under tf32 / bf16 every CUDA GEMM with M > 1 and N > 1 (gemm, fc_forward, fc_backward_data,
 fc_backward_weights) runs mma.sync on operands rounded once while staged into shared memory: TF32 by
@@ -14,7 +15,10 @@ against float64 NumPy (tests/reference.py):
     fragment fails this by orders of magnitude.
 Outputs are poisoned with NaN first. Shapes are odd on purpose (M, N, K not multiples of the 128 x
 128 tile or of the slice depth, unaligned rows for the scalar loader path) and include split-K.
-The GEMV shapes (M == 1 or N == 1) stay FP32, as documented. These run on CUDA devices only: under
+The GEMV shapes (M == 1 or N == 1) stay FP32, as documented. The convolutions (forward, backward
+data, backward filter) are checked the same way on AlexNet's layers at a small batch and on odd
+shapes (C = 3, C / groups not a multiple of the loader group, groups, stride 4 with padding,
+partial tiles, split-K, accumulate, ReLU, an empty batch). These run on CUDA devices only: under
 the emulator (tools/cuda_emu/run_tests.sh) and on a GPU; the emulated instructions themselves are
 checked tile by tile in tools/cuda_emu/selftest/mma_check.cu.
 """
@@ -166,3 +170,134 @@ def test_round_tf32_reference():
     # subnormals: kept by the CUDA bf16 rounding, flushed by the CPU one
     tiny = np.array([1e-40], dtype=np.float32)
     assert ref.round_bf16(tiny)[0] == 0.0 and ref.round_bf16(tiny, flush_denormals=False)[0] != 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# convolutions (cuda/conv_tc.cu)
+
+# (N, H, W, C, K, R, S, stride, pad, groups)
+CONV_SHAPES = {
+    # AlexNet-2012's layers, batch and image scaled down (channels, kernels, strides, pads, groups kept)
+    "alexnet1": (1, 27, 27, 3, 96, 11, 11, (4, 4), (0, 0), 1),   # C = 3: the element-by-element gather
+    "alexnet2": (1, 9, 9, 96, 256, 5, 5, (1, 1), (2, 2), 2),
+    "alexnet3": (1, 6, 6, 256, 384, 3, 3, (1, 1), (1, 1), 1),
+    "alexnet4": (1, 5, 5, 384, 384, 3, 3, (1, 1), (1, 1), 2),
+    # odd: C / groups = 10 and 12 (not multiples of 8: BF16's scalar gather; 12: TF32's float4 one),
+    # Kg = 3, partial tiles along M, N and K, stride 4 with padding, stride 2 x 1
+    "odd_g2_s2": (2, 9, 11, 20, 36, 3, 3, (2, 2), (1, 1), 2),
+    "odd_c12": (3, 10, 7, 12, 40, 3, 2, (1, 1), (1, 0), 1),
+    "odd_g3": (2, 8, 8, 6, 9, 3, 3, (2, 1), (1, 1), 3),
+    "s4_pad": (2, 21, 19, 8, 16, 5, 5, (4, 4), (2, 2), 1),
+    "tiles": (2, 15, 13, 16, 136, 3, 3, (1, 1), (1, 1), 1),      # M = 390, N = 136: ragged tiles
+}
+
+
+def variants(name):
+    """(accumulate, relu) cases: all three on the small shapes, the plain pass on AlexNet's (emulator time)."""
+    return ((False, False),) if name.startswith("alexnet") else ((False, False), (True, False), (False, True))
+
+
+def conv_inputs(rng, shape):
+    N, H, W, C, K, R, S, stride, pad, groups = shape
+    x = f32(rng.standard_normal((N, H, W, C)))
+    w = f32(rng.standard_normal((K, R, S, C // groups)))
+    b = f32(rng.standard_normal(K))
+    P = ref.conv_output_size(H, R, stride[0], pad[0])
+    Q = ref.conv_output_size(W, S, stride[1], pad[1])
+    dy = f32(rng.standard_normal((N, P, Q, K)))
+    return x, w, b, dy, dict(stride=stride, pad=pad, groups=groups)
+
+
+def start(old, device, shape):
+    """The output tensor: NaN-poisoned, or holding `old` to accumulate into."""
+    return poisoned(shape, device) if old is None else to_device(old, device)
+
+
+@pytest.mark.parametrize("name", list(CONV_SHAPES))
+def test_conv_forward_tensor_cores(rng, cuda_device, precision, name):
+    R = PRECISIONS[precision][0]
+    x, w, b, dy, geo = conv_inputs(rng, CONV_SHAPES[name])
+    d = cuda_device
+    for accumulate, relu in variants(name):
+        old = f32(rng.standard_normal(dy.shape)) if accumulate else None
+        y = start(old, d, dy.shape)
+        ops.conv_forward(to_device(x, d), to_device(w, d), to_device(b, d), y, accumulate=accumulate, relu=relu,
+                         **geo)
+        exact, rounded = ref.conv_forward(x, w, b, **geo), ref.conv_forward(R(x), R(w), b, **geo)
+        if accumulate:
+            exact, rounded = exact + old, rounded + old
+        if relu:
+            exact, rounded = np.maximum(exact, 0), np.maximum(rounded, 0)
+        check(precision, y.numpy(), exact, rounded, f"conv_forward {name} accumulate={accumulate} relu={relu}")
+        if relu:
+            assert (y.numpy()[rounded < -1e-3] == 0).all(), "conv_forward relu: negative outputs not clamped"
+
+
+# alexnet1's dx (K = R*S*Kg = 11616 per pixel) takes ~3 minutes per precision under the emulator, and no
+# net computes the first layer's dx: slow; s4_pad covers the strided gather in the default run.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet1" else n
+                                  for n in CONV_SHAPES])
+def test_conv_backward_data_tensor_cores(rng, cuda_device, precision, name):
+    R = PRECISIONS[precision][0]
+    x, w, b, dy, geo = conv_inputs(rng, CONV_SHAPES[name])
+    d = cuda_device
+    for accumulate, _ in variants(name)[:2]:
+        old = f32(rng.standard_normal(x.shape)) if accumulate else None
+        dx = start(old, d, x.shape)
+        ops.conv_backward_data(to_device(dy, d), to_device(w, d), dx, accumulate=accumulate, **geo)
+        exact, rounded = ref.conv_backward(dy, x, w, **geo)[0], ref.conv_backward(R(dy), x, R(w), **geo)[0]
+        if accumulate:
+            exact, rounded = exact + old, rounded + old
+        check(precision, dx.numpy(), exact, rounded, f"conv_backward_data {name} accumulate={accumulate}")
+
+
+@pytest.mark.parametrize("name", list(CONV_SHAPES) + ["split_k"])
+def test_conv_backward_filter_tensor_cores(rng, cuda_device, precision, name):
+    """dW on tensor cores; db is a column sum of dy, FP32 in every precision. split_k: N*P*Q = 2304
+    pixels, cut into splits summed in split order by a second kernel."""
+    R = PRECISIONS[precision][0]
+    shape = (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1) if name == "split_k" else CONV_SHAPES[name]
+    x, w, b, dy, geo = conv_inputs(rng, shape)
+    d = cuda_device
+    for accumulate, _ in variants(name)[:2]:
+        old_w = f32(rng.standard_normal(w.shape)) if accumulate else None
+        old_b = f32(rng.standard_normal(b.shape)) if accumulate else None
+        dw, db = start(old_w, d, w.shape), start(old_b, d, b.shape)
+        ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, db, accumulate=accumulate, **geo)
+        _, exact, db_want = ref.conv_backward(dy, x, w, **geo)
+        rounded = ref.conv_backward(R(dy), R(x), w, **geo)[1]
+        if accumulate:
+            exact, rounded, db_want = exact + old_w, rounded + old_w, db_want + old_b
+        check(precision, dw.numpy(), exact, rounded, f"conv_backward_filter {name} accumulate={accumulate}")
+        assert rel(db.numpy(), db_want) < 1e-5, f"conv_backward_filter {name}: db"
+
+
+def test_conv_tensor_cores_deterministic(rng, cuda_device, precision):
+    """Two identical calls give the same bytes (split-K sums in split order; no atomics)."""
+    x, w, b, dy, geo = conv_inputs(rng, (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1))
+    d = cuda_device
+    outs = []
+    for _ in range(2):
+        dw, y = poisoned(w.shape, d), poisoned(dy.shape, d)
+        ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, None, **geo)
+        ops.conv_forward(to_device(x, d), to_device(w, d), to_device(b, d), y, **geo)
+        outs.append((dw.numpy(), y.numpy()))
+    assert all(np.array_equal(a, c) for a, c in zip(*outs))
+
+
+def test_conv_tensor_cores_empty_batch(cuda_device, precision):
+    """N = 0: nothing to write forward and backward to data; dW = 0 (or dW + 0 when accumulating)."""
+    d = cuda_device
+    x, w, dy = np.zeros((0, 9, 9, 8)), np.ones((16, 3, 3, 8)), np.zeros((0, 9, 9, 16))
+    y = poisoned((0, 9, 9, 16), d)
+    ops.conv_forward(to_device(x, d), to_device(w, d), None, y, pad=(1, 1))
+    assert y.numpy().shape == (0, 9, 9, 16)
+    dx = poisoned((0, 9, 9, 8), d)
+    ops.conv_backward_data(to_device(dy, d), to_device(w, d), dx, pad=(1, 1))
+    dw, db = poisoned(w.shape, d), poisoned((16,), d)
+    ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, db, pad=(1, 1))
+    assert (dw.numpy() == 0).all() and (db.numpy() == 0).all()
+    old = np.arange(w.size, dtype=np.float32).reshape(w.shape)
+    dw = to_device(old, d)
+    ops.conv_backward_filter(to_device(dy, d), to_device(x, d), dw, None, pad=(1, 1), accumulate=True)
+    assert np.array_equal(dw.numpy(), old)

@@ -27,7 +27,8 @@ loop allows, against our direct kernels' model and cuDNN's FP32 estimates (impli
 its Winograd: the same transform-domain FMAs at CUDNN_EFFICIENCY).
 
 The model adds the FC layers under tf32 / bf16 (cuda/gemm_tc.cu's tensor-core kernels) against
-cuDNN/cuBLAS TF32 / BF16 estimates: see tc_model for its assumptions.
+cuDNN/cuBLAS TF32 / BF16 estimates (see tc_model for its assumptions), and the conv layers under
+tf32 / bf16 (cuda/conv_tc.cu) against cuDNN's TF32 / BF16 estimates (tc_conv_model).
 
 Needs nvcc on PATH and cuobjdump + nvdisasm (``pip install nvidia-cuda-cuobjdump
 nvidia-cuda-nvdisasm``: the script looks in site-packages/nvidia/*/bin too).
@@ -83,6 +84,13 @@ CUDNN_TC_EFFICIENCY = 0.70
 # cast of the FP32 weights to BF16 once per step (4 B read + 2 B written per weight), counted in
 # the per-step totals, not in the passes.
 TC_BYTES = {"ours": 4, "tf32": 4, "bf16": 2}
+# cuDNN's TF32 / BF16 implicit-GEMM convolutions (wgmma) as a fraction of the dense tensor peak: an
+# ESTIMATE, not a measurement, a little under the GEMM's CUDNN_TC_EFFICIENCY for the gather, and much
+# less for conv1 (C = 3 is padded to the tensor cores' k granule: 3 of 4 (TF32) / 8 (BF16) channels
+# do work, and stride 4 defeats the reuse). Replace with bench_conv.py's torch column under
+# torch.backends.cudnn.allow_tf32 / autocast once a GPU has run it.
+CUDNN_TC_CONV_EFFICIENCY = {"conv1": 0.30, "conv": 0.60}
+TC_TILE = 128  # cuda/conv_tc.cu's block tile of C (M x N)
 
 
 # --- compile and parse --------------------------------------------------------------------------
@@ -332,8 +340,10 @@ def kernel_share(rows, prefix):
 
 
 def time_model(rows, batch):
-    share = {"fwd": kernel_share(rows, "conv_forward"), "bwd_data": kernel_share(rows, "conv_backward_data"),
-             "bwd_filter": kernel_share(rows, "conv_backward_filter"), "fc": kernel_share(rows, "gemm_kernel")}
+    # the FP32 kernels (conv.cu, gemm.cu), not the tensor-core ones (conv_*_tc_kernel, gemm_tc_kernel)
+    share = {"fwd": kernel_share(rows, "conv_forward_kernel"),
+             "bwd_data": kernel_share(rows, "conv_backward_data_kernel"),
+             "bwd_filter": kernel_share(rows, "conv_backward_filter_kernel"), "fc": kernel_share(rows, "gemm_kernel")}
     out = []
     for name, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items():
         P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
@@ -471,6 +481,87 @@ def tc_model(rows, batch):
     return out
 
 
+def conv_tc_kernel(prec, pass_, C, K, R, S, st, g):
+    """The cuda/conv_tc.cu instantiation that runs this layer's pass (its launchers' choice)."""
+    group = 4 if prec == "tf32" else 8  # floats per loader group (Tc<P>::kGroup)
+    cg, kg = C // g, K // g
+    if pass_ == "fwd":
+        return f"conv_forward_tc_kernel<{prec}, {str(cg % group == 0).lower()}>"
+    if pass_ == "bwd_data":
+        return (f"conv_backward_data_tc_kernel<{prec}, {str(kg % group == 0).lower()}, "
+                f"{str(st == 1).lower()}>")
+    return f"conv_backward_filter_tc_kernel<{prec}, {str(cg % 4 == 0).lower()}>"
+
+
+def tile_fill(m, n):
+    """The share of the 128 x 128 block tiles that holds real rows and columns."""
+    return (m / (math.ceil(m / TC_TILE) * TC_TILE)) * (n / (math.ceil(n / TC_TILE) * TC_TILE))
+
+
+def tc_conv_model(rows, batch):
+    """The conv layers under tf32 / bf16: ours = the cuda/conv_tc.cu kernel that runs the pass, at
+    tc_efficiency(its main loop) x the fill of its 128 x 128 tiles (GEMM M, N: forward N*P*Q x Kg,
+    backward data N*H*W x Cg, backward filter Kg x R*S*Cg); cuDNN = CUDNN_TC_CONV_EFFICIENCY of the
+    dense peak. Each the larger of compute and compulsory-memory time (x, w, y once each; ours FP32,
+    cuDNN TF32 FP32 and BF16 2 bytes). Wave tails, the regroup and split-K passes are not counted."""
+    by_name = {r["kernel"]: r for r in rows}
+    out = []
+    for prec in ("tf32", "bf16"):
+        for name, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items():
+            P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+            flops = 2.0 * batch * P * Q * K * R * S * (C // g)
+            elems = batch * H * W * C + batch * P * Q * K + K * R * S * (C // g)
+            gemm = {"fwd": (batch * P * Q, K // g), "bwd_data": (batch * H * W, C // g),
+                    "bwd_filter": (K // g, R * S * (C // g))}
+            cudnn_eff = CUDNN_TC_CONV_EFFICIENCY["conv1" if name.endswith("conv1") else "conv"]
+            for pass_ in ("fwd", "bwd_data", "bwd_filter"):
+                kernel = conv_tc_kernel(prec, pass_, C, K, R, S, st, g)
+                eff = tc_efficiency(by_name.get(kernel, {}).get("main_loop"))
+                fill = tile_fill(*gemm[pass_])
+                t_mem = TC_BYTES["ours"] * elems / BANDWIDTH
+                t_ours = max(flops / (PEAK_TC[prec] * eff * fill), t_mem) if eff else None
+                t_cudnn = max(flops / (PEAK_TC[prec] * cudnn_eff), TC_BYTES[prec] * elems / BANDWIDTH)
+                out.append(dict(precision=prec, layer=name, pass_=pass_, kernel=kernel, gflop=flops / 1e9,
+                                mbytes=TC_BYTES["ours"] * elems / 1e6, tc_eff=eff, fill=fill,
+                                bound="memory" if t_ours and t_mem >= t_ours else "compute",
+                                ours_ms=t_ours * 1e3 if t_ours else None, cudnn_est_ms=t_cudnn * 1e3,
+                                ratio=t_ours / t_cudnn if t_ours else None))
+    return out
+
+
+def print_tc_conv_model(model, fc_model, md, batch):
+    head = ["precision", "layer", "pass", "GFLOP", "TC eff.", "tile fill", "bound", "model ms", "cuDNN est. ms",
+            "model / cuDNN"]
+    lines = [[m["precision"], m["layer"], m["pass_"], f"{m['gflop']:.1f}",
+              f"{100 * m['tc_eff']:.0f} %" if m["tc_eff"] else "?", f"{100 * m['fill']:.0f} %", m["bound"],
+              f"{m['ours_ms']:.3f}" if m["ours_ms"] else "?", f"{m['cudnn_est_ms']:.3f}",
+              f"{m['ratio']:.2f}" if m["ratio"] else "?"] for m in model]
+    print(f"\ntensor-core model (conv layers under tf32 / bf16, cuda/conv_tc.cu), batch {batch}, mma.sync at "
+          f"{100 * MMA_SYNC_FRACTION:.0f} % of the dense peak, cuDNN at {100 * CUDNN_TC_CONV_EFFICIENCY['conv']:.0f} % "
+          f"(conv1 {100 * CUDNN_TC_CONV_EFFICIENCY['conv1']:.0f} %)")
+    if md:
+        print()
+    print_rows(head, lines, md)
+    for prec in ("tf32", "bf16"):
+        fc = [m for m in fc_model if m["precision"] == prec]
+        fc_ours, fc_cudnn = sum(m["ours_ms"] or 0 for m in fc), sum(m["cudnn_est_ms"] for m in fc)
+        for net in ("2012", "owt"):
+            # conv1's bwd_data is left out: no net computes the gradient of its input images
+            conv = [m for m in model if m["precision"] == prec and m["layer"].startswith(net + ".")
+                    and not (m["layer"].endswith("conv1") and m["pass_"] == "bwd_data")]
+            if any(m["ours_ms"] is None for m in conv):
+                continue
+            ours = sum(m["ours_ms"] for m in conv) + fc_ours
+            cudnn = sum(m["cudnn_est_ms"] for m in conv) + fc_cudnn
+            cast = 0.0
+            if prec == "bf16":  # autocast's FP32 -> BF16 copy of each weight, once per step
+                weights = sum(6.0 * K * R * S * (C // g) for n, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items()
+                              if n.startswith(net + "."))
+                cast = (weights + sum(6.0 * cin * cout for cin, cout in FC_LAYERS.values())) / BANDWIDTH * 1e3
+            print(f"{prec} {net}: conv + fc, all passes but conv1 bwd_data: model {ours:.2f} ms, cuDNN estimate {cudnn + cast:.2f} ms"
+                  + (f" (incl. weight cast {cast:.3f} ms)" if cast else "") + f", ratio {ours / (cudnn + cast):.2f}")
+
+
 def print_tc_model(model, md, batch):
     head = ["precision", "layer", "pass", "GFLOP", "MB (ours)", "TC eff.", "bound", "model ms", "cuDNN est. ms",
             "model / cuDNN"]
@@ -527,15 +618,17 @@ def main(argv=None):
     print_table(rows, args.markdown)
     model = time_model(rows, args.batch) if args.model else None
     tc = tc_model(rows, args.batch) if args.model else None
+    tc_conv = tc_conv_model(rows, args.batch) if args.model else None
     if model:
         print_model(model, args.markdown, args.batch)
         print_tc_model(tc, args.markdown, args.batch)
+        print_tc_conv_model(tc_conv, tc, args.markdown, args.batch)
         wino = winograd_model(rows, args.batch)
         if wino and any(m["winograd_ms"] for m in wino):
             print_winograd_model(wino, args.markdown, args.batch)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "kernels": rows, "model": model, "tc_model": tc,
+            json.dump({"arch": args.arch, "kernels": rows, "model": model, "tc_model": tc, "tc_conv_model": tc_conv,
                        "winograd_model": winograd_model(rows, args.batch) if args.model else None}, f, indent=1)
 
 

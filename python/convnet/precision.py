@@ -2,8 +2,10 @@
 
     fp32  float32 products and sums (the default).
     tf32  on the CPU the same as fp32 (no TF32 unit there; full FP32 is at least as accurate). On
-          CUDA it will select the tensor-core TF32 kernels (not built yet: today CUDA computes fp32).
-    bf16  the GEMM operands are rounded to bfloat16 (round to nearest even) while they are packed,
+          CUDA the FC GEMMs and the convolutions run on tensor cores (mma.sync TF32): their operands
+          rounded to TF32 while staged, exact products, float32 sums (docs/architecture.md, Precision).
+    bf16  the GEMM operands are rounded to bfloat16 (round to nearest even) while they are packed
+          (CUDA: while staged for the tensor cores, FC GEMMs and convolutions),
           products are exact and every sum is float32 (AVX512-BF16 `vdpbf16ps` where the CPU has it,
           else a portable kernel with the same rounding). Weights, velocities, the SGD update,
           checkpoints, activations and gradients between layers stay float32; LRN, pooling, ReLU,
