@@ -5,6 +5,7 @@ AlexNet-2012 (two-tower, groups 2) and of the one-weird-trick variant, ours agai
     python benchmarks/bench_conv.py --device cuda:0         # GPU, batch 128
     python benchmarks/bench_conv.py --layers 2012.conv2,owt.conv3 --repeat 10 --batch 4
     python benchmarks/bench_conv.py --algorithms direct,winograd   # our conv ops' algorithm= side by side
+    python benchmarks/bench_conv.py --precision bf16        # ours in bf16, PyTorch on bfloat16 tensors
 
 Timing: median over --repeat samples after warm-up runs. Each sample is a host timer around
 `iters` back-to-back calls bracketed by convnet.synchronize(device) (our _C module has no CUDA event
@@ -72,7 +73,7 @@ def time_it(fn, sync, repeat, warmup, iters):
     return statistics.median(samples)
 
 
-def ours(name, N, device, repeat, warmup, iters, rng, algorithm="auto"):
+def ours(name, N, device, repeat, warmup, iters, rng, algorithm="auto", precision="fp32"):
     H, W, C, K, R, S, st, pd, g = LAYERS[name]
     P, Q = out_size(H, R, st, pd), out_size(W, S, st, pd)
     x = convnet.from_numpy(rng.standard_normal((N, H, W, C), dtype=np.float32), device)
@@ -90,10 +91,11 @@ def ours(name, N, device, repeat, warmup, iters, rng, algorithm="auto"):
         "bwd_filter": lambda: convnet.ops.conv_backward_filter(dy, x, dw, db, **kw),
     }
     sync = (lambda: convnet.synchronize(device)) if device.startswith("cuda") else (lambda: None)
-    return {p: time_it(fns[p], sync, repeat, warmup, iters) for p in PASSES}
+    with convnet.use_precision(precision):
+        return {p: time_it(fns[p], sync, repeat, warmup, iters) for p in PASSES}
 
 
-def theirs(torch, name, N, device, repeat, warmup, iters, rng):
+def theirs(torch, name, N, device, repeat, warmup, iters, rng, precision="fp32"):
     H, W, C, K, R, S, st, pd, g = LAYERS[name]
     dev = torch.device(device)
     P, Q = out_size(H, R, st, pd), out_size(W, S, st, pd)
@@ -102,6 +104,10 @@ def theirs(torch, name, N, device, repeat, warmup, iters, rng):
     w = torch.from_numpy((rng.standard_normal((K, C // g, R, S)) * 0.05).astype(np.float32)).to(dev)
     b = torch.from_numpy(rng.standard_normal(K).astype(np.float32)).to(dev)
     dy = torch.from_numpy(rng.standard_normal((N, K, P, Q), dtype=np.float32)).to(dev)
+    if precision == "bf16":  # what torch.autocast(..., torch.bfloat16) runs a convolution in, channels_last
+        # (NHWC like ours: oneDNN's bf16 kernels want it; bench_precision.py does the same)
+        x, w, b, dy = x.bfloat16(), w.bfloat16(), b.bfloat16(), dy.bfloat16()
+        x, dy = x.to(memory_format=torch.channels_last), dy.to(memory_format=torch.channels_last)
     conv_bwd = torch.ops.aten.convolution_backward
     args = ([st, st], [pd, pd], [1, 1], False, [0, 0], g)
     fns = {
@@ -126,6 +132,9 @@ def main(argv=None):
     ap.add_argument("--algorithms", default="auto",
                     help="comma-separated algorithm= values of our conv ops to time (auto, direct, winograd); "
                          "winograd is skipped on the layers it does not support")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                    help="our GEMM precision (convnet.use_precision); under bf16 PyTorch gets bfloat16 tensors, "
+                         "as torch.autocast('cpu', torch.bfloat16) runs a convolution")
     ap.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
     args = ap.parse_args(argv)
 
@@ -154,7 +163,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     rows = []
-    print(f"conv benchmark: device {device}, batch {N}, median of {repeat} (x{iters} calls), "
+    print(f"conv benchmark: device {device}, precision {args.precision}, batch {N}, median of {repeat} (x{iters} calls), "
           f"{threads} CPU threads, torch {torch.__version__ if torch else 'absent'}")
     algorithms = [a.strip() for a in args.algorithms.split(",")]
     header = (f"{'layer':<11} {'pass':<10} {'algorithm':<9} {'ours ms':>9} {'GFLOP/s':>8} {'torch ms':>9} {'GFLOP/s':>8} "
@@ -166,9 +175,9 @@ def main(argv=None):
         P, Q = out_size(H, R, st, pd), out_size(W, S, st, pd)
         flops = 2.0 * N * P * Q * K * R * S * (C // g)
         winograd_ok = st == 1 and R == S and R in (3, 5) and pd < R
-        mine = {a: ours(name, N, device, repeat, args.warmup, iters, rng, a) for a in algorithms
+        mine = {a: ours(name, N, device, repeat, args.warmup, iters, rng, a, args.precision) for a in algorithms
                 if a != "winograd" or winograd_ok}
-        ref = theirs(torch, name, N, device, repeat, args.warmup, iters, rng) if torch else None
+        ref = theirs(torch, name, N, device, repeat, args.warmup, iters, rng, args.precision) if torch else None
         for p in PASSES:
             for a, t in mine.items():
                 row = dict(layer=name, pass_=p, algorithm=a, batch=N, gflop=flops / 1e9, ours_ms=t[p] * 1e3,
@@ -182,10 +191,11 @@ def main(argv=None):
 
     if torch:
         print(SPEEDUP_LEGEND)
-    path = args.json or os.path.join(HERE, "results", f"bench_conv-{device.replace(':', '')}.json")
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    path = args.json or os.path.join(HERE, "results", f"bench_conv-{device.replace(':', '')}{suffix}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(dict(device=device, batch=N, repeat=repeat, iters=iters, threads=threads,
+        json.dump(dict(device=device, precision=args.precision, batch=N, repeat=repeat, iters=iters, threads=threads,
                        torch=torch.__version__ if torch else None, build=convnet.build_info(), results=rows),
                   f, indent=1, default=str)
     print(f"wrote {path}")

@@ -1,6 +1,6 @@
 """CPU GEMM throughput: convnet.ops.gemm vs torch.matmul (if importable) on the same shapes/threads.
 
-    python benchmarks/bench_gemm.py [--threads 2] [--reps 5] [--json PATH]
+    python benchmarks/bench_gemm.py [--threads 2] [--reps 5] [--precision bf16] [--json PATH]
 
 Shapes are AlexNet's fully-connected layers at batch 128 (forward y = x W^T, backward data
 dx = dy W, backward weights dW = dy^T x) plus a few small / skinny ones. Prints shape, ms and
@@ -20,6 +20,9 @@ parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--reps", type=int, default=5)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                    help="our GEMM precision (convnet.use_precision); under bf16 torch.matmul runs inside "
+                         "torch.autocast('cpu', torch.bfloat16)")
 parser.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
 args = parser.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -66,7 +69,7 @@ def best_time(fn, reps):
 def main():
     rng = np.random.default_rng(0)
     dev = args.device
-    print(f"threads={args.threads}  device={dev}  torch={'yes' if torch else 'no'}")
+    print(f"threads={args.threads}  device={dev}  precision={args.precision}  torch={'yes' if torch else 'no'}")
     print(f"{'shape':22s} {'M':>5s} {'N':>5s} {'K':>5s} {'ta tb':>5s} | {'ours ms':>8s} {'GFLOP/s':>8s} | "
           f"{'torch ms':>8s} {'GFLOP/s':>8s} {SPEEDUP_HEADER:>8s}")
     rows = []
@@ -77,7 +80,8 @@ def main():
         C = convnet.zeros((M, N), dev)
 
         def ours():
-            convnet.ops.gemm(A, B, C, trans_a=ta, trans_b=tb)
+            with convnet.use_precision(args.precision):
+                convnet.ops.gemm(A, B, C, trans_a=ta, trans_b=tb)
             if dev != "cpu":
                 convnet.synchronize(dev)
 
@@ -89,17 +93,21 @@ def main():
             ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
             opa = ta_.T if ta else ta_
             opb = tb_.T if tb else tb_
-            tt = best_time(lambda: torch.matmul(opa, opb), args.reps)
+            def theirs():
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                    return torch.matmul(opa, opb)
+            tt = best_time(theirs, args.reps)
             row.update(torch_ms=tt * 1e3, torch_gflops=flop / tt / 1e9, speedup=speedup(tt, t))
             line += f" {tt * 1e3:8.3f} {flop / tt / 1e9:8.1f} {row['speedup']:8.2f}"
         print(line, flush=True)
         rows.append(row)
     if torch is not None and dev == "cpu":
         print(SPEEDUP_LEGEND)
-    path = args.json or os.path.join(HERE, "results", f"bench_gemm-{dev.replace(':', '')}.json")
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    path = args.json or os.path.join(HERE, "results", f"bench_gemm-{dev.replace(':', '')}{suffix}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(dict(device=dev, threads=args.threads, reps=args.reps, timing="best of reps",
+        json.dump(dict(device=dev, precision=args.precision, threads=args.threads, reps=args.reps, timing="best of reps",
                        torch=torch.__version__ if torch else None, build=convnet.build_info(), results=rows),
                   f, indent=1, default=str)
     print(f"wrote {path}")

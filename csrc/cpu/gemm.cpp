@@ -469,8 +469,9 @@ struct Problem {
 };
 
 // ---------------------------------------------------------------------------------------------
-// the five loops in BF16 (gemm_bf16.h): the same blocking and the same FP32 packers, each micro-panel
-// packed into an L1-resident staging panel and rounded to BF16 pairs at once (gemm_bf16.cpp)
+// the five loops in BF16 (gemm_bf16.h): K blocks of KC16 = 512, B micro-panels (and the non-AMX
+// kernels' A panels) through the FP32 packers into an L1-resident staging panel and rounded to BF16
+// pairs at once, AMX A panels rounded straight from A (gemm_bf16.cpp)
 
 // BF16's K block: twice FP32's KC, so that the packed panels take the same bytes as FP32's (a B
 // micro-panel of 256 pairs x 32 columns = 32 KB, in L1) and C is read and written half as often per

@@ -2,10 +2,12 @@
 // micro-kernels on vdpbf16ps (AVX512-BF16) with a portable kernel of the same precision.
 //
 // What it computes: see gemm_bf16.h (layout of a BF16 micro-panel, the rounding). gemm.cpp's five
-// loops (gemm_block_bf16) pack each micro-panel of A and B with the FP32 packers into a small
-// staging panel that stays in L1 (12 KB for A, 32 KB for B at KC = 256) and round it here into BF16
-// pairs before it leaves L1: the conversion is fused into packing at micro-panel granularity, so
-// one set of packers (transposes, row sources, prepacked weights) serves both precisions.
+// loops (gemm_block_bf16, K blocks of 512) pack each B micro-panel with the FP32 packers into a small
+// staging panel that stays in L1 (32 KB, 256 k at a time) and round it here into BF16 pairs before it
+// leaves L1; a conv's prepacked weights are rounded once per call (convert_packed_b_block). AMX's
+// row-major A panels are rounded straight from A (bf16_amx_a_rows from rows of an (M, K) A or a row
+// source, bf16_amx_a_cols through 16 x 16 transposes from a (K, M) A); the other kernels' k-major A
+// panels go through the FP32 packers and the staging panel like B's.
 //
 // Kernels (select_bf16_kernel, by CPUID; tests force each):
 //   AMX-BF16   tdpbf16ps on tiles: per call two 12-row A tiles x two 16-column B tiles (C = 4 tiles of
@@ -420,22 +422,12 @@ void bf16_amx_end() {
 #endif
 }
 
-void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst, bool a_rows) {
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst) {
 #ifdef CONVNET_X86
-  if (k == Bf16Kernel::Amx) {
+  if (k == Bf16Kernel::Amx) {  // B panels: the vdpbf16ps layout, pairs padded to whole tile depths
     const int kp = (kc + 1) / 2, kps = bf16_panel_pairs(k, kp);
-    if (!a_rows) {
-      pack_panel_avx512(src, kc, w, dst);
-      std::fill(dst + static_cast<int64_t>(kp) * w, dst + static_cast<int64_t>(kps) * w, 0u);
-      return;
-    }
-    thread_local uint32_t pairs[16 * 256];  // (kp, w) for w <= 16, kp <= 256
-    pack_panel_avx512(src, kc, w, pairs);
-    for (int i = 0; i < w; ++i) {
-      uint32_t* d = dst + static_cast<int64_t>(i) * kps;
-      for (int p = 0; p < kp; ++p) d[p] = pairs[p * w + i];
-      for (int p = kp; p < kps; ++p) d[p] = 0u;
-    }
+    pack_panel_avx512(src, kc, w, dst);
+    std::fill(dst + static_cast<int64_t>(kp) * w, dst + static_cast<int64_t>(kps) * w, 0u);
     return;
   }
   if (k == Bf16Kernel::Avx512Bf16) {

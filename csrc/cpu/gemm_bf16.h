@@ -46,14 +46,15 @@ Bf16Kernel select_bf16_kernel();          // the kernel a BF16 GEMM uses now (ne
 const char* bf16_kernel_name(Bf16Kernel k);  // "auto", "amx", "avx512_bf16", "portable"
 
 // One micro-panel: src (kc, w) float32 k-major -> dst (kps, w) BF16 pairs (layout above), kps =
-// bf16_panel_pairs(k, ceil(kc/2)), pairs past ceil(kc/2) zero. For AMX an A panel (w = MR, a_rows)
-// is stored row-major instead, dst (w, kps): a tile row is one row of A, 16 pairs = 64 bytes.
-void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst, bool a_rows = false);
+// bf16_panel_pairs(k, ceil(kc/2)), pairs past ceil(kc/2) zero. Every B panel, and the A panels of the
+// vdpbf16ps and portable kernels. AMX's A panels are row-major instead, dst (w, kps): a tile row is one
+// row of A, 16 pairs = 64 bytes (bf16_amx_a_rows, bf16_amx_a_cols).
+void bf16_pack_panel(Bf16Kernel k, const float* src, int kc, int w, uint32_t* dst);
 // AMX A panel rows straight from an (M, K) row-major source, no k-major FP32 staging: for each row
 // i < mr, dst[i * kps + p0 + p] = the pair (alpha * src[i][2p], alpha * src[i][2p + 1]) rounded, for
 // the n floats src[i][0 : n) (pairs p < ceil(n/2); a null src[i] gives zeros). p0 is even when n is
 // odd only at the row's end. Rows past mr and pairs past the panel's kc are the caller's to zero
-// (bf16_amx_a_zero). The bits are those bf16_pack_panel(Amx, ..., a_rows) writes for the same rows.
+// (bf16_amx_a_zero). The bits are those bf16_pack_panel writes for the same values (same rounding).
 void bf16_amx_a_rows(const float* const* src, int mr, int n, float alpha, uint32_t* dst, int kps, int p0);
 // AMX A panel from A stored (K, M) (trans_a): dst (w rows, kps pairs), row i = column i of A[0:kc, :],
 // i.e. pairs (alpha * A[2p][i], alpha * A[2p + 1][i]); rows past mr (<= w <= 16) and pairs past ceil(kc/2) zero.
