@@ -6,8 +6,8 @@
 // Same contract as cuda/conv.cu (backend.h): x (N, H, W, C), w (K, R, S, C/g), y (N, P, Q, K), any
 // padding below R, any groups and H/W (edge tiles are cut; reads outside the image are zeros).
 //
-// Kernels (256 threads each; accumulators of 36 points x 2 x 4 per thread, 9 points per quarter of
-// the block; deterministic: every sum runs in a fixed order, no atomics):
+// Kernels (192 threads: warp w holds points 6w..6w+5 of the block tile, each thread a 4 x 4 register
+// tile of each, 96 accumulators; deterministic: every sum runs in a fixed order, no atomics):
 //   filter_transform  U (36, g, Cg, Kg) = G w G^T per (filter, channel), once per call (U is small:
 //                     conv3 36 x 256 x 384 x 4 B = 14 MB). Backward-data transforms the turned filters
 //                     (180 degrees, K <-> C per group) into the same layout.
@@ -15,20 +15,20 @@
 //                     input channels: the block gathers the 64 (tile, channel) 6x6 input windows and
 //                     transforms them, V = B^T d B, in two passes through shared memory (columns, then
 //                     rows: transform_columns / transform_rows) into Vs (36, 4, 16), and stages U's
-//                     (36, 4, 32) slice; then each thread does, for its 9 points,
-//                     acc (2 tiles x 4 channels) += V (2) x U (4) per channel: the 36 batched GEMMs
+//                     (36, 4, 32) slice; then each thread does, for its 6 points,
+//                     acc (4 tiles x 4 channels) += V (4) x U (4) per channel: the 36 batched GEMMs
 //                     M_xi (tiles, Kg) = V_xi (tiles, Cg) U_xi (Cg, Kg) with tiles and K in the block.
 //                     The input transform lives only in shared memory: no transformed input tensor is
 //                     ever written to global memory. Epilogue: M goes through shared memory (two halves
-//                     of 16 channels), each thread takes one (tile, channel), Y = A^T M A, and stores
+//                     of 16 channels), a thread per (tile, channel) in turn, Y = A^T M A, and stores
 //                     its m x m outputs with bias, accumulate and ReLU fused.
 //   backward-data     the forward kernel on dy with the turned filters, padding R-1-pad (stride 1: the
 //                     transposed conv is a conv). No bias, no ReLU.
 //   backward-filter   block = 16 output channels x 32 input channels of one group x one split of the
 //                     tiles. Per step of 4 tiles: the block transforms 128 (tile, channel) x windows,
 //                     V = B^T d B, and 64 (tile, filter) dy tiles, E = G' e G'^T (m x m -> 6x6, G' (6, m)),
-//                     in the same two passes into shared memory; each thread then does acc (2 k x 4 c) += E x V
-//                     for its 9 points: Mw_xi (Kg, Cg) = sum over the split's tiles of E_xi^T V_xi,
+//                     in the same two passes into shared memory; each thread then does acc (4 k x 4 c) += E x V
+//                     for its 6 points: Mw_xi (Kg, Cg) = sum over the split's tiles of E_xi^T V_xi,
 //                     the tiles in order. Each split writes its Mw (36, K, Cg) to scratch; output_
 //                     transform sums the splits in split order and writes dW = A'^T Mw A' (A'^T (R, 6)).
 //                     db: cuda::bias_grad. Tiles past (P, Q) of dy read zeros.
@@ -40,8 +40,8 @@
 //   Winograd: 2048 tiles (4x4 over 16x16: 1.51x the outputs), 2 x 36 x 2048 x 256 x 384 = 14.5 GFLOP
 //   of transform-domain FMAs (2.6x fewer), plus the input transforms: each (tile, channel) is transformed
 //   once per 32-channel block of K (12x for conv3), ~130 adds each: 0.8 GFLOP.
-//   Per forward step a thread issues 288 FFMA against 72 shared loads (LDS.64 + LDS.128), its share of
-//   the staging and the transforms: ~48 % of its loop's instructions are FFMA (sm_90); the block's bytes from L2
+//   Per forward step a thread issues 384 FFMA against 48 shared loads (LDS.128), its share of the
+//   staging and the transforms: ~51 % of its loop's instructions are FFMA (sm_90); the block's bytes from L2
 //   are U's slice (36 x Cg x 32 x 4 B = 1.2 MB per block; 128 x 12 blocks: 1.8 GB per pass) and x's
 //   windows (2.25x the input per block column: 12 x 2.25 x 22 MB = 0.6 GB): at ~5-7 TB/s of L2 (an
 //   estimate) as long as the FMAs (0.45 ms modelled), so the forward may be L2-bound; 32-tile blocks
@@ -60,14 +60,14 @@ namespace {
 
 constexpr int kN = 6;  // transform tile side
 constexpr int kNN = kN * kN;
-constexpr int kThreads = 256;
-constexpr int kPointGroups = 4;                 // the block's quarters, 9 points each
+constexpr int kThreads = 192;
+constexpr int kPointGroups = 6;                 // the block's warps, 6 points each
 constexpr int kPoints = kNN / kPointGroups;     // points per thread
 constexpr int kRows = 16;                       // GEMM rows per block: tiles (forward), filters (bwd-filter)
 constexpr int kCols = 32;                       // GEMM columns per block: filters (forward), channels (bwd-filter)
 constexpr int kDepth = 4;                       // reduction step: channels (forward), tiles (bwd-filter)
-static_assert(kPointGroups * 64 == kThreads, "a quarter of the block is an 8 x 8 grid of 2 x 4 accumulators");
-static_assert(kRows == 8 * 2 && kCols == 8 * 4, "each thread holds 2 rows x 4 columns per point");
+static_assert(kPointGroups * 32 == kThreads, "a warp is a 4 x 8 grid of 4 x 4 accumulators");
+static_assert(kRows == 4 * 4 && kCols == 8 * 4, "each thread holds 4 rows x 4 columns per point");
 
 // The transforms (csrc/cpu/winograd.cpp derives them from the points 0, 1, -1, 2, -2, infinity):
 //   B^T (6, 6);
@@ -179,18 +179,18 @@ __device__ __forceinline__ void transform_rows(const float* tmp, T t, Store stor
   }
 }
 
-// acc[p] (2 x 4) += a[xi] (2) x b[xi] (4) for the thread's points xi = xg * 9 + p, from shared rows
-// a = A + xi * a_stride + 2 * row2 and b = B + xi * b_stride + 4 * col4.
+// acc[p] (4 x 4) += a[xi] (4) x b[xi] (4) for the thread's points xi = xg * 6 + p, from shared rows
+// a = A + xi * a_stride + 4 * row4 and b = B + xi * b_stride + 4 * col4.
 __device__ __forceinline__ void multiply_points(const float* A, int a_stride, const float* B, int b_stride,
-                                                float (&acc)[kPoints][2][4]) {
+                                                float (&acc)[kPoints][4][4]) {
 #pragma unroll
   for (int p = 0; p < kPoints; ++p) {
-    const float2 a = *reinterpret_cast<const float2*>(A + p * a_stride);
+    const float4 a = *reinterpret_cast<const float4*>(A + p * a_stride);
     const float4 b = *reinterpret_cast<const float4*>(B + p * b_stride);
-    const float av[2] = {a.x, a.y};
+    const float av[4] = {a.x, a.y, a.z, a.w};
     const float bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(av[i], bv[j], acc[p][i][j]);
   }
@@ -230,7 +230,7 @@ __global__ void winograd_filter_transform_kernel(int groups, int Cg, int Kg, con
 // ---------------------------------------------------------------------------------------------
 // forward: y tiles [blockIdx.x * 16, +16) x filters g * Kg + [blockIdx.y * 32, +32), g = blockIdx.z
 
-// 2 blocks (16 warps) per SM: at most 128 registers (tools/kernel_report.py).
+// 2 blocks (12 warps) per SM: at most 168 registers (tools/kernel_report.py).
 template <int kR>
 __global__ void __launch_bounds__(kThreads, 2)
     winograd_conv_forward_kernel(ConvShape s, const float* __restrict__ x, const float* __restrict__ U,
@@ -271,12 +271,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();
 
-  // multiply role: points xg * 9.., tiles 2 * tr.., filters 4 * kq..
-  const int xg = tid / 64, tr = tid / 8 % 8, kq = tid % 8;
+  // multiply role: points xg * 6.., tiles 4 * tr.., filters 4 * kq..
+  const int xg = tid / 32, tr = tid / 8 % 4, kq = tid % 8;
   const float* Uk = U + (int64_t)g * Cg * Kg;  // U[xi][g][c][k] = Uk[xi * C * Kg + c * Kg + k]
   const int64_t u_plane = (int64_t)s.C * Kg;
 
-  float acc[kPoints][2][4] = {};
+  float acc[kPoints][4][4] = {};
   for (int c0 = 0; c0 < Cg; c0 += kDepth) {
     // input (tile q / kDepth, channel c0 + q % kDepth): 6x6 of x, zero outside the image
     transform_columns<kPairs, kN, kN>(Ts, BT(), [&](int q, int a, int e) {
@@ -298,50 +298,53 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
 #pragma unroll
     for (int cc = 0; cc < kDepth; ++cc)
-      multiply_points(Vs + (xg * kPoints * kDepth + cc) * kRows + 2 * tr, kDepth * kRows,
+      multiply_points(Vs + (xg * kPoints * kDepth + cc) * kRows + 4 * tr, kDepth * kRows,
                       Us + (xg * kPoints * kDepth + cc) * kCols + 4 * kq, kDepth * kCols, acc);
     __syncthreads();
   }
 
-  // Epilogue, two halves of 16 filters: M (36, 16 tiles, 16 filters) through shared memory, then one
-  // (tile, filter) per thread: Y = A^T M A (m x m), cut to (P, Q), + b, + old y, ReLU.
-  const int et = tid / 16, ek = tid % 16;
-#pragma unroll
+  // Epilogue, two halves of 16 filters: M (36, 16 tiles, 16 filters) through shared memory, then each
+  // (tile, filter) of the half by one thread: Y = A^T M A (m x m), cut to (P, Q), + b, + old y, ReLU.
+#pragma unroll 1
   for (int half = 0; half < 2; ++half) {
     if (kq / 4 == half) {
 #pragma unroll
       for (int p = 0; p < kPoints; ++p)
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            smem[((xg * kPoints + p) * kRows + 2 * tr + i) * 16 + 4 * (kq % 4) + j] = acc[p][i][j];
+            smem[((xg * kPoints + p) * kRows + 4 * tr + i) * 16 + 4 * (kq % 4) + j] = acc[p][i][j];
     }
     __syncthreads();
-    float M[kN][kN];
+#pragma unroll 1
+    for (int entry = tid; entry < kRows * 16; entry += kThreads) {
+      const int et = entry / 16, ek = entry % 16;
+      const int k = k0 + 16 * half + ek;
+      const int h0 = tile_h[et];
+      if (h0 == -0x40000000 || k >= Kg) continue;
+      float M[kN][kN];
 #pragma unroll
-    for (int a = 0; a < kN; ++a)
+      for (int a = 0; a < kN; ++a)
 #pragma unroll
-      for (int e = 0; e < kN; ++e) M[a][e] = smem[((a * kN + e) * kRows + et) * 16 + ek];
+        for (int e = 0; e < kN; ++e) M[a][e] = smem[((a * kN + e) * kRows + et) * 16 + ek];
+      float out[m][m];
+      transform<m, kN>(M, out, AT<m>());
+      const int p0 = h0 + s.pad_h, q0 = tile_w[et] + s.pad_w;
+      const float bias = b ? b[g * Kg + k] : 0.0f;
+      float* yk = y + (int64_t)g * Kg + k;
+#pragma unroll
+      for (int r = 0; r < m; ++r)
+#pragma unroll
+        for (int q = 0; q < m; ++q) {
+          if (p0 + r >= s.P || q0 + q >= s.Q) continue;
+          float* dst = yk + (((int64_t)tile_n[et] * s.P + p0 + r) * s.Q + q0 + q) * s.K;
+          float v = out[r][q] + bias;
+          if (accumulate) v += *dst;
+          *dst = relu ? relu_value(v) : v;
+        }
+    }
     __syncthreads();  // the next half overwrites smem
-    const int k = k0 + 16 * half + ek;
-    const int h0 = tile_h[et];
-    if (h0 == -0x40000000 || k >= Kg) continue;
-    float out[m][m];
-    transform<m, kN>(M, out, AT<m>());
-    const int p0 = h0 + s.pad_h, q0 = tile_w[et] + s.pad_w;
-    const float bias = b ? b[g * Kg + k] : 0.0f;
-    float* yk = y + (int64_t)g * Kg + k;
-#pragma unroll
-    for (int r = 0; r < m; ++r)
-#pragma unroll
-      for (int q = 0; q < m; ++q) {
-        if (p0 + r >= s.P || q0 + q >= s.Q) continue;
-        float* dst = yk + (((int64_t)tile_n[et] * s.P + p0 + r) * s.Q + q0 + q) * s.K;
-        float v = out[r][q] + bias;
-        if (accumulate) v += *dst;
-        *dst = relu ? relu_value(v) : v;
-      }
   }
 }
 
@@ -349,7 +352,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 // backward filter: Mw partial (36, K, Cg) of split blockIdx.z / groups: filters g * Kg + [blockIdx.y *
 // 16, +16) x channels [blockIdx.x * 32, +32), over tiles [split * chunk, +chunk)
 
-// 2 blocks (16 warps) per SM: at most 128 registers (tools/kernel_report.py).
+// 2 blocks (12 warps) per SM: at most 168 registers (tools/kernel_report.py).
 template <int kR>
 __global__ void __launch_bounds__(kThreads, 2)
     winograd_conv_backward_filter_kernel(ConvShape s, const float* __restrict__ dy, const float* __restrict__ x,
@@ -392,10 +395,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();
   const int64_t WC = (int64_t)s.W * s.C, QK = (int64_t)s.Q * s.K;
   const int64_t x_off = (int64_t)g * Cg + c0, dy_off = (int64_t)g * Kg + k0;
-  // multiply role: points xg * 9.., filters 2 * kp.., channels 4 * cq..
-  const int xg = tid / 64, kp = tid / 8 % 8, cq = tid % 8;
+  // multiply role: points xg * 6.., filters 4 * kp.., channels 4 * cq..
+  const int xg = tid / 32, kp = tid / 8 % 4, cq = tid % 8;
 
-  float acc[kPoints][2][4] = {};
+  float acc[kPoints][4][4] = {};
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kDepth) {
     // x input (tile q / 32, channel c0 + q % 32): 6x6 at (p - pad, q - pad), zero outside the image
     transform_columns<kXPairs, kN, kN>(Ts, BT(), [&](int q, int a, int e) {
@@ -431,7 +434,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
 #pragma unroll
     for (int tt = 0; tt < kDepth; ++tt)
-      multiply_points(Es + (xg * kPoints * kDepth + tt) * kRows + 2 * kp, kDepth * kRows,
+      multiply_points(Es + (xg * kPoints * kDepth + tt) * kRows + 4 * kp, kDepth * kRows,
                       Vs + (xg * kPoints * kDepth + tt) * kCols + 4 * cq, kDepth * kCols, acc);
     __syncthreads();
   }
@@ -440,8 +443,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int p = 0; p < kPoints; ++p)
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int kk = k0 + 2 * kp + i;
+    for (int i = 0; i < 4; ++i) {
+      const int kk = k0 + 4 * kp + i;
       if (kk >= Kg) continue;
       float* row = out + ((int64_t)(xg * kPoints + p) * s.K + (int64_t)g * Kg + kk) * Cg;
 #pragma unroll
@@ -571,7 +574,7 @@ namespace {
 // FFMA shares of the main loops (kernel_report, sm_90, 2026-12-03): cuda/conv.cu's direct kernels
 // (forward, backward-data stride 1, backward-filter) and this file's (backward-data runs the forward).
 constexpr double kDirectShare[3] = {0.60, 0.60, 0.55};
-constexpr double kWinogradShare[3] = {0.48, 0.48, 0.34};
+constexpr double kWinogradShare[3] = {0.51, 0.51, 0.41};
 constexpr double kPeakFlops = 66.9e12;   // H100 SXM5 FP32 non-tensor (the scale cancels but for launches)
 constexpr double kLaunchSeconds = 3e-6;  // an ESTIMATE of one kernel launch and its tail
 
