@@ -192,6 +192,17 @@ CONV_SHAPES = {
 }
 
 
+# Emulator time: alexnet3 / alexnet4 take ~30 s a pass and precision (K = 1728-2304 per output) and add
+# no path the odd shapes miss (3x3, pad 1, float4 gathers), so they are slow; alexnet1's dx takes ~3 min
+# per precision and no net computes the first layer's dx. `-m slow` runs them (all passed, both orders).
+SLOW_CONV = {"alexnet3", "alexnet4"}
+SPLIT_K = (3, 20, 20, 4, 8, 3, 3, (1, 1), (1, 1), 1)  # N*P*Q = 1200 pixels: two splits of backward filter
+
+
+def conv_params(names, slow=SLOW_CONV):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
 def variants(name):
     """(accumulate, relu) cases: all three on the small shapes, the plain pass on AlexNet's (emulator time)."""
     return ((False, False),) if name.startswith("alexnet") else ((False, False), (True, False), (False, True))
@@ -213,7 +224,7 @@ def start(old, device, shape):
     return poisoned(shape, device) if old is None else to_device(old, device)
 
 
-@pytest.mark.parametrize("name", list(CONV_SHAPES))
+@pytest.mark.parametrize("name", conv_params(CONV_SHAPES))
 def test_conv_forward_tensor_cores(rng, cuda_device, precision, name):
     R = PRECISIONS[precision][0]
     x, w, b, dy, geo = conv_inputs(rng, CONV_SHAPES[name])
@@ -233,10 +244,8 @@ def test_conv_forward_tensor_cores(rng, cuda_device, precision, name):
             assert (y.numpy()[rounded < -1e-3] == 0).all(), "conv_forward relu: negative outputs not clamped"
 
 
-# alexnet1's dx (K = R*S*Kg = 11616 per pixel) takes ~3 minutes per precision under the emulator, and no
-# net computes the first layer's dx: slow; s4_pad covers the strided gather in the default run.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet1" else n
-                                  for n in CONV_SHAPES])
+# alexnet1's dx: slow (above); s4_pad covers the strided gather in the default run.
+@pytest.mark.parametrize("name", conv_params(CONV_SHAPES, SLOW_CONV | {"alexnet1"}))
 def test_conv_backward_data_tensor_cores(rng, cuda_device, precision, name):
     R = PRECISIONS[precision][0]
     x, w, b, dy, geo = conv_inputs(rng, CONV_SHAPES[name])
@@ -251,12 +260,12 @@ def test_conv_backward_data_tensor_cores(rng, cuda_device, precision, name):
         check(precision, dx.numpy(), exact, rounded, f"conv_backward_data {name} accumulate={accumulate}")
 
 
-@pytest.mark.parametrize("name", list(CONV_SHAPES) + ["split_k"])
+@pytest.mark.parametrize("name", conv_params(list(CONV_SHAPES) + ["split_k"]))
 def test_conv_backward_filter_tensor_cores(rng, cuda_device, precision, name):
-    """dW on tensor cores; db is a column sum of dy, FP32 in every precision. split_k: N*P*Q = 2304
-    pixels, cut into splits summed in split order by a second kernel."""
+    """dW on tensor cores; db is a column sum of dy, FP32 in every precision. split_k: N*P*Q = 1200
+    pixels, cut into two splits summed in split order by a second kernel."""
     R = PRECISIONS[precision][0]
-    shape = (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1) if name == "split_k" else CONV_SHAPES[name]
+    shape = SPLIT_K if name == "split_k" else CONV_SHAPES[name]
     x, w, b, dy, geo = conv_inputs(rng, shape)
     d = cuda_device
     for accumulate, _ in variants(name)[:2]:
@@ -274,7 +283,7 @@ def test_conv_backward_filter_tensor_cores(rng, cuda_device, precision, name):
 
 def test_conv_tensor_cores_deterministic(rng, cuda_device, precision):
     """Two identical calls give the same bytes (split-K sums in split order; no atomics)."""
-    x, w, b, dy, geo = conv_inputs(rng, (4, 24, 24, 8, 16, 3, 3, (1, 1), (1, 1), 1))
+    x, w, b, dy, geo = conv_inputs(rng, SPLIT_K)
     d = cuda_device
     outs = []
     for _ in range(2):
