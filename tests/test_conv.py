@@ -278,6 +278,45 @@ def test_conv_batched(device, rng, shape, accumulate):
     check_all_passes(rng, device, *shape, bias=True, accumulate=accumulate)
 
 
+# The CUDA kernels' tiling paths (cuda/conv.cu): 16-byte copies (channels % 4 == 0) with a channel
+# count that is not a multiple of BK = 8 (two carries per slice), 4-byte copies (channels % 4 != 0),
+# more than one 128-wide tile along both GEMM dimensions with partial edges, backward data's stride
+# phases (a phase with no tap at all: stride > kernel; padding >= kernel, whose sub-convolution has a
+# negative padding), and an empty batch.
+TILING = [
+    (2, 7, 6, 8, 12, 3, 3, (1, 1), (1, 1), 2),      # Cg = 4, Kg = 6: 16-byte x copies, 4-byte dy
+    (1, 6, 7, 12, 132, 3, 2, (1, 1), (1, 0), 1),    # Kg = 132: two column tiles, the second partial
+    (5, 11, 10, 20, 8, 3, 3, (2, 2), (1, 1), 1),    # N*P*Q = 150: two row tiles; stride-2 phases
+    (2, 5, 6, 4, 4, 2, 2, (1, 1), (2, 2), 1),       # pad 2 >= kernel 2
+    (2, 9, 9, 4, 8, 2, 2, (3, 3), (1, 1), 1),       # stride 3 > kernel 2: phases without taps
+    (1, 19, 17, 8, 8, 5, 5, (4, 4), (2, 2), 2),     # stride 4, groups, C % 4 == 0
+    (3, 12, 12, 3, 20, 7, 5, (3, 2), (3, 2), 1),    # C = 3 (conv1-like copies), unequal strides
+    (1, 30, 3, 16, 260, 1, 3, (1, 1), (0, 1), 1),   # RSC = 48, Kg = 260: three column tiles
+    (4, 20, 20, 4, 8, 3, 3, (1, 1), (1, 1), 1),     # N*P*Q = 1600: backward filter in 3 splits
+]
+
+
+@pytest.mark.parametrize("shape", TILING, ids=small_id)
+def test_conv_tiling_paths(device, rng, shape):
+    check_all_passes(rng, device, *shape, bias=True)
+    check_all_passes(rng, device, *shape, bias=False, accumulate=True)
+
+
+def test_conv_empty_batch(device, rng):
+    """N = 0: y and dx are empty; dw is zero (or unchanged when accumulating); db too."""
+    x, w = convnet.zeros((0, 9, 8, 4), device), to_device(f32(rng.standard_normal((6, 3, 3, 4))), device)
+    y = convnet.zeros((0, 4, 3, 6), device)
+    ops.conv_forward(x, w, None, y, stride=(2, 2))
+    ops.conv_backward_data(y, w, x, stride=(2, 2))
+    dw, db = poisoned((6, 3, 3, 4), device), poisoned((6,), device)
+    ops.conv_backward_filter(y, x, dw, db, stride=(2, 2))
+    assert np.array_equal(dw.numpy(), np.zeros((6, 3, 3, 4))) and np.array_equal(db.numpy(), np.zeros(6))
+    old = f32(rng.standard_normal((6, 3, 3, 4)))
+    dw = to_device(old, device)
+    ops.conv_backward_filter(y, x, dw, None, stride=(2, 2), accumulate=True)
+    assert np.array_equal(dw.numpy(), old)
+
+
 def test_conv_batched_relu_deterministic(device, rng):
     x, w, b = make(rng, 7, 11, 10, 8, 12, 3, 3, 2)
     x, w, b = f32(x), f32(w), f32(b)

@@ -16,7 +16,9 @@ Compiles every cuda/*.cu for one architecture (sm_90 by default) with the projec
 
 With ``--model`` it adds a per-layer time model for AlexNet-2012 and OWT (one weird trick) at a
 batch (default 128): compute time = FLOPs / (peak x FFMA share of the kernel that runs the pass),
-memory time = compulsory bytes / bandwidth, modelled time = the larger. The FFMA share is the best
+memory time = compulsory bytes / bandwidth, modelled time = the larger; the compute time is divided
+by the tile fill too (the useful share of cuda/conv.cu's 128 x 128 block tiles: Kg = 96 fills 75 %,
+Cg = 3 fills 2 %). The FFMA share is the best
 the issue slots allow (one warp instruction per scheduler per clock; every non-FFMA takes a slot);
 stalls, occupancy and wave tails come on top, so the model is optimistic. cuDNN's times are
 estimates (see CUDNN_EFFICIENCY), not measurements.
@@ -339,32 +341,61 @@ def kernel_share(rows, prefix):
     return min(shares) if shares else None
 
 
+def conv_kernel_share(rows, pass_, C, K, g):
+    """The FFMA share of the instantiation cuda/conv.cu launches for this layer and pass (its copy
+    widths follow the channel counts: <true> = 16-byte gathers), else the worst of the pass's kernels."""
+    Cg, Kg = C // g, K // g
+    vec = lambda b: "true" if b else "false"  # noqa: E731
+    exact = {"fwd": f"conv_forward_kernel<{vec(Cg % 4 == 0 and C % 4 == 0)}>",
+             # backward data runs the forward kernel over dy (K channels, Kg a group)
+             "bwd_data": f"conv_forward_kernel<{vec(Kg % 4 == 0 and K % 4 == 0)}>",
+             "bwd_filter": f"conv_backward_filter_kernel<{vec(Kg % 4 == 0 and K % 4 == 0)}, "
+                           f"{vec(Cg % 4 == 0 and C % 4 == 0)}>"}[pass_]
+    for r in rows:
+        if r["kernel"] == exact and "main_loop" in r:
+            return r["main_loop"]["ffma_share"]
+    # the FP32 kernels only, not the tensor-core ones (conv_*_tc_kernel)
+    prefix = {"fwd": "conv_forward_kernel", "bwd_data": "conv_forward_kernel",
+              "bwd_filter": "conv_backward_filter_kernel"}[pass_]
+    return kernel_share(rows, prefix)
+
+
+TILE = 128  # cuda/conv.cu's block tile
+
+
+def fill(n):
+    """The useful share of the 128-wide tiles that cover a GEMM dimension of n."""
+    return n / (math.ceil(n / TILE) * TILE)
+
+
 def time_model(rows, batch):
-    # the FP32 kernels (conv.cu, gemm.cu), not the tensor-core ones (conv_*_tc_kernel, gemm_tc_kernel)
-    share = {"fwd": kernel_share(rows, "conv_forward_kernel"),
-             "bwd_data": kernel_share(rows, "conv_backward_data_kernel"),
-             "bwd_filter": kernel_share(rows, "conv_backward_filter_kernel"), "fc": kernel_share(rows, "gemm_kernel")}
+    fc_share = kernel_share(rows, "gemm_kernel")
     out = []
     for name, (H, W, C, K, R, S, st, pd, g) in CONV_LAYERS.items():
         P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
         flops = 2.0 * batch * P * Q * K * R * S * (C // g)
         x, y, w = 4.0 * batch * H * W * C, 4.0 * batch * P * Q * K, 4.0 * K * R * S * (C // g)
         eff = CUDNN_EFFICIENCY["conv1" if name.endswith("conv1") else "conv"]
+        Cg, Kg, RSC = C // g, K // g, R * S * (C // g)
+        # the share of each 128 x 128 block tile that is inside the GEMM (rows are pixels: ~1)
+        tile = {"fwd": fill(Kg), "bwd_data": fill(Cg), "bwd_filter": fill(Kg) * fill(RSC)}
         for pass_, bytes_ in (("fwd", x + w + y), ("bwd_data", y + w + x), ("bwd_filter", x + y + w)):
-            out.append(model_row(name, pass_, flops, bytes_, share[pass_], eff))
+            out.append(model_row(name, pass_, flops, bytes_, conv_kernel_share(rows, pass_, C, K, g), eff,
+                                 tile[pass_]))
     for name, (cin, cout) in FC_LAYERS.items():
         flops = 2.0 * batch * cin * cout
         bytes_ = 4.0 * (batch * cin + cin * cout + batch * cout)
         for pass_ in ("fwd", "bwd_data", "bwd_filter"):
-            out.append(model_row(name, pass_, flops, bytes_, share["fc"], CUDNN_EFFICIENCY["fc"]))
+            out.append(model_row(name, pass_, flops, bytes_, fc_share, CUDNN_EFFICIENCY["fc"]))
     return out
 
 
-def model_row(layer, pass_, flops, bytes_, share, cudnn_eff):
+def model_row(layer, pass_, flops, bytes_, share, cudnn_eff, tile=1.0):
+    """tile: the useful share of the FFMA the block tiles issue (padding columns cost issue slots too)."""
     t_mem = bytes_ / BANDWIDTH
-    t_ours = max(flops / (PEAK_FP32 * share), t_mem) if share else None
+    t_ours = max(flops / (PEAK_FP32 * share * tile), t_mem) if share else None
     t_cudnn = max(flops / (PEAK_FP32 * cudnn_eff), t_mem)
-    return dict(layer=layer, pass_=pass_, gflop=flops / 1e9, mbytes=bytes_ / 1e6, ffma_share=share,
+    return dict(layer=layer, pass_=pass_, gflop=flops / 1e9, mbytes=bytes_ / 1e6, ffma_share=share, tile=tile,
                 ours_ms=t_ours * 1e3 if t_ours else None, cudnn_est_ms=t_cudnn * 1e3,
                 ratio=t_ours / t_cudnn if t_ours else None)
 
@@ -588,9 +619,9 @@ def print_tc_model(model, md, batch):
 
 
 def print_model(model, md, batch):
-    head = ["layer", "pass", "GFLOP", "MB", "FFMA share", "model ms", "cuDNN est. ms", "model / cuDNN"]
+    head = ["layer", "pass", "GFLOP", "MB", "FFMA share", "tile fill", "model ms", "cuDNN est. ms", "model / cuDNN"]
     lines = [[m["layer"], m["pass_"], f"{m['gflop']:.1f}", f"{m['mbytes']:.0f}",
-              f"{100 * m['ffma_share']:.0f} %" if m["ffma_share"] else "?",
+              f"{100 * m['ffma_share']:.0f} %" if m["ffma_share"] else "?", f"{100 * m['tile']:.0f} %",
               f"{m['ours_ms']:.3f}" if m["ours_ms"] else "?", f"{m['cudnn_est_ms']:.3f}",
               f"{m['ratio']:.2f}" if m["ratio"] else "?"] for m in model]
     print(f"\ntime model, batch {batch}, H100 SXM5 (FP32 {PEAK_FP32 / 1e12:.1f} TFLOP/s, {BANDWIDTH / 1e12:.2f} TB/s)")
@@ -602,6 +633,12 @@ def print_model(model, md, batch):
         ours = sum(m["ours_ms"] or 0 for m in rows)
         cudnn = sum(m["cudnn_est_ms"] for m in rows)
         print(f"{net}: conv+fc, all passes: model {ours:.2f} ms, cuDNN estimate {cudnn:.2f} ms, ratio {ours / cudnn:.2f}")
+        # a training step: the Net asks for no gradient of the data, so conv1's backward data never runs
+        step = [m for m in rows if not (m["layer"].endswith("conv1") and m["pass_"] == "bwd_data")]
+        ours_s = sum(m["ours_ms"] or 0 for m in step)
+        cudnn_s = sum(m["cudnn_est_ms"] for m in step)
+        print(f"{net}: training step (no conv1 backward data): model {ours_s:.2f} ms, cuDNN estimate "
+              f"{cudnn_s:.2f} ms, ratio {ours_s / cudnn_s:.2f}")
 
 
 def main(argv=None):
