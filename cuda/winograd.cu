@@ -572,8 +572,10 @@ ConvShape transposed(const ConvShape& s) {
 // transforms' extra rounding error is not in those modes' contracts; the CPU does the same).
 namespace {
 // FFMA shares of the main loops (kernel_report, sm_90, 2026-12-03): cuda/conv.cu's direct kernels
-// (forward, backward-data stride 1, backward-filter) and this file's (backward-data runs the forward).
-constexpr double kDirectShare[3] = {0.60, 0.60, 0.55};
+// (forward, backward-data stride 1 -- the forward kernel over turned filters --, backward-filter;
+// their 16-byte-gather instantiations, as on every 3x3 / 5x5 AlexNet layer) and this file's
+// (backward-data runs the forward).
+constexpr double kDirectShare[3] = {0.83, 0.83, 0.83};
 constexpr double kWinogradShare[3] = {0.51, 0.51, 0.41};
 constexpr double kPeakFlops = 66.9e12;   // H100 SXM5 FP32 non-tensor (the scale cancels but for launches)
 constexpr double kLaunchSeconds = 3e-6;  // an ESTIMATE of one kernel launch and its tail
@@ -591,19 +593,19 @@ bool winograd_chosen(const ConvShape& s, ConvPass pass) {
   const int Cg = s.C / s.groups, Kg = s.K / s.groups, m = kN - s.R + 1;
   const int64_t RS = (int64_t)s.R * s.S;
   const int idx = static_cast<int>(pass);
-  // FMAs each kernel issues, per group: direct tiles 64 x 64 x 16, Winograd 16 x 32 x 4 (forward,
+  // FMAs each kernel issues, per group: direct tiles 128 x 128 x 8 (cuda/conv.cu), Winograd 16 x 32 x 4 (forward,
   // backward-data) and 16 x 32 x 4 (backward-filter: filters x channels x tiles) per point.
   double direct = 0, winograd = 0;
   if (pass == ConvPass::Forward) {
-    direct = padded((int64_t)s.N * s.P * s.Q, 64) * padded(Kg, 64) * padded(RS * Cg, 16);
+    direct = padded((int64_t)s.N * s.P * s.Q, 128) * padded(Kg, 128) * padded(RS * Cg, 8);
     winograd = kNN * padded((int64_t)s.N * ceil_div(s.P, m) * ceil_div(s.Q, m), kRows) * padded(Kg, kCols) *
                padded(Cg, kDepth);
   } else if (pass == ConvPass::BackwardData) {
-    direct = padded((int64_t)s.N * s.H * s.W, 64) * padded(Cg, 64) * padded(RS * Kg, 16);
+    direct = padded((int64_t)s.N * s.H * s.W, 128) * padded(Cg, 128) * padded(RS * Kg, 8);
     winograd = kNN * padded((int64_t)s.N * ceil_div(s.H, m) * ceil_div(s.W, m), kRows) * padded(Cg, kCols) *
                padded(Kg, kDepth);
   } else {
-    direct = padded(Kg, 64) * padded(RS * Cg, 64) * padded((int64_t)s.N * s.P * s.Q, 16);
+    direct = padded(Kg, 128) * padded(RS * Cg, 128) * padded((int64_t)s.N * s.P * s.Q, 8);
     winograd = kNN * padded(Kg, kRows) * padded(Cg, kCols) *
                padded((int64_t)s.N * ceil_div(s.P, m) * ceil_div(s.Q, m), kDepth);
   }
