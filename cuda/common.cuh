@@ -85,6 +85,28 @@ inline unsigned grid_for(int64_t n, int threads) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The current device's multiprocessor count (split-K and wave sizing).
+inline int sm_count() {
+  int device = 0, sms = 0;
+  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
+  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms > 0 ? sms : 1;
+}
+
+// Grids must fit: y and z are at most 65535 (ValueError naming the kernel otherwise).
+inline void check_grid(const dim3& grid, const char* kernel) {
+  if (grid.y > 65535u || grid.z > 65535u)
+    throw std::invalid_argument(std::string(kernel) + ": shape too large for the grid (" + std::to_string(grid.y) +
+                                " x " + std::to_string(grid.z) + " blocks in y x z)");
+}
+
+// Whether a pointer allows 16-byte (float4 / 16-byte cp.async) accesses.
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// dw[i] (=|+=) sum over `splits` partial arrays partial[j][i], j in order (deterministic): the second
+// half of every split-K backward filter (cuda/conv.cu defines it).
+void sum_splits(const float* partial, int splits, int64_t n, float* dw, bool accumulate);
+
 // max(v, 0) with PyTorch's NaN rule (relu(NaN) = NaN), standalone and fused alike; fmaxf would turn
 // NaN into 0. The CPU kernels use the same comparison.
 __device__ __forceinline__ float relu_value(float v) { return v <= 0.0f ? 0.0f : v; }

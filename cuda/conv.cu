@@ -513,31 +513,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) conv_backward_filte
   }
 }
 
-// dw[i] (=|+=) sum over splits of partial[split][i], in split order.
-__global__ void sum_splits_kernel(const float* __restrict__ partial, int splits, int64_t n, float* __restrict__ dw,
-                                  bool accumulate) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    float total = 0.0f;
-    for (int j = 0; j < splits; ++j) total += partial[(int64_t)j * n + i];
-    dw[i] = accumulate ? dw[i] + total : total;
-  }
-}
-
-int sm_count() {
-  int device = 0, sms = 0;
-  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms > 0 ? sms : 1;
-}
-
-// Grids must fit: y and z are at most 65535.
-void check_grid(const dim3& grid, const char* kernel) {
-  if (grid.y > 65535u || grid.z > 65535u)
-    throw std::invalid_argument(std::string(kernel) + ": shape too large for the grid (" + std::to_string(grid.y) +
-                                " x " + std::to_string(grid.z) + " blocks in y x z)");
-}
-
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 // The forward kernel over `groups` groups, the copy widths chosen from the shape and alignment.
 void launch_forward(FwdParams p, int groups, const char* what) {
@@ -735,8 +710,22 @@ void conv_backward_filter(const ConvShape& s, const float* dy, const float* x, f
   else conv_backward_filter_kernel<false, false><<<grid, kThreads, 0, stream>>>(fp);
   CONVNET_LAUNCH_CHECK("conv_backward_filter_kernel");
   if (splits == 1) return;
-  sum_splits_kernel<<<grid_for(dw_size, kThreads), kThreads, 0, stream>>>(partial.ptr, (int)splits, dw_size, dw,
-                                                                         accumulate);
+  sum_splits(partial.ptr, (int)splits, dw_size, dw, accumulate);
+}
+
+// dw[i] (=|+=) sum over splits of partial[split][i], in split order: the deterministic second half of
+// every split-K backward filter (this file's, cuda/conv_tc.cu's).
+__global__ void sum_splits_kernel(const float* __restrict__ partial, int splits, int64_t n, float* __restrict__ dw,
+                                  bool accumulate) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float total = 0.0f;
+    for (int j = 0; j < splits; ++j) total += partial[(int64_t)j * n + i];
+    dw[i] = accumulate ? dw[i] + total : total;
+  }
+}
+
+void sum_splits(const float* partial, int splits, int64_t n, float* dw, bool accumulate) {
+  sum_splits_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(partial, splits, n, dw, accumulate);
   CONVNET_LAUNCH_CHECK("sum_splits_kernel");
 }
 

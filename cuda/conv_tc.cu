@@ -130,15 +130,6 @@ __device__ __forceinline__ void tc_epilogue(const TcOut& o, int64_t m0, int n0, 
   }
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
-// Grids must fit: y and z are at most 65535.
-void check_grid(const dim3& grid, const char* kernel) {
-  if (grid.y > 65535u || grid.z > 65535u)
-    throw std::invalid_argument(std::string(kernel) + ": shape too large for the grid (" + std::to_string(grid.y) +
-                                " x " + std::to_string(grid.z) + " blocks in y x z)");
-}
-
 // ---------------------------------------------------------------------------------------------
 // forward: y (N*P*Q, K) block (m0.., g*Kg + n0..)
 
@@ -584,23 +575,6 @@ __global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocksPerSM)
   tc_epilogue(o, m0, n0, acc);
 }
 
-// dw[i] (=|+=) sum over splits of partial[split][i], in split order.
-__global__ void sum_splits_tc_kernel(const float* __restrict__ partial, int splits, int64_t n, float* __restrict__ dw,
-                                     bool accumulate) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    float total = 0.0f;
-    for (int j = 0; j < splits; ++j) total += partial[(int64_t)j * n + i];
-    dw[i] = accumulate ? dw[i] + total : total;
-  }
-}
-
-int sm_count() {
-  int device = 0, sms = 0;
-  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms > 0 ? sms : 1;
-}
-
 template <Precision P, bool kTap>
 void launch_backward_filter_kernel(const dim3& grid, const ConvShape& s, const float* dy, const float* x, float* out,
                                    int chunk, bool accumulate, bool vec_dy) {
@@ -641,9 +615,7 @@ void launch_backward_filter(const ConvShape& s, const float* dy, const float* x,
   }
   Scratch partial(static_cast<size_t>(splits * dw_size));
   run(partial.ptr, false);
-  sum_splits_tc_kernel<<<grid_for(dw_size, kGemmThreads), kGemmThreads, 0, current_stream()>>>(
-      partial.ptr, (int)splits, dw_size, dw, accumulate);
-  CONVNET_LAUNCH_CHECK("sum_splits_tc_kernel");
+  sum_splits(partial.ptr, (int)splits, dw_size, dw, accumulate);  // cuda/conv.cu
 }
 
 }  // namespace

@@ -298,7 +298,6 @@ __global__ void scale_kernel(float* C, int M, int N, int64_t ldc, float beta, co
   }
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 // The FP32 kernel for the transposes, or under tf32 / bf16 (`precision`) the tensor-core one.
 void launch(Precision precision, bool trans_a, bool trans_b, bool vec, dim3 grid, const Params& p) {
@@ -359,10 +358,7 @@ void gemm_bias_relu(bool trans_a, bool trans_b, int M, int N, int K, float alpha
   const int64_t tiles = tiles_m * tiles_n;
   if (tiles > 0x7fffffffLL) throw std::invalid_argument("gemm: too many tiles for one grid");
 
-  int device = 0, sms = 0;
-  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  int splits = split_count(tiles, K, sms);
+  int splits = split_count(tiles, K, sm_count());
   // Slices are whole multiples of BK so a 16-byte copy never straddles two of them.
   const int k_per_split = static_cast<int>(ceil_div(ceil_div(K, splits), BK) * BK);
   splits = static_cast<int>(ceil_div(K, k_per_split));

@@ -116,7 +116,6 @@ __global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocksPerSM)
   }
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 template <Precision P>
 void launch_precision(bool trans_a, bool trans_b, dim3 grid, const GemmParams& p, bool vec_a, bool vec_b) {

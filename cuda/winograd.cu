@@ -482,18 +482,6 @@ __global__ void __launch_bounds__(128) winograd_filter_output_kernel(const float
   }
 }
 
-int sm_count() {
-  int device = 0, sms = 0;
-  CONVNET_CUDA_CHECK(cudaGetDevice(&device));
-  CONVNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms > 0 ? sms : 1;
-}
-
-void check_grid(const dim3& grid, const char* kernel) {
-  if (grid.y > 65535u || grid.z > 65535u)
-    throw std::invalid_argument(std::string(kernel) + ": shape too large for the grid (" + std::to_string(grid.y) +
-                                " x " + std::to_string(grid.z) + " blocks in y x z)");
-}
 
 // The forward of s with w, or (turned) the backward-data conv whose forward form s is (transposed()),
 // with the original filters w, then (s.C, R, R, s.K / groups).
