@@ -39,6 +39,23 @@ struct ConvShape {
   ConvAlgorithm algorithm = ConvAlgorithm::Auto;
 };
 
+// A stride-1 conv's backward-data in forward form: dx = conv(dy padded by R-1-pad, w turned 180
+// degrees with K <-> C per group), so the input is dy (N, P, Q, K) and the output dx (N, H, W, C).
+// The CPU's turned-filter path (cpu/conv.cpp) and both Winograd backward-data paths run it.
+inline ConvShape turned_forward_shape(const ConvShape& s) {
+  ConvShape t = s;
+  t.H = s.P;
+  t.W = s.Q;
+  t.C = s.K;
+  t.K = s.C;
+  t.P = s.H;
+  t.Q = s.W;
+  t.stride_h = t.stride_w = 1;
+  t.pad_h = s.R - 1 - s.pad_h;
+  t.pad_w = s.S - 1 - s.pad_w;
+  return t;
+}
+
 // Pooling geometry: window R x S, input (N, H, W, C), output (N, P, Q, C). Padding is never part of
 // a window's max or average: padded positions are skipped.
 struct PoolShape {

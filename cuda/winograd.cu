@@ -483,7 +483,7 @@ __global__ void __launch_bounds__(128) winograd_filter_output_kernel(const float
 }
 
 
-// The forward of s with w, or (turned) the backward-data conv whose forward form s is (transposed()),
+// The forward of s with w, or (turned) the backward-data conv whose forward form s is (turned_forward_shape()),
 // with the original filters w, then (s.C, R, R, s.K / groups).
 template <int kR>
 void run_forward(const ConvShape& s, const float* x, const float* w, bool turned, const float* b, float* y,
@@ -533,19 +533,6 @@ void run_backward_filter(const ConvShape& s, const float* dy, const float* x, fl
   CONVNET_LAUNCH_CHECK("winograd_filter_output_kernel");
 }
 
-// The backward-data conv in forward form: dx = conv(dy padded by R-1-pad, w turned, K <-> C).
-ConvShape transposed(const ConvShape& s) {
-  ConvShape t = s;
-  t.H = s.P;
-  t.W = s.Q;
-  t.C = s.K;
-  t.K = s.C;
-  t.P = s.H;
-  t.Q = s.W;
-  t.pad_h = s.R - 1 - s.pad_h;
-  t.pad_w = s.S - 1 - s.pad_w;
-  return t;
-}
 
 }  // namespace
 
@@ -612,7 +599,7 @@ void winograd_conv_forward(const ConvShape& s, const float* x, const float* w, c
 }
 
 void winograd_conv_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
-  const ConvShape t = transposed(s);
+  const ConvShape t = turned_forward_shape(s);  // backend.h
   if (s.R == 3)
     run_forward<3>(t, dy, w, true, nullptr, dx, accumulate, false);
   else

@@ -555,7 +555,7 @@ void conv_backward_data(const ConvShape& s, const float* dy, const float* w, flo
     // turned filters packed once into B panels, the GEMM writing (or adding to) dx directly. No
     // patch-gradient matrix and no col2im gather: conv3 at batch 8 wrote and re-read 1352 x 2304
     // floats (12.5 MB) of dpatches and gathered 9 taps per input pixel.
-    const ConvShape t{s.N, s.P, s.Q, s.K, s.C, s.R, s.S, s.H, s.W, 1, 1, s.R - 1 - s.pad_h, s.S - 1 - s.pad_w, s.groups};
+    const ConvShape t = turned_forward_shape(s);
     const Geo tg = geo_of(t);  // tg.Cg = Kg, tg.Kg = Cg, tg.RSC = R * S * Kg
     const int KCb = gemm_kc(), nr = gemm_nr();
     const int64_t Np = (g.Cg + nr - 1) / nr * nr;

@@ -357,16 +357,7 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
 void winograd_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx, bool accumulate) {
   // dx = conv(dy padded by R-1-pad, w turned 180 degrees with K <-> C per group); stride 1 makes the
   // transposed convolution a convolution.
-  ConvShape t = s;
-  t.H = s.P;
-  t.W = s.Q;
-  t.C = s.K;
-  t.K = s.C;
-  t.P = s.H;
-  t.Q = s.W;
-  t.pad_h = s.R - 1 - s.pad_h;
-  t.pad_w = s.S - 1 - s.pad_w;
-  forward_packed(t, dy, w, true, nullptr, dx, accumulate, false);
+  forward_packed(turned_forward_shape(s), dy, w, true, nullptr, dx, accumulate, false);
 }
 
 void winograd_backward_filter(const ConvShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
